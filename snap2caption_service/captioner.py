@@ -1,0 +1,222 @@
+"""The captioning core: load a LLaVA checkpoint (+ LoRA), caption a batch of images.
+
+Plain Python with no BentoML dependency: the service, the CLI, the benchmarks and the
+evaluation scripts all call ``Captioner.caption_batch``. torch and transformers are
+imported inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .contracts import Candidate
+from .prompting import build_prompt, parse_output
+
+log = logging.getLogger(__name__)
+
+# Sampled candidates use these temperatures in turn; the greedy candidate is always first.
+SAMPLE_TEMPERATURES = (0.7, 0.9, 1.1, 1.3)
+
+
+@dataclass
+class CaptionJob:
+    image: object  # PIL.Image, RGB
+    tone: str = "casual"
+    audience: str = "personal"
+    num_hashtags: int = 8
+    num_candidates: int = 1
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 128
+    repetition_penalty: float = 1.0
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class BatchStats:
+    """What one model call did, for metrics."""
+
+    batch_size: int = 0
+    sequences: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+
+
+def _folder_hash(path: Path) -> str:
+    """Short content hash of an artifact folder's weights and configs, for versioning."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+def describe_version(model_ref: str, adapter_ref: str = "") -> str:
+    """A version string that changes whenever the weights served change."""
+    path = Path(model_ref)
+    meta = path / "snap2caption_demo.json"
+    if meta.is_file():
+        base = json.loads(meta.read_text())["version"]
+    elif path.is_dir():
+        base = f"{path.name}@{_folder_hash(path)}"
+    else:
+        base = model_ref
+    if adapter_ref:
+        apath = Path(adapter_ref)
+        base += f"+{apath.name}@{_folder_hash(apath)}" if apath.is_dir() else f"+{adapter_ref}"
+    return base
+
+
+class _PerRowTemperature:
+    """Logits processor dividing each row by its own temperature, so candidates sampled
+    at different temperatures share one generate call instead of one call each."""
+
+    def __init__(self, temperatures):
+        self.temperatures = temperatures  # tensor [rows, 1]
+
+    def __call__(self, input_ids, scores):
+        return scores / self.temperatures.to(scores.dtype)
+
+
+class Captioner:
+    def __init__(self, model, processor, version: str, generation: GenerationSettings | None = None):
+        self.model = model
+        self.processor = processor
+        self.version = version
+        self.generation = generation or GenerationSettings()
+        self.processor.tokenizer.padding_side = "left"  # batched decoding needs prompts right-aligned
+        if self.processor.tokenizer.pad_token is None:
+            self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
+
+    @classmethod
+    def load(cls, model_ref: str, adapter_ref: str = "", device: str = "auto", dtype: str = "auto",
+             generation: GenerationSettings | None = None) -> "Captioner":
+        """Load any LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given."""
+        import torch
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        t0 = time.perf_counter()
+        device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
+        model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
+        processor = AutoProcessor.from_pretrained(model_ref)
+        if adapter_ref:
+            from peft import PeftModel
+
+            # Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
+            model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
+        model.to(device).eval()
+        version = describe_version(model_ref, adapter_ref)
+        log.info("loaded %s on %s (%s) in %.1fs", version, device, torch_dtype, time.perf_counter() - t0)
+        return cls(model, processor, version, generation)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def _generate(self, images, prompts, temperatures=None, seed: int = 0):
+        """One generate call; returns (texts, mean token log-probs, generated token count)."""
+        import torch
+
+        inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        tok = self.processor.tokenizer
+        kwargs = dict(
+            max_new_tokens=self.generation.max_new_tokens,
+            repetition_penalty=self.generation.repetition_penalty,
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        if temperatures is None:
+            kwargs["do_sample"] = False
+        else:
+            from transformers import LogitsProcessorList
+
+            torch.manual_seed(seed)
+            temps = torch.tensor(temperatures, dtype=torch.float32).unsqueeze(1).to(self.device)
+            kwargs.update(do_sample=True, temperature=1.0, top_p=self.generation.top_p,
+                          logits_processor=LogitsProcessorList([_PerRowTemperature(temps)]))
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        new_tokens = out.sequences[:, prompt_len:]
+        # Score under the model itself (raw logits), not the tempered sampling distribution,
+        # so greedy and sampled candidates are ranked on one scale.
+        logits = torch.stack(out.logits, dim=1).float()  # [rows, steps, vocab]
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        # Count tokens up to and including the first EOS; padding after it does not count.
+        is_eos = new_tokens == tok.eos_token_id
+        after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+        valid = ~after_eos
+        mean_lp = (logprobs * valid).sum(1) / valid.sum(1).clamp(min=1)
+        texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
+        return texts, mean_lp.tolist(), int(valid.sum())
+
+    def caption_batch(self, jobs: list[CaptionJob], stats: BatchStats | None = None) -> list[list[Candidate]]:
+        """Candidates for each job, best first. One greedy call for all jobs, and one sampled
+        call for every extra candidate of every job, whatever the batch mix."""
+        t0 = time.perf_counter()
+        prompts = [build_prompt(j.tone, j.audience) for j in jobs]
+        images = [j.image for j in jobs]
+        texts, scores, ntok = self._generate(images, prompts)
+        per_job: list[list[Candidate]] = [
+            [self._candidate(t, s, j.num_hashtags)] for t, s, j in zip(texts, scores, jobs)
+        ]
+        rows = [(i, SAMPLE_TEMPERATURES[k % len(SAMPLE_TEMPERATURES)])
+                for i, j in enumerate(jobs) for k in range(j.num_candidates - 1)]
+        sequences = len(jobs)
+        if rows:
+            s_texts, s_scores, s_tok = self._generate(
+                [images[i] for i, _ in rows], [prompts[i] for i, _ in rows],
+                temperatures=[t for _, t in rows], seed=self.generation.seed)
+            ntok += s_tok
+            sequences += len(rows)
+            for (i, _), t, s in zip(rows, s_texts, s_scores):
+                per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
+        for cands in per_job:
+            cands.sort(key=lambda c: c.score, reverse=True)
+        if stats is not None:
+            stats.batch_size = len(jobs)
+            stats.sequences = sequences
+            stats.generated_tokens = ntok
+            stats.seconds = time.perf_counter() - t0
+        return per_job
+
+    @staticmethod
+    def _candidate(text: str, score: float, num_hashtags: int) -> Candidate:
+        parsed = parse_output(text, num_hashtags)
+        return Candidate(caption=parsed.caption, hashtags=parsed.hashtags, alt_text=parsed.alt_text,
+                         score=round(float(score), 4))

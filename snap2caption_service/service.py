@@ -1,0 +1,146 @@
+"""BentoML services: a batching model worker and the public API in front of it.
+
+Every caller (HTTP JSON, HTTP upload, and the Kafka paths) reaches the model through
+``CaptionModel.caption``, so all traffic shares one adaptive batcher. The captioning logic
+itself lives in plain modules (captioner, pipeline, images) that work without BentoML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import bentoml
+from pydantic import Field
+from starlette.responses import JSONResponse
+
+from .auth import ApiKeyMiddleware
+from .captioner import BatchStats, CaptionJob
+from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
+                        MIN_CANDIDATES, MIN_HASHTAGS, Audience, CaptionOptions, CaptionRequest,
+                        CaptionResult, FeedbackAccepted, FeedbackRequest)
+from .feedback_store import FeedbackStore
+from .images import ImageError, decode_base64_image, decode_png_base64
+from .metrics import get_metrics
+from .pipeline import ModelItem, ModelOutput, build_result, model_item, new_request_id, prepare_image
+from .settings import get_settings
+
+log = logging.getLogger("snap2caption")
+settings = get_settings()  # env only; cheap. Batcher limits must be known when the class is defined.
+
+
+@bentoml.service(name="snap2caption-model", workers=1, traffic={"timeout": 600})
+class CaptionModel:
+    """Owns the model. One worker, one model call at a time; the batcher fills each call."""
+
+    def __init__(self) -> None:
+        from .model_loading import load_captioner
+
+        self.captioner = load_captioner(get_settings(), progress=False)
+        get_metrics().model_info.labels(self.captioner.version).set(1)
+
+    @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+    def caption(self, items: list[ModelItem]) -> list[ModelOutput]:
+        jobs = [CaptionJob(decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags,
+                           i.num_candidates) for i in items]
+        stats = BatchStats()
+        results = self.captioner.caption_batch(jobs, stats)
+        m = get_metrics()
+        m.batch_size.observe(stats.batch_size)
+        m.model_call.observe(stats.seconds)
+        m.generated_tokens.inc(stats.generated_tokens)
+        return [ModelOutput(candidates=c, model_version=self.captioner.version) for c in results]
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+@bentoml.service(
+    name="snap2caption",
+    traffic={"timeout": 300, "max_concurrency": settings.max_concurrency},
+    http={"cors": {"enabled": False}},
+)
+class Snap2Caption:
+    model = bentoml.depends(CaptionModel)
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.feedback_store = FeedbackStore(self.settings.feedback_file, fsync=self.settings.feedback_fsync)
+
+    async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str):
+        """Decode, check, batch through the model worker, and shape the result (or a 4xx)."""
+        m = get_metrics()
+        t0 = time.perf_counter()
+        request_id = new_request_id()
+        s = self.settings
+        try:
+            def prepare():
+                data = (decode_base64_image(data_or_b64, s.max_image_bytes)
+                        if isinstance(data_or_b64, str) else data_or_b64)
+                return prepare_image(data, s)
+
+            # Decoding a 10 MB JPEG takes ~100 ms: keep it off the event loop.
+            prepared = await anyio.to_thread.run_sync(prepare)
+        except ImageError as exc:
+            m.captions.labels("bad_input", source).inc()
+            log.info("request %s rejected: %s (%s)", request_id, exc.code, exc.detail)
+            return _error(exc.status, exc.code, exc.detail)
+        if s.fault_latency_ms:
+            await asyncio.sleep(s.fault_latency_ms / 1000)
+        if s.fault_error_rate and random.random() < s.fault_error_rate:
+            m.injected_faults.inc()
+            m.captions.labels("error", source).inc()
+            return _error(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
+        outputs = await self.model.to_async.caption([model_item(prepared, options)])
+        output = outputs[0]
+        if not isinstance(output, ModelOutput):
+            output = ModelOutput.model_validate(output)
+        latency = time.perf_counter() - t0
+        m.captions.labels("ok", source).inc()
+        m.caption_latency.observe(latency)
+        return build_result(output, request_id, latency * 1000, prepared.sha256)
+
+    @bentoml.api(route="/generate-caption", input_spec=CaptionRequest)
+    async def generate_caption(self, **fields) -> CaptionResult:
+        """Caption a photo sent as base64 or a data URL in a flat JSON body."""
+        request = CaptionRequest.model_construct(**fields)
+        return await self._caption(request.image, request, "http")
+
+    @bentoml.api(route="/generate-caption/upload")
+    async def generate_caption_upload(
+        self,
+        image: Path,
+        tone: Annotated[str, Field(max_length=MAX_TONE_CHARS)] = "casual",
+        audience: Audience = "personal",
+        num_hashtags: Annotated[int, Field(ge=MIN_HASHTAGS, le=MAX_HASHTAGS)] = DEFAULT_HASHTAGS,
+        num_candidates: Annotated[int, Field(ge=MIN_CANDIDATES, le=MAX_CANDIDATES)] = 1,
+    ) -> CaptionResult:
+        """The same as /generate-caption, with the photo as a multipart file upload."""
+        options = CaptionOptions(tone=tone, audience=audience, num_hashtags=num_hashtags,
+                                 num_candidates=num_candidates)
+        size = image.stat().st_size
+        if size > self.settings.max_image_bytes:
+            return _error(413, "image_too_large",
+                          f"The image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes.")
+        return await self._caption(image.read_bytes(), options, "upload")
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    async def feedback(self, ctx: bentoml.Context, **fields) -> FeedbackAccepted:
+        """Record a rating or an edit; 202 once it is durably stored."""
+        request = FeedbackRequest.model_construct(**fields)
+        record = await anyio.to_thread.run_sync(self.feedback_store.append, request)
+        get_metrics().feedback.labels(request.rating).inc()
+        ctx.response.status_code = 202
+        return FeedbackAccepted(feedback_id=record.feedback_id)
+
+
+if settings.api_key_list:
+    Snap2Caption.add_asgi_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
+
+__all__ = ["Snap2Caption", "CaptionModel", "AUDIENCES"]

@@ -4,8 +4,8 @@
 #   kustomize           Go module sigs.k8s.io/kustomize/kustomize/v5, built with `go install`
 #                       through the Go module proxy into $SNAP2CAPTION_CACHE/bin.
 #   kubernetes-validate PyPI package shipping the Kubernetes JSON schemas (generated from the
-#                       upstream OpenAPI, "standalone-strict" flavour) for many Kubernetes
-#                       releases; installed with pip --target into $SNAP2CAPTION_CACHE/py so it
+#                       upstream OpenAPI, "local-strict" flavour) for Kubernetes 1.25-1.37;
+#                       ~110 MB, installed with pip --target into $SNAP2CAPTION_CACHE/py so it
 #                       does not touch the caller's environment. tests/test_k8s_manifests.py
 #                       puts that folder on sys.path.
 #
@@ -30,12 +30,14 @@ log() { echo "install_k8s_tools: $*" >&2; }
 # --- kustomize ------------------------------------------------------------------------
 KUSTOMIZE="$BIN/kustomize-$KUSTOMIZE_VERSION"
 if [[ ! -x "$KUSTOMIZE" ]]; then
-  command -v go >/dev/null || { log "go is not installed; it is needed to build kustomize"; exit 1; }
-  log "building kustomize $KUSTOMIZE_VERSION with go install (a few minutes on 2 cores)"
+  GO="$(command -v go || true)"
+  [[ -n "$GO" || ! -x /usr/local/go/bin/go ]] || GO=/usr/local/go/bin/go
+  [[ -n "$GO" ]] || { log "go is not installed; it is needed to build kustomize"; exit 1; }
+  log "building kustomize $KUSTOMIZE_VERSION with go install (about a minute on 2 cores)"
   tmp="$(mktemp -d "$BIN/.gobin.XXXXXX")"
   trap 'rm -rf "$tmp"' EXIT
   GOBIN="$tmp" GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0 \
-    go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+    "$GO" install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   mv "$tmp/kustomize" "$KUSTOMIZE"
   rm -rf "$tmp"; trap - EXIT
 fi

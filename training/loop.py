@@ -83,10 +83,10 @@ class EncodedDataset:
         for start in range(0, len(examples), chunk):
             part = examples[start:start + chunk]
             prompts = [build_prompt(e.tone, e.audience) for e in part]
-            enc = processor(text=prompts, images=[e.image for e in part], return_tensors="pt", padding=False)
+            enc = processor(text=prompts, images=[e.image for e in part], return_tensors="pt", padding=True)
             pixels.append(enc["pixel_values"])
-            for ids, ex in zip(enc["input_ids"], part):
-                prompt_ids = list(ids) if not hasattr(ids, "tolist") else ids.tolist()
+            for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], part):
+                prompt_ids = ids[mask.bool()].tolist()  # drop the batch padding, wherever it sits
                 answer = tok(" " + ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                 self.input_ids.append(prompt_ids + answer)
                 self.labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)

@@ -1,0 +1,32 @@
+# The front door. `make serve` and `make test` set up everything they need on first run.
+SHELL := /bin/bash
+VENV = $(shell infra/python_env.sh)
+PY = $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+PORT ?= 3000
+
+.PHONY: serve test test-fast demo-model quality bench env help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+env:  ## create the cached Python environment and print its path
+	@echo $(VENV)
+
+serve:  ## start the service on the demo model at http://127.0.0.1:$(PORT)
+	$(PY) -m snap2caption_service serve --port $(PORT)
+
+test:  ## the whole test suite (starts Kafka and the service itself)
+	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+test-fast:  ## unit tests only (no service, broker or demo model)
+	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka" $(PYTEST_ARGS)
+
+demo-model:  ## build (or find cached) the embedded demo model
+	$(PY) -m snap2caption_service demo-model
+
+quality:  ## the demo model's quality bar on 300 held-out scenes
+	$(PY) -m snap2caption_service evaluate-demo
+
+bench:  ## serving benchmark: service vs seed-style server vs raw batched generate
+	$(PY) benchmarks/serving.py

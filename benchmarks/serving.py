@@ -1,0 +1,222 @@
+"""Serving benchmark: our BentoML service vs a seed-style server vs raw batched generate.
+
+All three run the same demo model on this machine, one after another in one run:
+  (a) service  - `bentoml serve` (adaptive batching through the model worker)
+  (b) seed     - FastAPI, one generate call per request (benchmarks/seed_server.py)
+  (c) raw      - Captioner.caption_batch with no server at batch 1, 8, 32, 64 (the limit)
+
+Each client sends requests back to back. Prints throughput, p50/p90/p99 latency and the
+ratios the issue sets targets for.
+
+    python benchmarks/serving.py [--clients 1,8,32,50,64] [--requests-per-client 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@dataclass
+class Row:
+    system: str
+    clients: int
+    requests: int
+    errors: int
+    throughput: float
+    p50: float
+    p90: float
+    p99: float
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
+
+
+def scene_payloads(n: int) -> list[str]:
+    from training import synthetic
+
+    out = []
+    for e in synthetic.make_examples(n, 777):
+        buf = io.BytesIO()
+        synthetic.render_scene(e.scene).save(buf, "PNG")
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def load(url: str, clients: int, per_client: int, payloads: list[str], system: str) -> Row:
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(i: int):
+        nonlocal errors
+        with httpx.Client(timeout=600) as c:
+            for k in range(per_client):
+                body = {"image": payloads[(i * per_client + k) % len(payloads)], "tone": "funny"}
+                t0 = time.perf_counter()
+                r = c.post(url + "/generate-caption", json=body)
+                dt = time.perf_counter() - t0
+                with lock:
+                    if r.status_code == 200:
+                        latencies.append(dt)
+                    else:
+                        errors += 1
+
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - t0
+    return Row(system, clients, clients * per_client, errors, len(latencies) / wall,
+               pct(latencies, 0.5), pct(latencies, 0.9), pct(latencies, 0.99))
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready in {timeout}s")
+
+
+def run_raw(model_dir: str, batch_sizes: list[int], payloads: list[str], repeats: int) -> list[Row]:
+    from snap2caption_service.captioner import CaptionJob, Captioner
+    from snap2caption_service.images import decode_base64_image, load_image
+
+    cap = Captioner.load(model_dir)
+    imgs = [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
+    cap.caption_batch([CaptionJob(imgs[0], "funny")])  # warm-up
+    rows = []
+    for bs in batch_sizes:
+        times = []
+        for r in range(repeats):
+            jobs = [CaptionJob(imgs[(r * bs + i) % len(imgs)], "funny") for i in range(bs)]
+            t0 = time.perf_counter()
+            cap.caption_batch(jobs)
+            times.append(time.perf_counter() - t0)
+        # Every item in a batch waits for the whole batch: latency = batch wall time.
+        rows.append(Row("raw batched generate", bs, bs * repeats, 0, bs * repeats / sum(times),
+                        statistics.median(times), pct(times, 0.9), pct(times, 0.99)))
+    del cap
+    return rows
+
+
+def fmt_table(rows: list[Row]) -> str:
+    head = f"| {'system':<22} | {'clients/batch':>13} | {'requests':>8} | {'errors':>6} | {'captions/s':>10} | {'p50 s':>6} | {'p90 s':>6} | {'p99 s':>6} |"
+    sep = "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"
+    lines = [head, sep]
+    for r in rows:
+        lines.append(f"| {r.system:<22} | {r.clients:>13} | {r.requests:>8} | {r.errors:>6} | {r.throughput:>10.2f} | "
+                     f"{r.p50:>6.3f} | {r.p90:>6.3f} | {r.p99:>6.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="1,8,32,50,64")
+    ap.add_argument("--requests-per-client", type=int, default=3)
+    ap.add_argument("--seed-clients", default="1,8,32,64", help="levels for the (slow) seed-style server")
+    ap.add_argument("--raw-repeats", type=int, default=3)
+    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--json-out", help="also write all rows as JSON")
+    args = ap.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    seed_levels = [int(x) for x in args.seed_clients.split(",") if x]
+
+    from snap2caption_service.settings import Settings
+    from training.build_demo import ensure_demo_model
+
+    model_dir = str(ensure_demo_model(Settings().data_dir))
+    payloads = scene_payloads(64)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_MODEL": model_dir,
+           "SNAP2CAPTION_ENV_FILE": "/nonexistent", "SNAP2CAPTION_MAX_BATCH_SIZE": str(args.max_batch_size),
+           "SNAP2CAPTION_DATA_DIR": "/tmp/snap2caption-bench", "BENTOML_HOME": "/tmp/snap2caption-bench/bentoml"}
+    rows: list[Row] = []
+
+    print(f"raw batched generate on {model_dir} ...", file=sys.stderr)
+    rows += run_raw(model_dir, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),
+                    payloads, args.raw_repeats)
+
+    print("service (bentoml serve) ...", file=sys.stderr)
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
+                             "--port", "3201"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_ready("http://127.0.0.1:3201", proc)
+        load("http://127.0.0.1:3201", 4, 2, payloads, "warm-up")
+        for n in levels:
+            rows.append(load("http://127.0.0.1:3201", n, args.requests_per_client, payloads, "service (BentoML)"))
+            print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+    if seed_levels:
+        print("seed-style FastAPI server ...", file=sys.stderr)
+        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "seed_server.py"), "--model", model_dir,
+                                 "--port", "3202"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_ready("http://127.0.0.1:3202", proc)
+            load("http://127.0.0.1:3202", 1, 2, payloads, "warm-up")
+            for n in seed_levels:
+                # The seed server is slow at high concurrency: one request per client is enough.
+                per = args.requests_per_client if n <= 8 else 1
+                rows.append(load("http://127.0.0.1:3202", n, per, payloads, "seed-style FastAPI"))
+                print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"model {Path(model_dir).name}; service max_batch_size={args.max_batch_size}\n")
+    print(fmt_table(rows))
+
+    def get(system, n):
+        return next((r for r in rows if r.system.startswith(system) and r.clients == n), None)
+
+    print("\nratios")
+    svc32, seed32, raw32 = get("service", 32), get("seed", 32), get("raw", 32)
+    if svc32 and seed32:
+        print(f"  service / seed-style throughput at 32 clients: {svc32.throughput / seed32.throughput:.1f}x  (target >= 5x)")
+    if svc32 and raw32:
+        print(f"  service at 32 clients / raw batch-32 throughput: {svc32.throughput / raw32.throughput:.0%}  (target >= 85%)")
+    svc1, raw1 = get("service", 1), get("raw", 1)
+    if svc1 and raw1:
+        print(f"  single-client latency: service p50 {svc1.p50 * 1000:.0f} ms vs raw batch-1 {raw1.p50 * 1000:.0f} ms "
+              f"(+{(svc1.p50 - raw1.p50) * 1000:.0f} ms; target <= +15 ms)")
+    svc50 = get("service", 50)
+    if svc50:
+        print(f"  50 clients: {svc50.throughput:.1f} captions/s (target >= 10), p90 {svc50.p90:.2f} s (target < 2 s)")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps([r.__dict__ for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

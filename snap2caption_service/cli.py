@@ -1,0 +1,189 @@
+"""The ``snap2caption`` command.
+
+Flags override SNAP2CAPTION_* environment variables, which override the env file; see
+``snap2caption --help`` and ``snap2caption COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MIN_CANDIDATES,
+                        MIN_HASHTAGS, CaptionOptions)
+
+SERVICE_TARGET = "snap2caption_service.service:Snap2Caption"
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (default: the embedded demo model, built on first use)")
+    g.add_argument("--model", help="HF LLaVA id or local folder [SNAP2CAPTION_MODEL]")
+    g.add_argument("--adapter", help="PEFT LoRA adapter folder, merged at load [SNAP2CAPTION_ADAPTER]")
+    g.add_argument("--data-dir", help="cache for the demo model and the feedback store "
+                                      "[SNAP2CAPTION_DATA_DIR, default ~/.cache/snap2caption]")
+    g.add_argument("--device", help="auto | cpu | cuda [SNAP2CAPTION_DEVICE]")
+    g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 [SNAP2CAPTION_DTYPE]")
+
+
+def _apply_flags_to_env(args: argparse.Namespace, names: list[str]) -> None:
+    """Flags become env vars so the BentoML worker processes see the same configuration."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[f"SNAP2CAPTION_{name.upper()}"] = str(value)
+    from .settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _options_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tone", default="casual", help="free text, at most 32 characters (default: casual)")
+    p.add_argument("--audience", default="personal", choices=AUDIENCES, help="default: personal")
+    p.add_argument("--num-hashtags", type=int, default=DEFAULT_HASHTAGS,
+                   help=f"{MIN_HASHTAGS}-{MAX_HASHTAGS} (default: {DEFAULT_HASHTAGS})")
+    p.add_argument("--num-candidates", type=int, default=1,
+                   help=f"{MIN_CANDIDATES}-{MAX_CANDIDATES}: 1 greedy + samples, best first (default: 1)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype", "api_keys",
+                               "max_batch_size", "max_latency_ms"])
+    from .model_loading import resolve_model_ref
+    from .settings import get_settings
+
+    # Build the demo model here, in the foreground with a progress bar, rather than silently
+    # inside a worker that /readyz would report as not ready for ten minutes.
+    ref = resolve_model_ref(get_settings(), progress=True)
+    print(f"serving {ref} on http://{args.host}:{args.port}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(args.port),
+           "--host", args.host]
+    repo_root = Path(__file__).resolve().parent.parent
+    os.chdir(repo_root)  # bentoml imports the service relative to the working directory
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
+    from pydantic import ValidationError
+
+    from .captioner import CaptionJob
+    from .images import ImageError
+    from .model_loading import load_captioner
+    from .pipeline import ModelOutput, build_result, new_request_id, prepare_image
+    from .settings import get_settings
+
+    try:
+        options = CaptionOptions(tone=args.tone, audience=args.audience, num_hashtags=args.num_hashtags,
+                                 num_candidates=args.num_candidates)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    prepared, failures = [], 0
+    for path in args.images:
+        try:
+            prepared.append((path, prepare_image(Path(path).read_bytes(), settings)))
+        except (OSError, ImageError) as exc:
+            failures += 1
+            print(f"error: {path}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+    if not prepared:
+        return 1
+    captioner = load_captioner(settings)
+    t0 = time.perf_counter()
+    jobs = [CaptionJob(p.image, options.tone, options.audience, options.num_hashtags, options.num_candidates)
+            for _, p in prepared]
+    per_job = captioner.caption_batch(jobs)
+    latency = (time.perf_counter() - t0) * 1000 / len(jobs)
+    results = []
+    for (path, p), cands in zip(prepared, per_job):
+        res = build_result(ModelOutput(candidates=cands, model_version=captioner.version),
+                           new_request_id(), latency, p.sha256)
+        results.append({"file": path, **res.model_dump()})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        for r in results:
+            print(f"{r['file']}\n  caption:  {r['caption']}\n  hashtags: {' '.join(r['hashtags'])}\n"
+                  f"  alt text: {r['alt_text']}")
+            for c in r["candidates"][1:]:
+                print(f"  also ({c['score']:.3f}): {c['caption']}")
+    return 1 if failures else 0
+
+
+def cmd_demo_model(args: argparse.Namespace) -> int:
+    _apply_flags_to_env(args, ["data_dir"])
+    from training.build_demo import META_FILE, ensure_demo_model
+
+    from .settings import get_settings
+
+    path = ensure_demo_model(get_settings().data_dir, progress=True)
+    print(path)
+    print((path / META_FILE).read_text())
+    return 0
+
+
+def cmd_evaluate_demo(args: argparse.Namespace) -> int:
+    _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
+    from training.evaluate_demo import main as evaluate_main
+
+    return evaluate_main(num_scenes=args.scenes, seed=args.seed, batch_size=args.batch_size,
+                         json_out=args.json_out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snap2caption",
+        description="Photo in; Instagram caption, hashtags and alt text out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  snap2caption serve --port 3000\n"
+               "  snap2caption caption photo.jpg --tone funny --audience promotional --json\n"
+               "  snap2caption demo-model",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="start the HTTP service (BentoML) at http://127.0.0.1:3000")
+    p.add_argument("--port", type=int, default=int(os.environ.get("SNAP2CAPTION_PORT", 3000)))
+    p.add_argument("--host", default=os.environ.get("SNAP2CAPTION_HOST", "127.0.0.1"))
+    p.add_argument("--api-keys", help="comma-separated bearer keys; empty = auth off [SNAP2CAPTION_API_KEYS]")
+    p.add_argument("--max-batch-size", type=int, help="adaptive batcher limit [SNAP2CAPTION_MAX_BATCH_SIZE]")
+    p.add_argument("--max-latency-ms", type=int, help="adaptive batcher budget [SNAP2CAPTION_MAX_LATENCY_MS]")
+    _model_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("caption", help="caption local image files without a server")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    _options_flags(p)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _model_flags(p)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("demo-model", help="build (or find cached) the embedded demo model")
+    p.add_argument("--data-dir", help="[SNAP2CAPTION_DATA_DIR]")
+    p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("evaluate-demo", help="quality bar on held-out synthetic scenes")
+    p.add_argument("--scenes", type=int, default=300)
+    p.add_argument("--seed", type=int, default=9001, help="differs from the training seed")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json-out", help="also write the figures to this JSON file")
+    _model_flags(p)
+    p.set_defaults(func=cmd_evaluate_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Shared fixtures: a tiny untrained LLaVA for fast tests, the cached demo model for quality
+tests, and the real BentoML service started in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(color=(200, 30, 30), size=(96, 72), fmt="PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight model with the demo architecture: real LLaVA code paths, no training."""
+    from training.demo_model import build_untrained
+
+    path = tmp_path_factory.mktemp("tiny-llava")
+    model, processor = build_untrained()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Where the demo model is cached: the same place the README's commands use."""
+    from snap2caption_service.settings import Settings
+
+    return Settings().data_dir
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(data_dir) -> Path:
+    from training.build_demo import ensure_demo_model
+
+    return ensure_demo_model(data_dir, progress=False)
+
+
+class RunningService:
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path, env: dict):
+        self.url, self.proc, self.log_path, self.env = url, proc, log_path, env
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **kw)
+
+
+def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, timeout: float = 180) -> RunningService:
+    port = free_port()
+    env = {**os.environ,
+           "SNAP2CAPTION_MODEL": str(model_dir),
+           "SNAP2CAPTION_DATA_DIR": str(tmp / "data"),
+           "SNAP2CAPTION_MAX_NEW_TOKENS": "24",
+           "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+           "BENTOML_HOME": str(tmp / "bentoml"),
+           "PYTHONPATH": str(REPO)}
+    env.update(extra_env or {})
+    log_path = tmp / f"service-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
+         "--port", str(port), "--host", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return RunningService(url, proc, log_path, env)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_service(proc)
+    raise RuntimeError(f"service not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory, tiny_model_dir):
+    """The real service on the tiny model; auth off."""
+    svc = start_service(tmp_path_factory.mktemp("svc"), tiny_model_dir)
+    yield svc
+    stop_service(svc.proc)
+
+
+@pytest.fixture(scope="session")
+def auth_service(tmp_path_factory, tiny_model_dir):
+    svc = start_service(tmp_path_factory.mktemp("svc-auth"), tiny_model_dir,
+                        {"SNAP2CAPTION_API_KEYS": "key-one,key-two"})
+    yield svc
+    stop_service(svc.proc)

@@ -1,0 +1,102 @@
+"""The demo model's quality bar, measured on held-out synthetic scenes.
+
+For each scene (seed different from training) the served model captions it greedily, and
+we check that the main object's colour and shape are named in the caption and in the alt
+text, that the hashtags carry both, and that another tone changes the caption's wording.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from . import synthetic
+
+THRESHOLDS = {"caption_and_alt_correct": 0.95, "hashtags_have_color_and_shape": 0.95,
+              "tone_changes_wording": 0.90}
+
+_PAIR = re.compile(r"\b(" + "|".join(synthetic.COLORS) + r")\s+(" + "|".join(synthetic.SHAPES) + r")s?\b",
+                   re.IGNORECASE)
+
+
+def first_pair(text: str) -> tuple[str, str] | None:
+    """The first 'colour shape' phrase in a text, which for our templates is the main object."""
+    m = _PAIR.search(text)
+    return (m.group(1).lower(), m.group(2).lower()) if m else None
+
+
+@dataclass
+class QualityReport:
+    scenes: int
+    caption_correct: float
+    alt_text_correct: float
+    caption_and_alt_correct: float
+    hashtags_have_color_and_shape: float
+    tone_changes_wording: float
+    seconds: float
+    model_version: str
+
+    def passed(self) -> bool:
+        return all(getattr(self, k) >= v for k, v in THRESHOLDS.items())
+
+    def table(self) -> str:
+        rows = [("scenes", str(self.scenes), ""),
+                ("main colour+shape in caption", f"{self.caption_correct:.1%}", ""),
+                ("main colour+shape in alt text", f"{self.alt_text_correct:.1%}", ""),
+                ("both (quality bar)", f"{self.caption_and_alt_correct:.1%}",
+                 f">= {THRESHOLDS['caption_and_alt_correct']:.0%}"),
+                ("hashtags carry colour and shape", f"{self.hashtags_have_color_and_shape:.1%}",
+                 f">= {THRESHOLDS['hashtags_have_color_and_shape']:.0%}"),
+                ("other tone changes caption", f"{self.tone_changes_wording:.1%}",
+                 f">= {THRESHOLDS['tone_changes_wording']:.0%}")]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"model {self.model_version}, {self.seconds:.0f}s"]
+        lines += [f"{name:<{width}}  {value:>7}  {bar}" for name, value, bar in rows]
+        lines.append("PASS" if self.passed() else "FAIL")
+        return "\n".join(lines)
+
+
+def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int = 50) -> QualityReport:
+    from snap2caption_service.captioner import CaptionJob
+
+    t0 = time.perf_counter()
+    examples = synthetic.make_examples(num_scenes, seed)
+    images = [synthetic.render_scene(e.scene) for e in examples]
+    other_tone = {t: synthetic.TONES[(i + 1) % len(synthetic.TONES)] for i, t in enumerate(synthetic.TONES)}
+
+    def run(tones):
+        out = []
+        for start in range(0, num_scenes, batch_size):
+            jobs = [CaptionJob(images[i], tones[i], examples[i].audience, 10, 1)
+                    for i in range(start, min(num_scenes, start + batch_size))]
+            out += [c[0] for c in captioner.caption_batch(jobs)]
+        return out
+
+    first = run([e.tone for e in examples])
+    second = run([other_tone[e.tone] for e in examples])
+    cap_ok = alt_ok = both = tags_ok = changed = 0
+    for ex, a, b in zip(examples, first, second):
+        main = (ex.scene.main.color, ex.scene.main.shape)
+        c_ok, a_ok = first_pair(a.caption) == main, first_pair(a.alt_text) == main
+        cap_ok += c_ok
+        alt_ok += a_ok
+        both += c_ok and a_ok
+        tags_ok += f"#{main[0]}" in a.hashtags and f"#{main[1]}" in a.hashtags
+        changed += a.caption.strip().lower() != b.caption.strip().lower()
+    n = float(num_scenes)
+    return QualityReport(num_scenes, cap_ok / n, alt_ok / n, both / n, tags_ok / n, changed / n,
+                         time.perf_counter() - t0, captioner.version)
+
+
+def main(num_scenes: int = 300, seed: int = 9001, batch_size: int = 50, json_out: str | None = None) -> int:
+    from snap2caption_service.model_loading import load_captioner
+    from snap2caption_service.settings import get_settings
+
+    report = evaluate(load_captioner(get_settings()), num_scenes, seed, batch_size)
+    print(report.table())
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump({**asdict(report), "thresholds": THRESHOLDS, "passed": report.passed()}, f, indent=2)
+    return 0 if report.passed() else 1

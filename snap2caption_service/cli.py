@@ -136,6 +136,18 @@ def cmd_evaluate_demo(args: argparse.Namespace) -> int:
                          json_out=args.json_out)
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Kafka consumer: media.uploaded -> captioning service -> media.captioned / DLQ."""
+    for flag, env in (("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"), ("service_url", "SNAP2CAPTION_SERVICE_URL"),
+                      ("group", "SNAP2CAPTION_CONSUMER_GROUP"), ("instance_id", "SNAP2CAPTION_INSTANCE_ID"),
+                      ("max_in_flight", "SNAP2CAPTION_MAX_IN_FLIGHT"), ("metrics_port", "SNAP2CAPTION_METRICS_PORT")):
+        if getattr(args, flag, None) is not None:
+            os.environ[env] = str(getattr(args, flag))
+    from stream.consumer import run_consumer
+
+    return run_consumer()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snap2caption",
@@ -143,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  snap2caption serve --port 3000\n"
                "  snap2caption caption photo.jpg --tone funny --audience promotional --json\n"
-               "  snap2caption demo-model",
+               "  snap2caption demo-model\n"
+               "  snap2caption consume --bootstrap-servers 127.0.0.1:9092",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-model", help="build (or find cached) the embedded demo model")
     p.add_argument("--data-dir", help="[SNAP2CAPTION_DATA_DIR]")
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("consume", help="caption upload events from Kafka (media.uploaded -> media.captioned)")
+    p.add_argument("--bootstrap-servers", help="[KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092]")
+    p.add_argument("--service-url",
+                   help="the captioning service [SNAP2CAPTION_SERVICE_URL, default http://127.0.0.1:3000]")
+    p.add_argument("--group", help="consumer group [SNAP2CAPTION_CONSUMER_GROUP, default snap2caption-captioner]")
+    p.add_argument("--instance-id", help="stable per instance: static member and transactional id "
+                                         "[SNAP2CAPTION_INSTANCE_ID, default the host name]")
+    p.add_argument("--max-in-flight", type=int,
+                   help="events fetched/captioned at once [SNAP2CAPTION_MAX_IN_FLIGHT, 64]")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off [SNAP2CAPTION_METRICS_PORT, 9400]")
+    p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("evaluate-demo", help="quality bar on held-out synthetic scenes")
     p.add_argument("--scenes", type=int, default=300)

@@ -14,7 +14,7 @@ from snap2caption_service.prompting import IMAGE_TOKEN, build_prompt
 from . import synthetic
 
 # Bump when the architecture or tokenizer recipe changes: the demo-model cache is keyed by it.
-ARCHITECTURE_VERSION = "1"
+ARCHITECTURE_VERSION = "2"
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
 
@@ -22,7 +22,7 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
 @dataclass(frozen=True)
 class DemoArchitecture:
     image_size: int = 64
-    patch_size: int = 8
+    patch_size: int = 16  # 16 image tokens: each patch sees a whole corner or point of a shape
     vision_hidden: int = 128
     vision_layers: int = 3
     vision_heads: int = 4

@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--seed-clients", default="1,8,32,64", help="levels for the (slow) seed-style server")
     ap.add_argument("--raw-repeats", type=int, default=3)
     ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--model", help="model folder (default: the embedded demo model, built if needed)")
     ap.add_argument("--json-out", help="also write all rows as JSON")
     args = ap.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
@@ -151,7 +152,7 @@ def main() -> int:
     from snap2caption_service.settings import Settings
     from training.build_demo import ensure_demo_model
 
-    model_dir = str(ensure_demo_model(Settings().data_dir))
+    model_dir = args.model or str(ensure_demo_model(Settings().data_dir))
     payloads = scene_payloads(64)
     env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_MODEL": model_dir,
            "SNAP2CAPTION_ENV_FILE": "/nonexistent", "SNAP2CAPTION_MAX_BATCH_SIZE": str(args.max_batch_size),

@@ -236,3 +236,32 @@ def test_auth_required_when_keys_configured(auth_service):
         assert c.get("/docs.json").status_code == 200
         r = c.post("/generate-caption", json=body)
         assert r.json()["error"] == "unauthorized"
+
+
+def test_overload_answers_429_quickly(tmp_path_factory, tiny_model_dir):
+    """Past max_concurrency in-flight requests, extra ones are refused at once, not queued."""
+    import time
+
+    from conftest import start_service, stop_service
+
+    svc = start_service(tmp_path_factory.mktemp("svc-busy"), tiny_model_dir,
+                        {"SNAP2CAPTION_MAX_CONCURRENCY": "2", "SNAP2CAPTION_MAX_NEW_TOKENS": "64",
+                         "SNAP2CAPTION_FAULT_LATENCY_MS": "1500"})
+    try:
+        body = {"image": b64(png_bytes())}
+
+        def one(_):
+            with svc.client() as c:
+                t0 = time.perf_counter()
+                r = c.post("/generate-caption", json=body)
+                return r.status_code, time.perf_counter() - t0, r.text
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(one, range(10)))
+        refused = [r for r in results if r[0] == 429]
+        assert {r[0] for r in results} <= {200, 429}, results
+        assert len(refused) >= 5, results
+        assert all(t < 1.0 for _, t, _ in refused), refused
+        assert "Too many requests" in refused[0][2]
+    finally:
+        stop_service(svc.proc)

@@ -1,0 +1,56 @@
+"""The captioning core on the tiny untrained model: loading, LoRA merge, candidates."""
+
+import pytest
+from PIL import Image
+
+from snap2caption_service.captioner import CaptionJob, Captioner, GenerationSettings, describe_version
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_model_dir):
+    return Captioner.load(str(tiny_model_dir), generation=GenerationSettings(max_new_tokens=12))
+
+
+def _img(color):
+    return Image.new("RGB", (80, 60), color)
+
+
+def test_candidates_best_first_and_counted(captioner):
+    jobs = [CaptionJob(_img((200, 0, 0)), num_candidates=1), CaptionJob(_img((0, 0, 200)), num_candidates=4)]
+    out = captioner.caption_batch(jobs)
+    assert [len(c) for c in out] == [1, 4]
+    scores = [c.score for c in out[1]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(s <= 0 for s in scores)  # mean log-probabilities
+
+
+def test_sampling_is_seeded(tiny_model_dir):
+    a = Captioner.load(str(tiny_model_dir), generation=GenerationSettings(max_new_tokens=12, seed=7))
+    job = CaptionJob(_img((10, 200, 10)), num_candidates=3)
+    assert [c.caption for c in a.caption_batch([job])[0]] == [c.caption for c in a.caption_batch([job])[0]]
+
+
+def test_lora_adapter_is_merged_at_load(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlavaForConditionalGeneration
+
+    base = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+
+    plain = Captioner.load(str(tiny_model_dir))
+    merged = Captioner.load(str(tiny_model_dir), str(adapter_dir))
+    assert "+adapter@" in merged.version and merged.version != plain.version
+    assert not any("lora" in n for n, _ in merged.model.named_parameters())  # merged, not wrapped
+    name = next(n for n, _ in plain.model.named_parameters() if n.endswith("q_proj.weight"))
+    diff = (dict(plain.model.named_parameters())[name] - dict(merged.model.named_parameters())[name]).abs().max()
+    assert diff > 0
+
+
+def test_version_of_demo_style_folder(tmp_path):
+    (tmp_path / "snap2caption_demo.json").write_text('{"version": "demo-abc"}')
+    assert describe_version(str(tmp_path)) == "demo-abc"
+    assert describe_version("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

@@ -35,3 +35,12 @@ def test_demo_model_metadata(demo_model_dir):
     meta = json.loads((demo_model_dir / "snap2caption_demo.json").read_text())
     assert meta["version"] == demo_model_dir.name
     assert meta["train_wall_s"] <= 15 * 60
+
+
+def test_checker_reads_colour_and_shape():
+    from training.evaluate_demo import first_color_and_shape, first_pair
+
+    assert first_color_and_shape("Odd, bold and totally purple: the star drop is here.") == ("purple", "star")
+    assert first_color_and_shape("Weekend vibes with a red circle.") == ("red", "circle")
+    assert first_color_and_shape("Weekend vibes.") is None
+    assert first_pair("A large red circle at the top and a small blue star, on gray.") == ("red", "circle")

@@ -9,7 +9,7 @@ import json
 # no key, and the page asks the creator for one before calling the API.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json",
                         "/schema.json", "/", "/favicon.ico"})
-OPEN_PREFIXES = ("/static/", "/ui/", "/docs/")
+OPEN_PREFIXES = ("/static/", "/static_content/", "/ui/", "/docs/")
 
 
 def is_open_path(path: str) -> bool:

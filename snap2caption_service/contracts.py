@@ -6,9 +6,10 @@ defines a caption request or result.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Audience = Literal["personal", "promotional", "academic"]
 AUDIENCES: tuple[str, ...] = ("personal", "promotional", "academic")
@@ -94,3 +95,78 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: str
+
+
+# --- Events (Kafka and Knative push mode) ------------------------------------------------
+# The event *data* is modelled here, beside the HTTP contracts it reuses; the CloudEvents
+# envelope (ce_* headers) lives in stream/cloudevents.py.
+
+EVENT_TYPE_UPLOADED = "com.snap2caption.media.uploaded"
+EVENT_TYPE_CAPTIONED = "com.snap2caption.media.captioned"
+EVENT_TYPE_FEEDBACK = "com.snap2caption.caption.feedback"
+
+MAX_ID_CHARS = 256
+# Bucket naming rules (3-63 chars of lowercase letters, digits, dots, hyphens) and a key.
+_S3_URI = r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+$"
+
+
+class ImageRef(BaseModel):
+    """Where the uploaded image is: exactly one of an S3 object, a web URL or the bytes inline.
+
+    ``url`` must be https; plain http is accepted here but refused by the fetcher unless its
+    host is on the consumer's allowlist (local tests). Inline images are for small pictures:
+    they travel inside the Kafka record, so the topic's max.message.bytes caps them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    s3_uri: str | None = Field(None, pattern=_S3_URI, max_length=1100, description="s3://bucket/key")
+    url: str | None = Field(None, pattern=r"^[hH][tT][tT][pP][sS]?://[^/\s]+(/\S*)?$", max_length=4096,
+                            description="https:// URL (http:// only for allowlisted hosts)")
+    inline_base64: str | None = Field(None, min_length=1, description="Base64 image bytes or a data: URL.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ImageRef":
+        given = [name for name in ("s3_uri", "url", "inline_base64") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"image needs exactly one of s3_uri, url, inline_base64; got {given or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "s3" if self.s3_uri is not None else "url" if self.url is not None else "inline"
+
+
+class UploadEvent(CaptionOptions):
+    """Data of a ``media.uploaded`` event: the photo's location plus the caption options.
+
+    The options (tone, audience, num_hashtags, num_candidates) are CaptionOptions' own
+    fields, with the same limits and defaults as over HTTP. Unknown top-level fields are
+    ignored so producers can add fields without turning every event into poison.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    media_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="Record key and idempotency key.")
+    creator_id: str = Field(..., min_length=1, max_length=128)
+    image: ImageRef
+    uploaded_at: datetime | None = None
+
+    def options(self) -> CaptionOptions:
+        return CaptionOptions(**self.model_dump(include=set(CaptionOptions.model_fields)))
+
+
+class CaptionedEvent(CaptionResult):
+    """Data of a ``media.captioned`` event: the HTTP CaptionResult plus where it came from."""
+
+    media_id: str
+    creator_id: str
+    source_event_id: str = Field(..., description="ce_id of the media.uploaded event this answers.")
+    timings: dict[str, float] = Field(default_factory=dict,
+                                      description="Milliseconds per stage: fetch_ms, caption_ms, total_ms.")
+
+    @classmethod
+    def from_result(cls, result: CaptionResult, upload: UploadEvent, source_event_id: str,
+                    timings: dict[str, float]) -> "CaptionedEvent":
+        return cls(**result.model_dump(), media_id=upload.media_id, creator_id=upload.creator_id,
+                   source_event_id=source_event_id, timings={k: round(v, 1) for k, v in timings.items()})

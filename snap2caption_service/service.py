@@ -19,22 +19,36 @@ import bentoml
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from stream.feedback_producer import FeedbackPublisher
+from stream.push import PushHandler, PushRequest
+
 from .auth import ApiKeyMiddleware
+from .batching import install_dispatch_when_free
 from .captioner import BatchStats, CaptionJob
 from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
                         MIN_CANDIDATES, MIN_HASHTAGS, Audience, CaptionOptions, CaptionRequest,
-                        CaptionResult, FeedbackAccepted, FeedbackRequest)
+                        CaptionedEvent, CaptionResult, FeedbackAccepted, FeedbackRequest)
 from .feedback_store import FeedbackStore
 from .images import ImageError, decode_base64_image, decode_png_base64
 from .metrics import get_metrics
 from .pipeline import ModelItem, ModelOutput, build_result, model_item, new_request_id, prepare_image
 from .settings import get_settings
+from .web_app import web_app
 
 log = logging.getLogger("snap2caption")
+install_dispatch_when_free()
 settings = get_settings()  # env only; cheap. Batcher limits must be known when the class is defined.
 
 
-@bentoml.service(name="snap2caption-model", workers=1, traffic={"timeout": 600})
+@bentoml.service(
+    name="snap2caption-model",
+    workers=1,
+    traffic={"timeout": 600},
+    # BentoML's client to this service replaces its HTTP session every 100 requests by default,
+    # closing the old one under requests still in flight on it ("Server disconnected" at
+    # 50 concurrent clients). The hop is a local socket: keep one session.
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 10 * 365 * 86400.0},
+)
 class CaptionModel:
     """Owns the model. One worker, one model call at a time; the batcher fills each call."""
 
@@ -66,12 +80,16 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     traffic={"timeout": 300, "max_concurrency": settings.max_concurrency},
     http={"cors": {"enabled": False}},
 )
+@bentoml.asgi_app(web_app, path="/")  # the creator page at /ui/ (and / -> /ui/), Swagger at /docs
 class Snap2Caption:
     model = bentoml.depends(CaptionModel)
 
     def __init__(self) -> None:
         self.settings = get_settings()
         self.feedback_store = FeedbackStore(self.settings.feedback_file, fsync=self.settings.feedback_fsync)
+        # Also to the training topic, via a durable spool, when KAFKA_BOOTSTRAP_SERVERS is set.
+        self.feedback_out = FeedbackPublisher.from_env(self.settings.data_dir, self.settings.feedback_fsync)
+        self.push = PushHandler()  # POST /events; fetch rules (S3 buckets, URL allowlist) as for `consume`
 
     async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str):
         """Decode, check, batch through the model worker, and shape the result (or a 4xx)."""
@@ -97,7 +115,7 @@ class Snap2Caption:
             m.injected_faults.inc()
             m.captions.labels("error", source).inc()
             return _error(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
-        outputs = await self.model.to_async.caption([model_item(prepared, options)])
+        outputs = await self._call_model(model_item(prepared, options))
         output = outputs[0]
         if not isinstance(output, ModelOutput):
             output = ModelOutput.model_validate(output)
@@ -105,6 +123,16 @@ class Snap2Caption:
         m.captions.labels("ok", source).inc()
         m.caption_latency.observe(latency)
         return build_result(output, request_id, latency * 1000, prepared.sha256)
+
+    async def _call_model(self, item: ModelItem):
+        import aiohttp
+
+        # Captioning is idempotent, so a connection dropped before the answer is retried once.
+        try:
+            return await self.model.to_async.caption([item])
+        except aiohttp.ServerDisconnectedError:
+            log.warning("model worker connection dropped; retrying once")
+            return await self.model.to_async.caption([item])
 
     @bentoml.api(route="/generate-caption", input_spec=CaptionRequest)
     async def generate_caption(self, **fields) -> CaptionResult:
@@ -135,9 +163,16 @@ class Snap2Caption:
         """Record a rating or an edit; 202 once it is durably stored."""
         request = FeedbackRequest.model_construct(**fields)
         record = await anyio.to_thread.run_sync(self.feedback_store.append, request)
+        if self.feedback_out is not None:
+            await anyio.to_thread.run_sync(self.feedback_out.publish, record)
         get_metrics().feedback.labels(request.rating).inc()
         ctx.response.status_code = 202
         return FeedbackAccepted(feedback_id=record.feedback_id)
+
+    @bentoml.api(route="/events", input_spec=PushRequest)
+    async def events(self, body: bytes, headers: dict[str, str]) -> CaptionedEvent:
+        """Knative push mode: a media.uploaded CloudEvent (binary mode) in, the captioned CloudEvent out."""
+        return await self.push.handle(headers, body, lambda image, options: self._caption(image, options, "events"))
 
 
 if settings.api_key_list:

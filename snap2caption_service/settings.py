@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     seed: int = 0
 
     max_batch_size: int = Field(32, ge=1, le=512, description="Adaptive batcher: most items per model call.")
-    max_latency_ms: int = Field(10000, ge=10, description="Adaptive batcher: latency budget per request.")
+    # BentoML's batcher refuses (503) requests it predicts will exceed this, and until it has
+    # measured the model it predicts pessimistically (~2 s per item): a small budget turns a
+    # burst right after start-up into errors. Overload is bounded by max_concurrency instead.
+    max_latency_ms: int = Field(300_000, ge=10, description="Adaptive batcher: latency budget per request.")
     max_concurrency: int = Field(256, ge=1, description="Requests in flight before the API answers 503.")
 
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)

@@ -1,0 +1,69 @@
+"""The creator web page, served by the service itself (mounted on ``Snap2Caption`` at "/").
+
+Routes this app adds (every API route of the service is matched before these):
+
+* ``GET /``      -> redirect to the page, so a creator who opens the bare address lands on it;
+* ``GET /ui/``   -> the page (``web/index.html``, ``app.js``, ``style.css``), static files;
+* ``GET /docs``  -> BentoML's Swagger UI, which used to live at "/" (it reads ``/docs.json``).
+
+The page calls the API on the same origin, so it needs no CORS. It is a static shell with no
+secrets: auth.py leaves "/", "/ui/" and "/docs" open, and the page asks the creator for an API
+key (sent as ``Authorization: Bearer``) when the service has keys configured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+def _swagger_page() -> Path | None:
+    """BentoML's own API docs page, if this BentoML version ships it where we expect."""
+    try:
+        import _bentoml_impl.server as impl
+    except ImportError:  # pragma: no cover - other BentoML layouts
+        return None
+    page = Path(impl.__file__).parent / "main-openapi.html"
+    return page if page.is_file() else None
+
+
+class NoCacheStaticFiles(StaticFiles):
+    """Static files that browsers revalidate, so a redeploy never serves a stale app.js."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
+async def home(_: Request) -> Response:
+    # Relative, so it still works behind a proxy that serves the service under a path prefix.
+    return RedirectResponse("ui/", status_code=307)
+
+
+def build_app() -> Starlette:
+    routes = [
+        Route("/", home, methods=["GET", "HEAD"]),
+        # check_dir=False: a packaging slip that drops web/ costs the page (404), not the API.
+        Mount("/ui", app=NoCacheStaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="ui"),
+    ]
+    swagger = _swagger_page()
+    if swagger is not None:
+        async def docs(_: Request) -> Response:
+            return FileResponse(swagger, media_type="text/html")
+
+        routes.append(Route("/docs", docs, methods=["GET", "HEAD"]))
+    return Starlette(routes=routes)
+
+
+web_app = build_app()
+
+__all__ = ["web_app", "build_app", "WEB_DIR"]

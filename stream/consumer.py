@@ -1,0 +1,577 @@
+"""`snap2caption consume`: upload events in; captioned events and dead letters out, exactly once.
+
+The loop, as ``Consumer.run`` spells it out:
+
+    poll      only partitions with room in the in-flight window (backpressure = pause)
+    submit    each record to the worker pool: decode -> validate -> fetch -> POST /generate-caption
+              (transient failures retried with bounded backoff inside the worker)
+    collect   finished records; per partition only the finished *prefix* in offset order
+    commit    BEGIN
+                produce a captioned event (key = media_id) or a DLQ record for each of them
+                send the consumed offsets to the transaction
+              COMMIT     <- outputs and offsets become visible together, or neither does
+
+Readers of media.captioned use isolation_level=read_committed. A crash anywhere before
+COMMIT aborts the transaction (the restarted instance, sharing the transactional id, fences
+and aborts it) and the records are consumed again; a crash after COMMIT finds their offsets
+committed. Many workers keep many requests in flight, so the service's adaptive batcher
+forms real batches.
+
+Poison events (the event's fault) are dead-lettered and committed like any result.
+Transient failures are never dead-lettered: when the retries run out the record stays
+uncommitted, its partition pauses for ``retry_later_s``, and the record is tried again.
+SIGTERM: stop polling, let in-flight work finish, commit it, exit 0.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import random
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
+
+from snap2caption_service.contracts import EVENT_TYPE_CAPTIONED, EVENT_TYPE_UPLOADED, CaptionedEvent, UploadEvent
+
+from . import cloudevents
+from .errors import Poison, Transient
+from .fetch import ImageFetcher
+from .service_client import ServiceClient
+from .settings import StreamSettings
+from .topics import ensure_topics
+
+log = logging.getLogger("snap2caption.consumer")
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@lru_cache(maxsize=1)
+def consumer_metrics():
+    from types import SimpleNamespace
+
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return SimpleNamespace(
+        lag=Gauge("snap2caption_consumer_lag", "Upload events not yet committed, per partition "
+                  "(high watermark minus next uncommitted offset).", ["topic", "partition"]),
+        events=Counter("snap2caption_consumer_events_total", "Upload events committed, by outcome "
+                       "(captioned, dead_lettered).", ["outcome"]),
+        dlq=Counter("snap2caption_consumer_dlq_total", "Upload events dead-lettered, by reason and stage.",
+                    ["reason", "stage"]),
+        transient=Counter("snap2caption_consumer_transient_failures_total",
+                          "Transient failures (each is retried), by reason and stage.", ["reason", "stage"]),
+        stage=Histogram("snap2caption_consumer_stage_seconds", "Time per stage: fetch, caption, produce "
+                        "(one transaction), total (poll to result).", ["stage"], buckets=STAGE_BUCKETS),
+        in_flight=Gauge("snap2caption_consumer_in_flight", "Upload events polled and not yet committed."),
+        transactions=Counter("snap2caption_consumer_transactions_total", "Transactions, by outcome.",
+                             ["outcome"]),
+    )
+
+
+class TransactionStuck(Exception):
+    """A transactional call got no answer within transaction_call_timeout_s."""
+
+
+def _close_quietly(producer: KafkaProducer) -> None:
+    # close() itself can hang on a producer whose request was lost; never wait for it.
+    threading.Thread(target=producer.close, kwargs={"timeout": 0}, daemon=True).start()
+
+
+# --- outcomes of one record --------------------------------------------------------------
+
+@dataclass
+class Captioned:
+    key: bytes
+    value: bytes
+    headers: list
+
+
+@dataclass
+class DeadLetter:
+    reason: str
+    stage: str
+    detail: str
+
+
+@dataclass
+class RetryLater:
+    reason: str
+    stage: str
+    detail: str
+
+
+Outcome = Captioned | DeadLetter | RetryLater
+
+
+@dataclass(eq=False)
+class Pending:
+    """A polled record from poll until its transaction commits."""
+
+    record: object  # kafka ConsumerRecord
+    polled_at: float
+    future: Future | None = None
+    outcome: Captioned | DeadLetter | None = None
+    retry_at: float | None = None  # set while waiting to be tried again
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+
+@dataclass
+class Window:
+    """Records in flight, per partition in offset order. Its size is the backpressure limit."""
+
+    parts: dict[TopicPartition, deque[Pending]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.parts.values())
+
+    def add(self, tp: TopicPartition, pending: Pending) -> None:
+        self.parts.setdefault(tp, deque()).append(pending)
+
+    def items(self):
+        for q in self.parts.values():
+            yield from q
+
+    def finished_prefixes(self) -> dict[TopicPartition, list[Pending]]:
+        """Finished records that can be committed: each partition's leading finished run."""
+        out = {}
+        for tp, q in self.parts.items():
+            run = []
+            for p in q:
+                if not p.finished:
+                    break
+                run.append(p)
+            if run:
+                out[tp] = run
+        return out
+
+    def remove(self, ready: dict[TopicPartition, list[Pending]]) -> None:
+        for tp, run in ready.items():
+            q = self.parts[tp]
+            for _ in run:
+                q.popleft()
+
+    def drop(self, tps) -> int:
+        return sum(len(self.parts.pop(tp, ())) for tp in tps)
+
+    def waiting_retry(self) -> set[TopicPartition]:
+        return {tp for tp, q in self.parts.items() if any(p.retry_at is not None for p in q)}
+
+    def running(self) -> int:
+        return sum(1 for p in self.items() if p.future is not None)
+
+    def first_offset(self, tp: TopicPartition) -> int | None:
+        q = self.parts.get(tp)
+        return q[0].record.offset if q else None
+
+
+# --- the worker: one record -> an outcome ------------------------------------------------
+
+class Handler:
+    """What happens to one upload event, off the consumer thread. Never raises."""
+
+    def __init__(self, settings: StreamSettings, fetcher: ImageFetcher, service: ServiceClient,
+                 stopping: threading.Event):
+        self.s, self.fetcher, self.service, self.stopping = settings, fetcher, service, stopping
+        self.source = f"urn:snap2caption:consumer:{settings.consumer_group}"
+        self.m = consumer_metrics()
+
+    def __call__(self, record, polled_at: float) -> Outcome:
+        started = time.perf_counter()
+        try:
+            event = self.decode(record)
+            upload = self.validate(event)
+            t0 = time.perf_counter()
+            image = self.retrying(lambda: self.fetcher.fetch(upload.image))
+            t1 = time.perf_counter()
+            result = self.retrying(lambda: self.service.caption(image, upload.options()))
+            t2 = time.perf_counter()
+        except Poison as exc:
+            return DeadLetter(exc.reason, exc.stage, exc.detail)
+        except Transient as exc:
+            return RetryLater(exc.reason, exc.stage, exc.detail)
+        except Exception as exc:  # a bug here must not stall the partition forever
+            log.exception("unexpected error on %s-%d@%d", record.topic, record.partition, record.offset)
+            return DeadLetter("internal_error", "process", f"{type(exc).__name__}: {exc}")
+        self.m.stage.labels("fetch").observe(t1 - t0)
+        self.m.stage.labels("caption").observe(t2 - t1)
+        total = time.perf_counter() - polled_at
+        self.m.stage.labels("total").observe(total)
+        timings = {"wait_ms": (started - polled_at) * 1000, "fetch_ms": (t1 - t0) * 1000,
+                   "caption_ms": (t2 - t1) * 1000, "total_ms": total * 1000}
+        data = CaptionedEvent.from_result(result, upload, event.id, timings)
+        # Deterministic id: the same upload event always yields the same captioned event id.
+        out = cloudevents.new_event(EVENT_TYPE_CAPTIONED, self.source, data, subject=upload.media_id,
+                                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")))
+        value, headers = cloudevents.to_kafka(out)
+        trace = cloudevents.header(record.headers, "traceparent")
+        if trace:
+            headers.append(("traceparent", trace.encode()))
+        return Captioned(upload.media_id.encode(), value, headers)
+
+    @staticmethod
+    def decode(record) -> cloudevents.CloudEvent:
+        try:
+            event = cloudevents.from_kafka(record.value, record.headers)
+            if event.type != EVENT_TYPE_UPLOADED:
+                raise Poison("unexpected_event_type", "decode",
+                             f"type {event.type!r}; this topic carries {EVENT_TYPE_UPLOADED}")
+            event.json()  # raises invalid_json / unsupported_content_type
+            return event
+        except cloudevents.CloudEventError as exc:
+            raise Poison(exc.reason, "decode", exc.detail) from None
+
+    @staticmethod
+    def validate(event: cloudevents.CloudEvent) -> UploadEvent:
+        try:
+            return UploadEvent.model_validate(event.json())
+        except ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
+            raise Poison("schema_violation", "validate", errors) from None
+
+    def retrying(self, call):
+        """``call()``, retried on Transient with exponential backoff (jittered, capped)."""
+        for attempt in range(self.s.retries + 1):
+            try:
+                return call()
+            except Transient as exc:
+                self.m.transient.labels(exc.reason, exc.stage).inc()
+                if attempt == self.s.retries or self.stopping.is_set():
+                    raise
+                delay_ms = min(self.s.retry_backoff_max_ms, self.s.retry_backoff_ms * 2 ** attempt)
+                log.debug("transient %s/%s (attempt %d): %s; retrying in %d ms",
+                         exc.stage, exc.reason, attempt + 1, exc.detail, delay_ms)
+                if self.stopping.wait(delay_ms / 1000 * random.uniform(0.5, 1.0)):
+                    raise  # shutting down: leave it uncommitted for the next owner
+        raise AssertionError("unreachable")
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+class Consumer(ConsumerRebalanceListener):
+    def __init__(self, settings: StreamSettings | None = None, fetcher: ImageFetcher | None = None,
+                 service: ServiceClient | None = None):
+        self.s = settings or StreamSettings()
+        self.stopping = threading.Event()
+        self.m = consumer_metrics()
+        self.window = Window()
+        self.handler = Handler(self.s, fetcher or ImageFetcher(self.s), service or ServiceClient(self.s),
+                               self.stopping)
+        self.pool = ThreadPoolExecutor(self.s.max_in_flight, thread_name_prefix="caption")
+        self.consumer: KafkaConsumer | None = None
+        self.producer: KafkaProducer | None = None
+        self.last_commit = time.monotonic()
+        self.last_lag = 0.0
+        self.committed_next: dict[TopicPartition, int] = {}
+        self.outcome_unknown = False  # a transaction got no answer; check offsets before producing
+        self.totals = {"captioned": 0, "dead_lettered": 0}
+
+    # -- setup --------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.s
+        ensure_topics(s, [s.topic_uploaded, s.topic_captioned, s.topic_dlq])
+        # Fences any earlier incarnation of this instance and aborts its open transaction.
+        self.producer = self.new_producer()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=s.bootstrap, client_id=f"snap2caption-{s.instance_id}",
+            group_id=s.consumer_group, group_instance_id=s.instance_id,
+            enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest",
+            max_poll_records=s.max_in_flight, session_timeout_ms=s.session_timeout_ms)
+        self.consumer.subscribe([s.topic_uploaded], listener=self)
+        log.info("consuming %s as %s (group %s, transactional id %s) -> %s / %s; service %s; %d in flight",
+                 s.topic_uploaded, s.instance_id, s.consumer_group, s.transactional_id, s.topic_captioned,
+                 s.topic_dlq, s.service_url, s.max_in_flight)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        self.start()
+        while not self.stopping.is_set():
+            self.throttle()                              # backpressure: pause full / retry-waiting partitions
+            free = max(1, self.s.max_in_flight - len(self.window))
+            for tp, records in self.consumer.poll(timeout_ms=100, max_records=free).items():
+                for record in records:
+                    pending = Pending(record, time.perf_counter())
+                    self.window.add(tp, pending)
+                    self.submit(pending)
+            self.collect()                               # finished futures -> outcomes
+            if self.commit_due():
+                self.commit()                            # one transaction: outputs + offsets
+            self.report()
+        return self.shutdown()
+
+    def submit(self, pending: Pending) -> None:
+        pending.retry_at = None
+        pending.future = self.pool.submit(self.handler, pending.record, pending.polled_at)
+
+    def collect(self) -> None:
+        now = time.monotonic()
+        for tp, q in self.window.parts.items():
+            for p in q:
+                if p.future is not None and p.future.done():
+                    outcome, p.future = p.future.result(), None
+                    if isinstance(outcome, RetryLater):
+                        # Retries ran out: keep it uncommitted, pause its partition, try again later.
+                        log.warning("%s-%d@%d: %s/%s after %d retries (%s); pausing the partition for %.0fs",
+                                    tp.topic, tp.partition, p.record.offset, outcome.stage, outcome.reason,
+                                    self.s.retries, outcome.detail, self.s.retry_later_s)
+                        p.retry_at = now + self.s.retry_later_s
+                    else:
+                        p.outcome = outcome
+                elif p.retry_at is not None and now >= p.retry_at and not self.stopping.is_set():
+                    self.submit(p)
+        self.m.in_flight.set(len(self.window))
+
+    def throttle(self) -> None:
+        assigned = self.consumer.assignment()
+        if len(self.window) >= self.s.max_in_flight:
+            want = set(assigned)
+        else:
+            want = self.window.waiting_retry() & assigned
+        paused = self.consumer.paused()
+        if want - paused:
+            self.consumer.pause(*(want - paused))
+        if (paused - want) & assigned:
+            self.consumer.resume(*((paused - want) & assigned))
+
+    def commit_due(self) -> bool:
+        ready = self.window.finished_prefixes()
+        n = sum(map(len, ready.values()))
+        return n > 0 and (n >= self.s.commit_max_records
+                          or (time.monotonic() - self.last_commit) * 1000 >= self.s.commit_interval_ms)
+
+    def commit(self) -> None:
+        """Produce the results of every finished prefix and commit their offsets, atomically."""
+        ready = self.window.finished_prefixes()
+        if not ready or not self.producer_ready(ready):
+            return
+        t0 = time.perf_counter()
+        s = self.s
+        try:
+            self.producer.begin_transaction()
+            for run in ready.values():
+                for p in run:
+                    if isinstance(p.outcome, Captioned):
+                        self.producer.send(s.topic_captioned, key=p.outcome.key, value=p.outcome.value,
+                                           headers=p.outcome.headers)
+                    else:
+                        self.producer.send(s.topic_dlq, key=p.record.key, value=_dlq_value(p.record),
+                                           headers=self.dlq_headers(p.record, p.outcome))
+            offsets = {tp: OffsetAndMetadata(run[-1].record.offset + 1, "", -1) for tp, run in ready.items()}
+            self.bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
+            self.bounded(self.producer.commit_transaction)
+        except TransactionStuck as exc:
+            # The outcome is unknown (the commit may have landed). Replace the producer, which
+            # settles the old transaction, then read the committed offsets before going on.
+            log.warning("%s got no answer in %.0fs; replacing the producer", exc, s.transaction_call_timeout_s)
+            self.outcome_unknown = True
+            self.replace_producer()
+            self.producer_ready(ready)
+            return
+        except KafkaError as exc:
+            # Nothing of this transaction is visible. Abort (raises if the producer is fenced or
+            # in a fatal state: then this process must exit and be restarted) and keep the
+            # records: the next commit tries again, or a rebalance hands them to another owner.
+            log.warning("transaction failed (%s: %s); aborting and retrying", type(exc).__name__, exc)
+            self.m.transactions.labels("aborted").inc()
+            try:
+                self.bounded(self.producer.abort_transaction)
+            except TransactionStuck:
+                self.replace_producer()
+            self.last_commit = time.monotonic()
+            time.sleep(0.5)
+            return
+        self.committed(ready, t0)
+
+    def committed(self, ready: dict[TopicPartition, list[Pending]], t0: float) -> None:
+        self.window.remove(ready)
+        self.last_commit = time.monotonic()
+        self.m.transactions.labels("committed").inc()
+        self.m.stage.labels("produce").observe(time.perf_counter() - t0)
+        for tp, run in ready.items():
+            self.committed_next[tp] = run[-1].record.offset + 1
+            for p in run:
+                if isinstance(p.outcome, Captioned):
+                    self.totals["captioned"] += 1
+                    self.m.events.labels("captioned").inc()
+                else:
+                    self.totals["dead_lettered"] += 1
+                    self.m.events.labels("dead_lettered").inc()
+                    self.m.dlq.labels(p.outcome.reason, p.outcome.stage).inc()
+                    log.info("dead-lettered %s-%d@%d: %s/%s: %s", tp.topic, tp.partition, p.record.offset,
+                             p.outcome.stage, p.outcome.reason, p.outcome.detail)
+
+    # -- the producer, and transactions whose outcome is unknown --------------------------
+    def new_producer(self) -> KafkaProducer:
+        s = self.s
+        producer = KafkaProducer(
+            bootstrap_servers=s.bootstrap, client_id=f"snap2caption-{s.instance_id}",
+            transactional_id=s.transactional_id, enable_idempotence=True, acks="all", linger_ms=5,
+            max_block_ms=int(s.transaction_call_timeout_s * 1000), transaction_timeout_ms=60_000)
+        try:
+            self.bounded(producer.init_transactions)
+        except BaseException:
+            _close_quietly(producer)
+            raise
+        return producer
+
+    def replace_producer(self) -> bool:
+        """A new producer with the same transactional id: it fences the old one and settles
+        (aborts, or finishes committing) whatever transaction the old one had open."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            _close_quietly(old)
+        try:
+            self.producer = self.new_producer()
+            return True
+        except (KafkaError, TransactionStuck) as exc:
+            log.warning("no transactional producer yet (%s: %s); retrying", type(exc).__name__, exc)
+            time.sleep(1.0)
+            return False
+
+    def producer_ready(self, ready: dict[TopicPartition, list[Pending]]) -> bool:
+        """True when ``ready`` may be produced now. After a transaction with an unknown outcome,
+        the group's committed offsets tell whether it landed; if so it is not produced again."""
+        if self.producer is None and not self.replace_producer():
+            return False
+        if not self.outcome_unknown:
+            return True
+        landed = {}
+        for tp, run in ready.items():
+            try:
+                committed = self.consumer.committed(tp, timeout_ms=10_000)
+            except KafkaError as exc:
+                log.warning("cannot read committed offsets yet (%s); retrying", exc)
+                return False
+            landed[tp] = committed is not None and committed >= run[-1].record.offset + 1
+        self.outcome_unknown = False
+        if any(landed.values()):
+            # The earlier transaction committed: its records are done, their results are out.
+            log.info("the unanswered transaction had committed (%s)", sorted(map(str, landed)))
+            self.committed({tp: run for tp, run in ready.items() if landed[tp]}, time.perf_counter())
+            return False
+        return True
+
+    def bounded(self, call, *args):
+        """A blocking transactional call with a deadline: kafka-python can wait forever for a
+        request that a broker restart lost."""
+        done, box = threading.Event(), {}
+
+        def target():
+            try:
+                box["value"] = call(*args)
+            except BaseException as exc:  # handed to the caller below
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=target, daemon=True, name="kafka-txn-call").start()
+        if not done.wait(self.s.transaction_call_timeout_s):
+            raise TransactionStuck(getattr(call, "__name__", "a transactional call"))
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def dlq_headers(self, record, dead: DeadLetter) -> list[tuple[str, bytes]]:
+        extra = {"dlq_reason": dead.reason, "dlq_stage": dead.stage, "dlq_detail": dead.detail[:1000],
+                 "dlq_source_topic": record.topic, "dlq_source_partition": str(record.partition),
+                 "dlq_source_offset": str(record.offset), "dlq_consumer_group": self.s.consumer_group,
+                 "dlq_time": cloudevents.now_rfc3339()}
+        return list(record.headers or []) + [(k, v.encode()) for k, v in extra.items()]
+
+    # -- rebalance ------------------------------------------------------------------------
+    def on_partitions_revoked(self, revoked) -> None:
+        # Still the owner: commit what is finished, then forget the rest (the next owner
+        # consumes it again from the committed offset; nothing of it was produced).
+        if self.producer is not None and self.window.finished_prefixes():
+            self.collect()
+            self.commit()
+        self.forget(revoked)
+
+    def on_partitions_lost(self, lost) -> None:
+        self.forget(lost)  # no longer the owner: a commit would be fenced anyway
+
+    def on_partitions_assigned(self, assigned) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+
+    def forget(self, tps) -> None:
+        dropped = self.window.drop(tps)
+        for tp in tps:
+            self.committed_next.pop(tp, None)
+            try:
+                self.m.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        if dropped:
+            log.info("dropped %d uncommitted records of revoked partitions", dropped)
+
+    # -- metrics and shutdown -------------------------------------------------------------
+    def report(self, every_s: float = 2.0) -> None:
+        now = time.monotonic()
+        if now - self.last_lag < every_s:
+            return
+        self.last_lag = now
+        for tp in self.consumer.assignment():
+            try:
+                high = self.consumer.highwater(tp)
+            except KafkaError:
+                continue
+            nxt = self.window.first_offset(tp)
+            if nxt is None:
+                nxt = self.committed_next.get(tp)
+            if high is not None and nxt is not None:
+                self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - nxt))
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def shutdown(self) -> int:
+        """Stop polling, finish what is in flight, commit it, close. Returns the exit code."""
+        log.info("stopping: finishing %d in-flight events", self.window.running())
+        deadline = time.monotonic() + self.s.drain_timeout_s
+        self.consumer.pause(*self.consumer.assignment())
+        while self.window.running() and time.monotonic() < deadline:
+            self.consumer.poll(timeout_ms=100)  # stays in the group; returns nothing, all paused
+            self.collect()
+        self.collect()
+        self.commit()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.consumer.close(autocommit=False)
+        if self.producer is not None:
+            self.producer.close(timeout=30)
+        log.info("stopped: %d captioned, %d dead-lettered", self.totals["captioned"], self.totals["dead_lettered"])
+        return 0
+
+
+def _dlq_value(record) -> bytes | None:
+    # A record needs a key or a value; a keyless tombstone is dead-lettered as an empty value.
+    return record.value if record.value is not None or record.key is not None else b""
+
+
+def run_consumer(settings: StreamSettings | None = None) -> int:
+    settings = settings or StreamSettings()
+    if not log.isEnabledFor(logging.DEBUG):
+        # One line per HTTP request and per Kafka connection event drowns what matters.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+    consumer = Consumer(settings)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack
+    signal.signal(signal.SIGTERM, consumer.stop)
+    signal.signal(signal.SIGINT, consumer.stop)
+    return consumer.run()

@@ -1,0 +1,142 @@
+"""Knative push mode: an upload CloudEvent in over HTTP, the captioned CloudEvent back.
+
+A Knative KafkaSource (or a Trigger) POSTs each record to ``/events`` in binary mode. When
+the Kafka record was itself a binary-mode CloudEvent, KafkaSource forwards its attributes
+as they are; otherwise it wraps the record as ``dev.knative.kafka.event`` with ``ce-id:
+partition:N/offset:M`` and every Kafka header as a ``kafkaheader<name>`` attribute. Both
+shapes are accepted here.
+
+The reply is the captioned event in binary mode (``ce-*`` headers, JSON body), which a
+Knative sink forwards as the reply event. A bad event gets a 4xx with ``{"error": reason,
+"stage": ..., "detail": ...}`` (Knative does not retry those: they go to the
+deadLetterSink); a transient failure gets 503 with Retry-After, which Knative retries. No
+retries happen here: the delivery spec's retry/backoff owns that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+
+import anyio
+import bentoml
+from pydantic import ValidationError
+from starlette.responses import JSONResponse, Response
+
+from snap2caption_service.contracts import (EVENT_TYPE_CAPTIONED, EVENT_TYPE_UPLOADED, CaptionedEvent,
+                                            CaptionOptions, CaptionResult, UploadEvent)
+from snap2caption_service.images import ERROR_STATUS
+
+from . import cloudevents
+from .errors import Poison, Transient
+from .fetch import ImageFetcher
+from .settings import StreamSettings
+
+KAFKA_SOURCE_TYPE = "dev.knative.kafka.event"
+SOURCE = "urn:snap2caption:service:events"
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+# caption(image bytes, options) -> CaptionResult, or the service's error response
+CaptionFn = Callable[[bytes, CaptionOptions], Awaitable[CaptionResult | Response]]
+
+
+def kafka_headers(event: cloudevents.CloudEvent) -> dict[str, str]:
+    """The original Kafka headers KafkaSource carried as kafkaheader* attributes (names sanitized)."""
+    return {name[len("kafkaheader"):]: value for name, value in event.extensions.items()
+            if name.startswith("kafkaheader")}
+
+
+class PushRequest(bentoml.IODescriptor):
+    """The /events input: the raw body and headers, so that *we* parse them and name the reason
+    for a bad event (BentoML's own JSON parsing answers 500 to a body that isn't JSON)."""
+
+    body: bytes = b""
+    headers: dict[str, str] = {}
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> "PushRequest":
+        return cls(body=await request.body(), headers=dict(request.headers))
+
+
+class PushHandler:
+    def __init__(self, settings: StreamSettings | None = None):
+        self.s = settings or StreamSettings()
+        self.fetcher = ImageFetcher(self.s)
+
+    def decode(self, headers: Mapping[str, str], data: Any) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
+        """(event, upload data, id of the original upload event); raises Poison."""
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        if not body:
+            raise Poison("empty_value", "decode", "the request has no body")
+        try:
+            event = cloudevents.from_http(body, dict(headers))
+            source_id = event.id
+            if event.type == KAFKA_SOURCE_TYPE:
+                original = kafka_headers(event)
+                original_type = original.get(_NOT_ALNUM.sub("", "ce_type"))
+                if original_type not in (None, EVENT_TYPE_UPLOADED):
+                    raise Poison("unexpected_event_type", "decode", f"Kafka record of type {original_type!r}")
+                source_id = original.get(_NOT_ALNUM.sub("", "ce_id")) or event.id
+            elif event.type != EVENT_TYPE_UPLOADED:
+                raise Poison("unexpected_event_type", "decode",
+                             f"type {event.type!r}; /events accepts {EVENT_TYPE_UPLOADED}")
+            payload = event.json()
+        except cloudevents.CloudEventError as exc:
+            raise Poison(exc.reason, "decode", exc.detail) from None
+        try:
+            return event, UploadEvent.model_validate(payload), source_id
+        except ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
+            raise Poison("schema_violation", "validate", errors) from None
+
+    async def handle(self, headers: Mapping[str, str], data: Any, caption: CaptionFn) -> Response:
+        t0 = time.perf_counter()
+        try:
+            event, upload, source_id = self.decode(headers, data)
+            image = await anyio.to_thread.run_sync(self.fetcher.fetch, upload.image)
+            t1 = time.perf_counter()
+            result = await caption(image, upload.options())
+            if isinstance(result, Response):
+                raise _service_error(result)
+            t2 = time.perf_counter()
+        except Poison as exc:
+            return _error(_status(exc), exc)
+        except Transient as exc:
+            return _error(503, exc, {"Retry-After": "5"})
+        timings = {"fetch_ms": (t1 - t0) * 1000, "caption_ms": (t2 - t1) * 1000,
+                   "total_ms": (time.perf_counter() - t0) * 1000}
+        data_out = CaptionedEvent.from_result(result, upload, source_id, timings)
+        out = cloudevents.new_event(EVENT_TYPE_CAPTIONED, SOURCE, data_out, subject=upload.media_id,
+                                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")),
+                                    extensions={"partitionkey": upload.media_id})
+        body, out_headers = cloudevents.to_http(out)
+        return Response(body, status_code=200, headers=out_headers, media_type=out.datacontenttype)
+
+
+def _service_error(resp: Response) -> Poison | Transient:
+    try:
+        body = json.loads(resp.body)
+    except (ValueError, AttributeError):
+        body = {}
+    code, detail = str(body.get("error", f"service_http_{resp.status_code}")), str(body.get("detail", ""))
+    if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+        err = Poison(code, "caption", detail)
+        err.status = resp.status_code
+        return err
+    return Transient(code, "caption", detail)
+
+
+def _status(exc: Poison) -> int:
+    if getattr(exc, "status", None):
+        return exc.status
+    if exc.reason in ERROR_STATUS:  # the same image errors answer as on /generate-caption
+        return ERROR_STATUS[exc.reason]
+    return 400 if exc.stage in ("decode", "validate") else 422
+
+
+def _error(status: int, exc: Poison | Transient, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": exc.reason, "stage": exc.stage, "detail": exc.detail},
+                        status_code=status, headers=headers)

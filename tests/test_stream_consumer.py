@@ -1,0 +1,195 @@
+"""`snap2caption consume` end to end on the real broker and the real service (tiny model):
+upload events with images from S3 (moto's server), a web server and inline, captioned
+exactly once; SIGTERM finishes and commits in-flight work; transient service failures are
+retried (pausing the partition when retries run out) and never dead-lettered."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from conftest import png_bytes
+from stream import cloudevents
+from stream_support import (ConsumerProcess, bootstrap, consumer_env, create_topics, data_of,  # noqa: F401
+                            headers_dict, image_site, inline, moto_s3, produce, read_topic, topic_env,
+                            upload_event, wait_for)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.service]
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _batch_stats(service) -> tuple[float, float]:
+    text = httpx.get(service.url + "/metrics", timeout=10).text
+    return _metric(text, "snap2caption_model_batch_size_sum"), _metric(text, "snap2caption_model_batch_size_count")
+
+
+def test_upload_events_from_s3_http_and_inline_are_captioned_exactly_once(bootstrap, service, moto_s3,
+                                                                          image_site, tmp_path):
+    topics = topic_env("e2e")
+    create_topics(bootstrap, topics)
+    per_source = 10
+    events, sha = [], {}
+    for i in range(per_source):
+        img = png_bytes((i * 25 % 256, 80, 160), (80 + i, 60))
+        uri = moto_s3.put(f"uploads/{i}.png", img)
+        events.append(upload_event(f"s3-{i}", {"s3_uri": uri}, tone="funny"))
+        sha[f"s3-{i}"] = hashlib.sha256(img).hexdigest()
+        img = png_bytes((200, i * 25 % 256, 30), (70, 50 + i))
+        image_site.routes[f"/img/{i}.png"] = img
+        events.append(upload_event(f"url-{i}", {"url": f"{image_site.url}/img/{i}.png"}, audience="promotional"))
+        sha[f"url-{i}"] = hashlib.sha256(img).hexdigest()
+        img = png_bytes((30, 30, i * 25 % 256), (64, 64 + i))
+        events.append(upload_event(f"inline-{i}", inline((30, 30, i * 25 % 256), (64, 64 + i)), num_hashtags=5))
+        sha[f"inline-{i}"] = hashlib.sha256(img).hexdigest()
+
+    env = consumer_env(bootstrap, service.url, topics, SNAP2CAPTION_URL_ALLOWLIST="127.0.0.1", **moto_s3.env)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        wait_for(lambda: "consuming" in consumer.log(), 60, "the consumer to start")
+        batch_sum0, batch_count0 = _batch_stats(service)
+        t0 = time.monotonic()
+        sent = produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
+        out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(events), timeout=240, settle=0.5)
+        elapsed = time.monotonic() - t0
+        assert len(out) == len(events), consumer.log()[-3000:]
+        print(f"\n{len(events)} upload events -> captioned in {elapsed:.1f}s ({len(events) / elapsed:.1f} events/s)")
+
+        ids = {cloudevents.from_kafka(v, h).id: k.decode() for k, v, h in events}
+        assert Counter(r.key.decode() for r in out) == Counter(k.decode() for k, _, _ in events)
+        for record in out:
+            ev = cloudevents.from_kafka(record.value, record.headers)
+            data = ev.json()
+            media_id = record.key.decode()
+            assert ev.type == "com.snap2caption.media.captioned" and ev.subject == media_id
+            assert data["media_id"] == media_id and data["creator_id"] == "creator-1"
+            assert ids[data["source_event_id"]] == media_id
+            assert data["image_sha256"] == sha[media_id]
+            assert data["caption"] and data["model_version"] and data["request_id"]
+            assert set(data["timings"]) >= {"fetch_ms", "caption_ms", "total_ms"}
+            if media_id.startswith("inline"):
+                assert len(data["hashtags"]) <= 5
+        assert {r.partition for r in sent} == {0, 1, 2}  # keyed by media_id across 3 partitions
+        assert read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 0, timeout=3, settle=1) == []
+
+        batch_sum, batch_count = _batch_stats(service)
+        mean_batch = (batch_sum - batch_sum0) / max(1.0, batch_count - batch_count0)
+        print(f"mean model batch size while consuming: {mean_batch:.1f}")
+        assert mean_batch >= 2, "the consumer should keep enough requests in flight for real batches"
+
+        metrics = consumer.metrics()
+        assert _metric(metrics, "snap2caption_consumer_events_total", outcome="captioned") == len(events)
+        for stage in ("fetch", "caption", "produce"):
+            assert _metric(metrics, "snap2caption_consumer_stage_seconds_count", stage=stage) > 0, stage
+        wait_for(lambda: "snap2caption_consumer_lag{" in consumer.metrics(), 10, "the lag gauge")
+    finally:
+        rc = consumer.terminate()
+    assert rc == 0, consumer.log()[-3000:]
+
+
+def test_sigterm_finishes_in_flight_work_and_commits_it(bootstrap, service, tmp_path):
+    topics = topic_env("sigterm")
+    create_topics(bootstrap, topics)
+    events = [upload_event(f"m-{i}", inline((i * 5 % 256, 100, 100))) for i in range(40)]
+    env = consumer_env(bootstrap, service.url, topics)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
+    wait_for(lambda: re.search(r"snap2caption_consumer_in_flight [1-9]", _safe_metrics(consumer)), 90,
+             "events in flight")
+    assert consumer.terminate() == 0, consumer.log()[-3000:]
+    log = consumer.log()
+    finishing = int(re.search(r"stopping: finishing (\d+) in-flight", log).group(1))
+    done = int(re.search(r"stopped: (\d+) captioned", log).group(1))
+    assert finishing > 0 and done > 0
+    first = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], done, timeout=30, settle=1)
+    assert len(first) == done  # everything it captioned was committed before it exited
+
+    # A restarted instance (same instance id, hence same transactional id) takes the rest.
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(events), timeout=180, settle=2)
+    finally:
+        assert consumer.terminate() == 0
+    assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events)
+
+
+def _safe_metrics(consumer) -> str:
+    try:
+        return consumer.metrics()
+    except httpx.HTTPError:
+        return ""
+
+
+class FlakyProxy:
+    """Forwards to the service, answering 503 to the first ``failures`` requests."""
+
+    def __init__(self, target: str, failures: int):
+        self.failures, self.seen = failures, 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    proxy.seen += 1
+                    fail = proxy.seen <= proxy.failures
+                if fail:
+                    status, content = 503, b'{"error": "overloaded", "detail": "try again"}'
+                else:
+                    resp = httpx.post(target + self.path, content=body, timeout=120,
+                                      headers={"Content-Type": "application/json"})
+                    status, content = resp.status_code, resp.content
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstrap, service, tmp_path):
+    topics = topic_env("transient")
+    create_topics(bootstrap, topics, partitions=1)
+    events = [upload_event(f"t-{i}", inline((i * 40, 10, 10))) for i in range(5)]
+    # 2 attempts per round (retries=1) for each of 5 events = 10 failures: every event runs out of
+    # retries once, its partition pauses for 2 s, and the second round gets through.
+    proxy = FlakyProxy(service.url, failures=10)
+    env = consumer_env(bootstrap, proxy.url, topics, SNAP2CAPTION_RETRIES=1, SNAP2CAPTION_RETRY_LATER_S=2)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
+        out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(events), timeout=120, settle=1)
+        assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events)
+        assert read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 0, timeout=3, settle=1) == []
+        assert "pausing the partition" in consumer.log()
+        assert _metric(consumer.metrics(), "snap2caption_consumer_transient_failures_total",
+                       reason="overloaded", stage="caption") == 10
+    finally:
+        consumer.terminate()
+        proxy.close()

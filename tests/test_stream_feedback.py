@@ -1,0 +1,90 @@
+"""Feedback to the training topic: POST /feedback reaches caption.feedback (key =
+feedback_id) through a durable spool; feedback sent while the broker is down arrives after
+it comes back, exactly once and in order. This test runs its own broker (another port and
+data dir) so it can stop it without disturbing the shared one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from conftest import start_service, stop_service
+from snap2caption_service.contracts import FeedbackRecord
+from stream import cloudevents
+from stream.feedback_producer import Spool
+from stream_support import KAFKA_SH, create_topics, ensure_broker, free_port_pair, read_topic, topic_env, wait_for
+
+
+def test_spool_keeps_order_and_resumes_from_its_cursor(tmp_path):
+    spool = Spool(tmp_path / "spool.jsonl")
+    for i in range(3):
+        spool.append(json.dumps({"n": i}))
+    with open(spool.path, "a") as f:
+        f.write('{"n": "half-writ')  # a line still being written is not shipped
+    batch = spool.pending()
+    assert [json.loads(line)["n"] for _, line in batch] == [0, 1, 2]
+    spool.advance(batch[1][0])  # the first two acknowledged
+    assert [json.loads(line)["n"] for _, line in Spool(spool.path).pending()] == [2]  # survives a restart
+    with open(spool.path, "a") as f:
+        f.write('ten"}\n')
+    spool.advance(Spool(spool.path).pending()[-1][0])
+    assert spool.path.stat().st_size == 0 and spool.cursor() == 0  # fully shipped: emptied
+
+
+@pytest.mark.kafka
+@pytest.mark.service
+def test_feedback_sent_while_broker_is_down_arrives_once_in_order(tmp_path, tiny_model_dir):
+    kafka_env = {"KAFKA_PORT": str(free_port_pair()), "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
+                 "KAFKA_HEAP": "-Xms128m -Xmx384m"}
+
+    def kafka(cmd: str):
+        subprocess.run(["bash", str(KAFKA_SH), cmd], env={**os.environ, **kafka_env},
+                       capture_output=True, text=True, timeout=300, check=True)
+
+    bootstrap = ensure_broker(kafka_env)
+    topics = topic_env("feedback")
+    topic = topics["SNAP2CAPTION_TOPIC_FEEDBACK"]
+    create_topics(bootstrap, {"SNAP2CAPTION_TOPIC_FEEDBACK": topic}, partitions=1)  # one order to check
+    svc = start_service(tmp_path, tiny_model_dir, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                                                   "SNAP2CAPTION_TOPIC_FEEDBACK": topic})
+    spool = tmp_path / "data" / "feedback-spool.jsonl"
+    sent: list[str] = []
+
+    def post(i: int) -> float:
+        t0 = time.monotonic()
+        r = httpx.post(svc.url + "/feedback", timeout=30, json={
+            "request_id": f"req-{i}", "rating": "up" if i % 2 else "down", "creator_id": "c1",
+            "edited_caption": f"edit number {i}"})
+        assert r.status_code == 202, r.text
+        sent.append(r.json()["feedback_id"])
+        return time.monotonic() - t0
+
+    try:
+        for i in range(3):
+            post(i)
+        assert len(read_topic(bootstrap, topic, 3, timeout=60, settle=0.5)) == 3
+
+        kafka("stop")
+        slowest = max(post(i) for i in range(3, 8))
+        assert slowest < 5, "feedback must not wait for an absent broker"
+        time.sleep(2)
+        assert spool.stat().st_size > 0  # queued on disk while the broker is away
+
+        kafka("start")
+        records = read_topic(bootstrap, topic, len(sent), timeout=120, settle=3)
+        wait_for(lambda: spool.stat().st_size == 0, 30, "the spool to drain")
+    finally:
+        stop_service(svc.proc)
+        subprocess.run(["bash", str(KAFKA_SH), "stop"], env={**os.environ, **kafka_env},
+                       capture_output=True, timeout=120)
+
+    assert [r.key.decode() for r in records] == sent  # exactly once each, in the order received
+    for record, feedback_id in zip(records, sent):
+        event = cloudevents.from_kafka(record.value, record.headers)
+        assert event.type == "com.snap2caption.caption.feedback" and event.id == feedback_id
+        assert FeedbackRecord.model_validate(event.json()).feedback_id == feedback_id

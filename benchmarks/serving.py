@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -109,6 +110,19 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit(f"{url} not ready in {timeout}s")
 
 
+@contextlib.contextmanager
+def running_server(cmd: list[str], url: str, env: dict):
+    """Start a server subprocess, wait for /readyz, and stop its whole process group after."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+
+
 def run_raw(model_dir: str, batch_sizes: list[int], payloads: list[str], repeats: int) -> list[Row]:
     from snap2caption_service.captioner import CaptionJob, Captioner
     from snap2caption_service.images import decode_base64_image, load_image
@@ -188,41 +202,28 @@ def main() -> int:
     raw_rows, cap = run_raw(model_dir, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),
                             payloads, args.raw_repeats)
     rows += raw_rows
-    single = None
 
     print("service (bentoml serve) ...", file=sys.stderr)
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
-                             "--port", "3201"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_ready("http://127.0.0.1:3201", proc)
+    with running_server([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
+                         "--port", "3201"], "http://127.0.0.1:3201", env) as url:
         # BentoML's batcher first measures the model with ~25 small batches: keep that out of the table.
-        load("http://127.0.0.1:3201", 8, 8, payloads, "warm-up")
+        load(url, 8, 8, payloads, "warm-up")
         for n in levels:
-            rows.append(load("http://127.0.0.1:3201", n, args.requests_per_client, payloads, "service (BentoML)"))
+            rows.append(load(url, n, args.requests_per_client, payloads, "service (BentoML)"))
             print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
-        single = interleaved_single_client(cap, "http://127.0.0.1:3201", payloads)
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        single = interleaved_single_client(cap, url, payloads)
     del cap
 
     if seed_levels:
         print("seed-style FastAPI server ...", file=sys.stderr)
-        proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "seed_server.py"), "--model", model_dir,
-                                 "--port", "3202"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            wait_ready("http://127.0.0.1:3202", proc)
-            load("http://127.0.0.1:3202", 1, 2, payloads, "warm-up")
+        with running_server([sys.executable, str(REPO / "benchmarks" / "seed_server.py"), "--model", model_dir,
+                             "--port", "3202"], "http://127.0.0.1:3202", env) as url:
+            load(url, 1, 2, payloads, "warm-up")
             for n in seed_levels:
                 # The seed server is slow at high concurrency: one request per client is enough.
                 per = args.requests_per_client if n <= 8 else 1
-                rows.append(load("http://127.0.0.1:3202", n, per, payloads, "seed-style FastAPI"))
+                rows.append(load(url, n, per, payloads, "seed-style FastAPI"))
                 print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
-        finally:
-            os.killpg(proc.pid, 15)
-            proc.wait(30)
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"model {Path(model_dir).name}; service max_batch_size={args.max_batch_size}\n")

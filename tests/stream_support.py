@@ -125,7 +125,20 @@ def moto_s3(tmp_path_factory):
 
 # --- a local web server for url images ---------------------------------------------------
 
-class ImageSite:
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 with a free port, for test doubles."""
+
+    def start(self, handler) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ImageSite(LoopbackServer):
     """Serves ``routes``: path -> bytes (200), ("redirect", location), ("slow", seconds, bytes),
     or an int status. ``hosts`` records the Host header of every request."""
 
@@ -170,13 +183,7 @@ class ImageSite:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.start(Handler)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import png_bytes
 from stream import cloudevents
-from stream_support import (ConsumerProcess, bootstrap, consumer_env, create_topics, data_of,  # noqa: F401
+from stream_support import (ConsumerProcess, LoopbackServer, bootstrap, consumer_env, create_topics, data_of,  # noqa: F401
                             headers_dict, image_site, inline, moto_s3, produce, read_topic, topic_env,
                             upload_event, wait_for)
 
@@ -135,7 +135,7 @@ def _safe_metrics(consumer) -> str:
         return ""
 
 
-class FlakyProxy:
+class FlakyProxy(LoopbackServer):
     """Forwards to the service, answering 503 to the first ``failures`` requests."""
 
     def __init__(self, target: str, failures: int):
@@ -164,13 +164,7 @@ class FlakyProxy:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.start(Handler)
 
 
 def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstrap, service, tmp_path):

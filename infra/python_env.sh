@@ -24,6 +24,12 @@ PY
 venv="$cache/venv-$key"
 
 if [ ! -f "$venv/.complete" ]; then
+  mkdir -p "$cache"
+  # One builder at a time: a second caller (make test beside make serve) waits, then reuses.
+  exec 9>"$venv.lock"
+  flock 9
+fi
+if [ ! -f "$venv/.complete" ]; then
   echo "creating Python environment $venv (first run only: torch alone is a few GB)" >&2
   mkdir -p "$cache"
   # Built in place (venv scripts hard-code their path); .complete is written last, so an

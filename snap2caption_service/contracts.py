@@ -78,11 +78,32 @@ class FeedbackRequest(BaseModel):
     creator_id: str | None = Field(None, max_length=128)
 
 
+class ServedCaption(BaseModel):
+    """What a creator was shown for one request, kept so that feedback can become training data.
+
+    Written to the caption archive at caption time; copied into the feedback record at
+    feedback time, so each event on the training topic is self-contained.
+    """
+
+    request_id: str
+    image_sha256: str = Field(..., description="Content hash of the upload; the archive keys the image by it.")
+    tone: str
+    audience: str
+    num_hashtags: int = DEFAULT_HASHTAGS
+    caption: str
+    hashtags: list[str]
+    alt_text: str
+    model_version: str
+    served_at: str = ""
+
+
 class FeedbackRecord(FeedbackRequest):
     """A feedback event as stored and as later produced to the training topic."""
 
     feedback_id: str
     received_at: str
+    served: ServedCaption | None = Field(
+        None, description="The captioned request this rates (image hash, options, shown result).")
 
 
 class FeedbackAccepted(BaseModel):

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .contracts import FeedbackRecord, FeedbackRequest
+from .contracts import FeedbackRecord, FeedbackRequest, ServedCaption
 
 
 class FeedbackStore:
@@ -24,9 +24,9 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def append(self, feedback: FeedbackRequest) -> FeedbackRecord:
+    def append(self, feedback: FeedbackRequest, served: ServedCaption | None = None) -> FeedbackRecord:
         record = FeedbackRecord(**feedback.model_dump(), feedback_id=uuid.uuid4().hex,
-                                received_at=datetime.now(timezone.utc).isoformat())
+                                received_at=datetime.now(timezone.utc).isoformat(), served=served)
         line = record.model_dump_json() + "\n"
         with self._lock:
             # O_APPEND makes each write land whole at the end even with several processes.

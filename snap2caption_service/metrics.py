@@ -30,6 +30,8 @@ def get_metrics() -> SimpleNamespace:
         model_info=Gauge("snap2caption_model_info", "The model version served (value is always 1).",
                          ["version"], multiprocess_mode="max"),
         feedback=Counter("snap2caption_feedback_total", "Feedback recorded, by rating.", ["rating"]),
+        archive_errors=Counter("snap2caption_archive_errors_total",
+                               "Served captions whose image/result could not be archived for feedback."),
         injected_faults=Counter("snap2caption_injected_faults_total",
                                 "Errors injected by SNAP2CAPTION_FAULT_ERROR_RATE (tests and drills only)."),
     )

@@ -8,9 +8,11 @@ itself lives in plain modules (captioner, pipeline, images) that work without Be
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +29,8 @@ from .batching import install_dispatch_when_free
 from .captioner import BatchStats, CaptionJob
 from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
                         MIN_CANDIDATES, MIN_HASHTAGS, Audience, CaptionOptions, CaptionRequest,
-                        CaptionedEvent, CaptionResult, FeedbackAccepted, FeedbackRequest)
+                        CaptionedEvent, CaptionResult, FeedbackAccepted, FeedbackRequest, ServedCaption)
+from .caption_archive import CaptionArchive
 from .feedback_store import FeedbackStore
 from .images import ImageError, decode_base64_image, decode_png_base64
 from .metrics import get_metrics
@@ -89,6 +92,8 @@ class Snap2Caption:
         self.feedback_store = FeedbackStore(self.settings.feedback_file, fsync=self.settings.feedback_fsync)
         # Also to the training topic, via a durable spool, when KAFKA_BOOTSTRAP_SERVERS is set.
         self.feedback_out = FeedbackPublisher.from_env(self.settings.data_dir, self.settings.feedback_fsync)
+        # Each served caption's image and result, so feedback on it can become training data.
+        self.archive = CaptionArchive(self.settings.archive_location)
         self.push = PushHandler()  # POST /events; fetch rules (S3 buckets, URL allowlist) as for `consume`
 
     async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str):
@@ -115,14 +120,32 @@ class Snap2Caption:
             m.injected_faults.inc()
             m.captions.labels("error", source).inc()
             return _error(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
-        outputs = await self._call_model(model_item(prepared, options))
+        item = model_item(prepared, options)
+        outputs = await self._call_model(item)
         output = outputs[0]
         if not isinstance(output, ModelOutput):
             output = ModelOutput.model_validate(output)
+        result = build_result(output, request_id, 0.0, prepared.sha256)
+        await self._archive(result, options, item.image_png_b64)
         latency = time.perf_counter() - t0
         m.captions.labels("ok", source).inc()
         m.caption_latency.observe(latency)
-        return build_result(output, request_id, latency * 1000, prepared.sha256)
+        result.latency_ms = round(latency * 1000, 1)
+        return result
+
+    async def _archive(self, result: CaptionResult, options: CaptionOptions, image_png_b64: str) -> None:
+        """Keep the image and the shown result for feedback. A failing archive (S3 down) costs
+        this request its trainability, not its caption: logged and counted, not raised."""
+        served = ServedCaption(request_id=result.request_id, image_sha256=result.image_sha256, tone=options.tone,
+                               audience=options.audience, num_hashtags=options.num_hashtags,
+                               caption=result.caption, hashtags=result.hashtags, alt_text=result.alt_text,
+                               model_version=result.model_version,
+                               served_at=datetime.now(timezone.utc).isoformat())
+        try:
+            await anyio.to_thread.run_sync(self.archive.put, served, base64.b64decode(image_png_b64))
+        except Exception:  # noqa: BLE001 - any storage failure; the caption itself is fine
+            get_metrics().archive_errors.inc()
+            log.exception("could not archive request %s; feedback on it will be refused", result.request_id)
 
     async def _call_model(self, item: ModelItem):
         import aiohttp
@@ -162,7 +185,13 @@ class Snap2Caption:
     async def feedback(self, ctx: bentoml.Context, **fields) -> FeedbackAccepted:
         """Record a rating or an edit; 202 once it is durably stored."""
         request = FeedbackRequest.model_construct(**fields)
-        record = await anyio.to_thread.run_sync(self.feedback_store.append, request)
+        served = await anyio.to_thread.run_sync(self.archive.get, request.request_id)
+        if served is None:
+            ctx.response.status_code = 404  # BentoML applies the context's status to a returned Response too
+            return _error(404, "unknown_request",
+                          f"No caption with request_id {request.request_id!r} is on record: feedback must name "
+                          "the request_id of a caption this service returned.")
+        record = await anyio.to_thread.run_sync(self.feedback_store.append, request, served)
         if self.feedback_out is not None:
             await anyio.to_thread.run_sync(self.feedback_out.publish, record)
         get_metrics().feedback.labels(request.rating).inc()

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated bearer keys; empty = auth off.")
     feedback_path: Path | None = Field(None, description="Feedback store file; default <data_dir>/feedback.jsonl")
     feedback_fsync: bool = True
+    archive: str = Field("", description="Where served images and results are kept for feedback: a folder or "
+                                         "s3://bucket/prefix; default <data_dir>/archive")
 
     # Fault injection for canary-analysis tests and drills; never set in production.
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
@@ -64,6 +66,10 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def archive_location(self) -> str:
+        return self.archive or str(self.data_dir / "archive")
 
     @property
     def feedback_file(self) -> Path:

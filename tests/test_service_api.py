@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import concurrent.futures
 import json
 import re
@@ -10,6 +11,7 @@ import re
 import pytest
 
 from conftest import png_bytes
+from snap2caption_service.caption_archive import CaptionArchive
 
 pytestmark = pytest.mark.service
 
@@ -180,6 +182,20 @@ def test_feedback_is_persisted(service):
     assert len(mine) == 1
     assert mine[0]["edited_caption"] == "A better caption" and mine[0]["creator_id"] == "aisha"
     assert mine[0]["request_id"] == cap["request_id"]
+    # The record carries what the creator was shown, and the archive holds the image by hash,
+    # so a feedback snapshot can turn it into a training example.
+    served = mine[0]["served"]
+    assert served["image_sha256"] == cap["image_sha256"] and served["caption"] == cap["caption"]
+    assert served["hashtags"] == cap["hashtags"] and served["model_version"] == cap["model_version"]
+    archive = CaptionArchive(str(Path(service.env["SNAP2CAPTION_DATA_DIR"]) / "archive"))
+    from PIL import Image
+    assert Image.open(io.BytesIO(archive.image(cap["image_sha256"]))).size == (96, 72)
+
+
+def test_feedback_for_an_unknown_request_is_404(service):
+    with service.client() as c:
+        r = c.post("/feedback", json={"request_id": "never-served", "rating": "up"})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_request", r.text
 
 
 def test_health_and_metrics(service):

@@ -119,8 +119,12 @@ class Captioner:
 
     @classmethod
     def load(cls, model_ref: str, adapter_ref: str = "", device: str = "auto", dtype: str = "auto",
-             generation: GenerationSettings | None = None) -> "Captioner":
-        """Load any LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given."""
+             generation: GenerationSettings | None = None, version: str | None = None) -> "Captioner":
+        """Load any LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given.
+
+        ``version``: the model's known version; without it the folders are content-hashed,
+        which reads every weight file once (seconds for a 7B checkpoint, at every cold start).
+        """
         import torch
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -135,7 +139,7 @@ class Captioner:
             # Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
             model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
         model.to(device).eval()
-        version = describe_version(model_ref, adapter_ref)
+        version = version or describe_version(model_ref, adapter_ref)
         log.info("loaded %s on %s (%s) in %.1fs", version, device, torch_dtype, time.perf_counter() - t0)
         return cls(model, processor, version, generation)
 

@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", help="also write the figures to this JSON file")
     _model_flags(p)
     p.set_defaults(func=cmd_evaluate_demo)
+
+    from .canary_cli import add_canary_parser
+
+    add_canary_parser(sub)
     return parser
 
 

@@ -58,7 +58,9 @@ class CaptionModel:
     def __init__(self) -> None:
         from .model_loading import load_captioner
 
+        t0 = time.perf_counter()
         self.captioner = load_captioner(get_settings(), progress=False)
+        get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# A real MLflow tracking server for local development, tests, CI and `snap2caption retrain`:
+# sqlite backend store, local artifact root served through the server (clients upload and
+# download artifacts over HTTP, exactly as they would against a remote server), bound to
+# loopback, running from the project's Python environment.
+#
+#   infra/mlflow.sh start [PORT]   start (or reuse) the server, print MLFLOW_TRACKING_URI=...
+#   infra/mlflow.sh stop           stop it (no-op if not running)
+#   infra/mlflow.sh status         exit 0 and print the URI if running and healthy, 1 otherwise
+#
+# Run `infra/mlflow.sh --help` for the environment variables.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+usage() {
+  cat <<EOF
+Usage: $(basename "$0") {start [PORT] | stop | status | --help}
+
+  start [PORT]  Start \`mlflow server\` in the background on 127.0.0.1:PORT and wait until
+                /health answers. Prints MLFLOW_TRACKING_URI=http://127.0.0.1:PORT, so
+                \`export \$(infra/mlflow.sh start)\` points MLflow clients at it.
+                A no-op (still printing the line) when it is already running.
+  stop          SIGTERM to the server's process group, wait up to
+                SNAP2CAPTION_MLFLOW_STOP_TIMEOUT s, then SIGKILL. No-op if not running.
+  status        Print the URI and exit 0 if the server is running and healthy, else exit 1.
+
+Environment (defaults in brackets):
+  SNAP2CAPTION_CACHE                  cache root [\$HOME/.cache/snap2caption]
+  SNAP2CAPTION_MLFLOW_DATA_DIR        sqlite db, artifacts, pid, port and log file
+                                      [\$cache/mlflow-data]
+  SNAP2CAPTION_MLFLOW_PORT            port when start gets none [5000]
+  SNAP2CAPTION_MLFLOW_WORKERS         uvicorn workers [1]
+  SNAP2CAPTION_MLFLOW_START_TIMEOUT   seconds to wait for /health [120]
+  SNAP2CAPTION_MLFLOW_STOP_TIMEOUT    seconds to wait after SIGTERM before SIGKILL [20]
+  SNAP2CAPTION_MLFLOW_BIN             mlflow executable [\$(infra/python_env.sh)/bin/mlflow]
+
+Layout of the data dir: mlflow.db (runs, metrics, registry), artifacts/ (everything
+clients upload through the server), mlflow.log (+ .prev), mlflow.pid, mlflow.port.
+EOF
+}
+
+CACHE_ROOT="${SNAP2CAPTION_CACHE:-$HOME/.cache/snap2caption}"
+# Absolute: it goes into a sqlite:/// URI, and the pid check matches on it.
+DATA_DIR="$(realpath -m "${SNAP2CAPTION_MLFLOW_DATA_DIR:-$CACHE_ROOT/mlflow-data}")"
+DEFAULT_PORT="${SNAP2CAPTION_MLFLOW_PORT:-5000}"
+WORKERS="${SNAP2CAPTION_MLFLOW_WORKERS:-1}"
+START_TIMEOUT="${SNAP2CAPTION_MLFLOW_START_TIMEOUT:-120}"
+STOP_TIMEOUT="${SNAP2CAPTION_MLFLOW_STOP_TIMEOUT:-20}"
+
+PID_FILE="$DATA_DIR/mlflow.pid"
+PORT_FILE="$DATA_DIR/mlflow.port"
+LOG_FILE="$DATA_DIR/mlflow.log"
+DB_FILE="$DATA_DIR/mlflow.db"
+ARTIFACTS_DIR="$DATA_DIR/artifacts"
+
+log() { echo "mlflow.sh: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# Not just kill -0: a server that died while still our child (startup failure in this
+# very invocation) stays a zombie, which kill -0 reports as alive.
+alive() {
+  local stat
+  stat="$(ps -p "$1" -o stat= 2>/dev/null)" || return 1
+  [[ -n "$stat" && "$stat" != Z* ]]
+}
+
+# The pid file alone is not trusted: after a reboot or a crash the pid may belong to some
+# unrelated process, which must never be signalled. Ours runs `mlflow server` on our db.
+running_pid() {
+  [[ -f "$PID_FILE" ]] || return 1
+  local pid
+  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  alive "$pid" || return 1
+  # -ww: without it ps cuts args at $COLUMNS (pytest sets it).
+  ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF -- "sqlite:///$DB_FILE" || return 1
+  echo "$pid"
+}
+
+port_open() {
+  # bash's /dev/tcp: no nc/curl needed just to see if something listens.
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# GET /health over bash's /dev/tcp: "200" only once the app (db migrated, routes mounted)
+# is serving, not merely when the socket is bound.
+healthy() {
+  local status
+  status="$(
+    exec 2>/dev/null
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$1" >&3
+    timeout 5 head -n 1 <&3
+  )" || return 1
+  [[ "$status" == *" 200"* ]]
+}
+
+wait_ready() {
+  local pid="$1" port="$2" deadline=$((SECONDS + START_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if ! alive "$pid"; then
+      log "mlflow server exited during startup; last 40 lines of $LOG_FILE:"
+      tail -n 40 "$LOG_FILE" >&2 || true
+      rm -f "$PID_FILE" "$PORT_FILE"
+      return 1
+    fi
+    healthy "$port" && return 0
+    sleep 0.5
+  done
+  log "mlflow server not healthy after ${START_TIMEOUT}s; last 40 lines of $LOG_FILE:"
+  tail -n 40 "$LOG_FILE" >&2 || true
+  return 1
+}
+
+do_stop() {
+  local pid
+  if ! pid="$(running_pid)"; then
+    rm -f "$PID_FILE" "$PORT_FILE"
+    log "not running"
+    return 0
+  fi
+  log "stopping mlflow server (pid $pid)"
+  # The server is a process group leader (setsid): the uvicorn workers are its children
+  # and must go with it, or they keep the port.
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.3; done
+  if alive "$pid"; then
+    log "still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    while alive "$pid"; do sleep 0.2; done
+  fi
+  # Stragglers of the group (a worker mid-request) get the same end.
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$PID_FILE" "$PORT_FILE"
+  log "stopped"
+}
+
+do_start() {
+  local port="$DEFAULT_PORT"
+  while (($#)); do
+    case "$1" in
+      -h|--help) usage; return 0 ;;
+      [0-9]*) port="$1" ;;
+      *) die "unknown option for start: $1 (expected a port number)" ;;
+    esac
+    shift
+  done
+  [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "invalid port: $port"
+
+  local pid
+  if pid="$(running_pid)"; then
+    local running_port
+    running_port="$(cat "$PORT_FILE" 2>/dev/null || true)"
+    if [[ "$running_port" != "$port" ]]; then
+      die "a server for $DATA_DIR already runs on port ${running_port:-?} (pid $pid); stop it first or use that port"
+    fi
+    # A second `start` may race the first one's startup: make sure it is ready.
+    wait_ready "$pid" "$port" || exit 1
+    log "already running (pid $pid)"
+    echo "MLFLOW_TRACKING_URI=http://127.0.0.1:$port"
+    return 0
+  fi
+
+  # Fail fast with a clear message instead of an "address already in use" in the log.
+  if port_open "$port"; then
+    die "port $port is already in use by another process (not the server for $DATA_DIR); pass another port or set SNAP2CAPTION_MLFLOW_PORT"
+  fi
+
+  local mlflow_bin="${SNAP2CAPTION_MLFLOW_BIN:-}"
+  if [[ -z "$mlflow_bin" ]]; then
+    local venv
+    venv="$("$REPO/infra/python_env.sh")" || die "infra/python_env.sh failed; cannot find the project's mlflow"
+    mlflow_bin="$venv/bin/mlflow"
+  fi
+  [[ -x "$mlflow_bin" ]] || die "mlflow executable not found at $mlflow_bin"
+
+  mkdir -p "$DATA_DIR" "$ARTIFACTS_DIR"
+  # Keep the previous run's log for post-mortems and start the new one empty.
+  [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.prev"
+  : >"$LOG_FILE"
+
+  log "starting mlflow server on 127.0.0.1:$port (data $DATA_DIR)"
+  # --serve-artifacts + --artifacts-destination: new experiments get an mlflow-artifacts:/
+  # root, so clients upload through this server instead of writing into our directory.
+  # Job execution off: it forks a job runner and seven huey consumers for GenAI features
+  # nobody here uses, which a 2-core machine feels.
+  # setsid + nohup: the server must outlive this script and its caller's terminal; all
+  # three std streams are redirected so a caller capturing our output is not kept waiting.
+  # 9>&- : the server must not inherit the start/stop lock.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup "$mlflow_bin" server \
+    --host 127.0.0.1 --port "$port" --workers "$WORKERS" \
+    --backend-store-uri "sqlite:///$DB_FILE" \
+    --serve-artifacts --artifacts-destination "$ARTIFACTS_DIR" \
+    </dev/null >>"$LOG_FILE" 2>&1 9>&- &
+  pid=$!
+  echo "$pid" >"$PID_FILE"
+  echo "$port" >"$PORT_FILE"
+
+  if ! wait_ready "$pid" "$port"; then
+    # Don't leave a half-started server holding the port.
+    do_stop >/dev/null 2>&1 || true
+    exit 1
+  fi
+  log "mlflow server ready (pid $pid) after ${SECONDS}s; log: $LOG_FILE"
+  echo "MLFLOW_TRACKING_URI=http://127.0.0.1:$port"
+}
+
+do_status() {
+  local pid port
+  if pid="$(running_pid)" && port="$(cat "$PORT_FILE" 2>/dev/null)" && healthy "$port"; then
+    echo "running (pid $pid) MLFLOW_TRACKING_URI=http://127.0.0.1:$port data $DATA_DIR"
+    return 0
+  fi
+  echo "not running (data $DATA_DIR)"
+  return 1
+}
+
+# start and stop take a lock so that two concurrent callers (parallel test sessions, a
+# script and a person) cannot both launch a server on the same data dir.
+with_lock() {
+  mkdir -p "$CACHE_ROOT"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$CACHE_ROOT/.mlflow-$(echo "$DATA_DIR" | cksum | cut -d' ' -f1).lock"
+    flock 9
+  fi
+  "$@"
+}
+
+main() {
+  local cmd="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    start) with_lock do_start "$@" ;;
+    stop) with_lock do_stop ;;
+    status) do_status ;;
+    -h|--help|help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) log "unknown command: $cmd"; usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

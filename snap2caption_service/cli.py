@@ -128,6 +128,32 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_model(args: argparse.Namespace) -> int:
+    """Save the model to serve into BentoML's model store, where `bentoml build` finds it."""
+    _apply_flags_to_env(args, ["data_dir"])
+    from .model_store import import_model
+    from .settings import get_settings
+
+    model = args.model
+    if not model:
+        from training.build_demo import ensure_demo_model
+
+        model = str(ensure_demo_model(get_settings().data_dir, progress=True))
+    try:
+        stored = import_model(model, args.adapter or "", version=args.version or "", source=args.source or "",
+                              dtype=args.dtype, force=args.force)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(stored.as_dict(), indent=2))
+    else:
+        print(stored.tag)
+        print(f"  version: {stored.version}\n  source:  {stored.source}\n  weights: {stored.path} "
+              f"({stored.size_bytes / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate_demo(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
     from training.evaluate_demo import main as evaluate_main
@@ -156,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  snap2caption serve --port 3000\n"
                "  snap2caption caption photo.jpg --tone funny --audience promotional --json\n"
                "  snap2caption demo-model\n"
+               "  snap2caption import-model --model ./llava --adapter ./lora  # then: bentoml build\n"
                "  snap2caption consume --bootstrap-servers 127.0.0.1:9092",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -180,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-model", help="build (or find cached) the embedded demo model")
     p.add_argument("--data-dir", help="[SNAP2CAPTION_DATA_DIR]")
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser(
+        "import-model", help="save the model to serve into the BentoML model store (for `bentoml build`)",
+        description="Merge the adapter (if any) into the model and save one set of safetensors weights as "
+                    "snap2caption-captioner:<version> in the BentoML model store (BENTOML_HOME, default "
+                    "~/bentoml). `bentoml build` then packages it; prints the model tag.")
+    p.add_argument("--model", help="LLaVA folder or Hugging Face id (default: the demo model, built if needed)")
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder, merged before saving")
+    p.add_argument("--version", help="the model_version the service will report "
+                                     "(default: derived from the folders' contents)")
+    p.add_argument("--source", help="where the model came from, kept in the store's metadata "
+                                    "(default: demo, path or hub)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype to save (default: the checkpoint's own)")
+    p.add_argument("--force", action="store_true", help="re-import a version already in the store")
+    p.add_argument("--json", action="store_true", help="print the stored model's description as JSON")
+    p.add_argument("--data-dir", help="where the demo model is cached [SNAP2CAPTION_DATA_DIR]")
+    p.set_defaults(func=cmd_import_model)
 
     p = sub.add_parser("consume", help="caption upload events from Kafka (media.uploaded -> media.captioned)")
     p.add_argument("--bootstrap-servers", help="[KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092]")

@@ -1,8 +1,19 @@
-"""Which weights to serve: the configured checkpoint (+ adapter), else the embedded demo model."""
+"""Which weights to serve, first match wins:
+
+1. SNAP2CAPTION_MODEL (+ SNAP2CAPTION_ADAPTER): an explicit choice always wins;
+2. the captioner packaged in the Bento being served (bentofile.yaml `models:`, imported by
+   `snap2caption import-model`): what a container built with `bentoml containerize` runs;
+3. the embedded demo model, built on first use (what `make serve` runs from the repo).
+
+Another source (say, the MLflow registry's champion) is one more function returning a
+ModelChoice, tried in ``choose_model``'s order.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from dataclasses import dataclass
 
 from .captioner import Captioner, GenerationSettings
 from .settings import Settings
@@ -10,18 +21,54 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def resolve_model_ref(settings: Settings, progress: bool = True) -> str:
+@dataclass(frozen=True)
+class ModelChoice:
+    ref: str  # what Captioner.load reads: a Hugging Face id or a folder
+    adapter: str = ""  # PEFT LoRA adapter folder merged at load, or ""
+    version: str | None = None  # known version; None: derived from the folders' contents
+    source: str = ""  # for the log: why these weights
+
+
+def _explicit(settings: Settings) -> ModelChoice | None:
     if settings.model:
-        return settings.model
+        return ModelChoice(settings.model, settings.adapter, source="SNAP2CAPTION_MODEL")
+    return None
+
+
+def _packaged(settings: Settings) -> ModelChoice | None:
+    if "bentoml" not in sys.modules:  # not inside a BentoML server: spare the CLI the import
+        return None
+    from .model_store import packaged_model
+
+    stored = packaged_model()
+    if stored is None:
+        return None
+    # An adapter named in the environment still applies, on top of the packaged weights; the
+    # version then comes from the folders so it says so.
+    version = None if settings.adapter else stored.version
+    return ModelChoice(str(stored.path), settings.adapter, version, source=f"Bento model {stored.tag}")
+
+
+def _demo(settings: Settings, progress: bool) -> ModelChoice:
     from training.build_demo import ensure_demo_model
 
-    return str(ensure_demo_model(settings.data_dir, progress=progress))
+    return ModelChoice(str(ensure_demo_model(settings.data_dir, progress=progress)), settings.adapter,
+                       source="demo model")
+
+
+def choose_model(settings: Settings, progress: bool = True) -> ModelChoice:
+    return _explicit(settings) or _packaged(settings) or _demo(settings, progress)
+
+
+def resolve_model_ref(settings: Settings, progress: bool = True) -> str:
+    return choose_model(settings, progress).ref
 
 
 def load_captioner(settings: Settings, progress: bool = True) -> Captioner:
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens,
                                     repetition_penalty=settings.repetition_penalty,
                                     top_p=settings.top_p, seed=settings.seed)
-    ref = resolve_model_ref(settings, progress=progress)
-    return Captioner.load(ref, settings.adapter, device=settings.device, dtype=settings.dtype,
-                          generation=generation)
+    choice = choose_model(settings, progress=progress)
+    log.info("serving the %s: %s%s", choice.source, choice.ref, f" + {choice.adapter}" if choice.adapter else "")
+    return Captioner.load(choice.ref, choice.adapter, device=settings.device, dtype=settings.dtype,
+                          generation=generation, version=choice.version)

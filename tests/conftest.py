@@ -125,3 +125,7 @@ def auth_service(tmp_path_factory, tiny_model_dir):
                         {"SNAP2CAPTION_API_KEYS": "key-one,key-two"})
     yield svc
     stop_service(svc.proc)
+
+
+# The real MLflow tracking server (infra/mlflow.sh) for the registry and tracking tests.
+from mlflow_support import mlflow_server, mlflow_uri  # noqa: E402,F401

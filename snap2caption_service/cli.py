@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off [SNAP2CAPTION_METRICS_PORT, 9400]")
     p.set_defaults(func=cmd_consume)
 
+    from training.commands import add_parsers as add_training_parsers  # train, retrain
+
+    add_training_parsers(sub)
+
     p = sub.add_parser("evaluate-demo", help="quality bar on held-out synthetic scenes")
     p.add_argument("--scenes", type=int, default=300)
     p.add_argument("--seed", type=int, default=9001, help="differs from the training seed")

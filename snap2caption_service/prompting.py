@@ -80,3 +80,8 @@ def parse_output(text: str, num_hashtags: int) -> ParsedOutput:
     alt = " ".join(alt.split())
     tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=f"{alt} {caption}")
     return ParsedOutput(caption=caption, hashtags=tags, alt_text=alt)
+
+
+def format_target(caption: str, hashtags: list[str], alt_text: str) -> str:
+    """The assistant's answer a model is trained on; ``parse_output`` reads it back."""
+    return f"Caption: {caption}\nHashtags: {' '.join(hashtags)}\nAlt text: {alt_text}"

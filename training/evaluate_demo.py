@@ -101,6 +101,23 @@ def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int
                          time.perf_counter() - t0, captioner.version)
 
 
+def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, batch_size: int = 50) -> dict:
+    """The guard metrics a fine-tune of the demo model must not regress: each scene captioned once,
+    in its own tone (cheaper than ``evaluate``, which captions twice to test tone changes)."""
+    from snap2caption_service.captioner import CaptionJob
+
+    examples = synthetic.make_examples(num_scenes, seed)
+    ok = tags_ok = 0
+    for start in range(0, num_scenes, batch_size):
+        part = examples[start:start + batch_size]
+        jobs = [CaptionJob(synthetic.render_scene(e.scene), e.tone, e.audience, 10, 1) for e in part]
+        for ex, cands in zip(part, captioner.caption_batch(jobs)):
+            best, main = cands[0], (ex.scene.main.color, ex.scene.main.shape)
+            ok += first_color_and_shape(best.caption) == main and first_pair(best.alt_text) == main
+            tags_ok += f"#{main[0]}" in best.hashtags and f"#{main[1]}" in best.hashtags
+    return {"color_shape_accuracy": ok / num_scenes, "hashtags_color_shape": tags_ok / num_scenes}
+
+
 def main(num_scenes: int = 300, seed: int = 9001, batch_size: int = 50, json_out: str | None = None) -> int:
     from snap2caption_service.model_loading import load_captioner
     from snap2caption_service.settings import get_settings

@@ -2,6 +2,10 @@
 
 Written out nanoGPT-style so a reader sees each step: batch, forward, loss (answer tokens
 only), backward, clip, optimizer step, schedule, log.
+
+Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel (DDP): every process draws
+the same global batch from the same seeded order and trains on its own slice of it, so the
+global batch, the schedule and the loss curve do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -122,6 +126,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """torchrun's RANK/WORLD_SIZE; starts the process group on first use (gloo on CPU, nccl on GPU)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if not torch.cuda.is_available():
+            # Each process would otherwise start one thread per core: 2 processes on 2 cores
+            # would run 4 busy threads and spend the time switching between them.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -138,11 +170,13 @@ def train(
     cfg: TrainConfig,
     on_log: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    dist_info: Distributed | None = None,
 ) -> TrainResult:
     """Train every parameter with requires_grad (all of them, or a LoRA adapter's)."""
     import torch
     from tqdm import tqdm
 
+    ddp = dist_info or Distributed()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -156,13 +190,19 @@ def train(
     device = next(model.parameters()).device
     amp_dtype = autocast_dtype(cfg.precision, device.type)
     model.train()
+    forward = model
+    if ddp.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     order: list[int] = []
     losses: list[float] = []
     t0 = time.perf_counter()
     seen = 0
     stopped_early = False
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step",
+               disable=not (progress and ddp.is_main))
     step = start_step
     for step in range(start_step, cfg.steps):
         for group in opt.param_groups:
@@ -174,13 +214,16 @@ def train(
                 rng.shuffle(fresh)
                 order.extend(fresh)
             idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-            batch = {k: v.to(device) for k, v in data.batch(idx).items()}
+            local = idx[ddp.rank::ddp.world_size]
+            batch = {k: v.to(device) for k, v in data.batch(local).items()}
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                out = model(**batch)
+                out = forward(**batch)
             loss = out.loss / cfg.grad_accum
-            loss.backward()
+            loss.backward()  # under DDP this also averages the gradients across processes
             step_loss += loss.item()
             seen += len(idx)
+        if ddp.world_size > 1:
+            step_loss = _mean_across_processes(step_loss)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -193,19 +236,32 @@ def train(
             if on_log:
                 on_log(step + 1, stats)
         bar.update(1)
-        if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+        if cfg.checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and ddp.is_main:
             _save_checkpoint(model, opt, step + 1, cfg)
-        if cfg.time_budget_s and elapsed > cfg.time_budget_s:
-            stopped_early = True
-            break
+        if cfg.time_budget_s:
+            over = elapsed > cfg.time_budget_s
+            if ddp.world_size > 1:  # every process must stop at the same step, or the next all-reduce hangs
+                over = _mean_across_processes(float(over)) > 0
+            if over:
+                stopped_early = True
+                break
     bar.close()
     model.eval()
     wall = time.perf_counter() - t0
     done = step + 1
-    if cfg.checkpoint_dir:
+    if cfg.checkpoint_dir and ddp.is_main:
         _save_checkpoint(model, opt, done, cfg)
     return TrainResult(done, losses[-1] if losses else float("nan"), seen / max(wall, 1e-9), wall,
                        stopped_early, losses)
+
+
+def _mean_across_processes(value: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
 
 
 def _checkpoint_path(cfg: TrainConfig) -> Path:

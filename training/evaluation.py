@@ -1,0 +1,53 @@
+"""Scoring a captioner on an eval set: caption metrics, hashtag P/R/F1, and the demo guard.
+
+Retraining scores the candidate and the current champion with the same function on the same
+records in the same run, so the gate compares like with like.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .caption_metrics import PredictionRow, evaluate, write_predictions_table
+from .config import EvalSettings
+from .datasets import CaptionRecord, load_image
+
+log = logging.getLogger(__name__)
+
+
+def predict(captioner, records: list[CaptionRecord], batch_size: int = 32) -> list[PredictionRow]:
+    from snap2caption_service.captioner import CaptionJob
+
+    rows = []
+    for start in range(0, len(records), batch_size):
+        part = records[start:start + batch_size]
+        jobs = [CaptionJob(load_image(r.image), r.tone, r.audience, max(5, min(10, len(r.hashtags) or 8)), 1)
+                for r in part]
+        for r, cands in zip(part, captioner.caption_batch(jobs)):
+            best = cands[0]
+            rows.append(PredictionRow(image_id=r.image_id or r.image, prediction=best.caption, reference=r.caption,
+                                      predicted_hashtags=tuple(best.hashtags), reference_hashtags=tuple(r.hashtags),
+                                      predicted_alt_text=best.alt_text, reference_alt_text=r.alt_text))
+    return rows
+
+
+def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
+          predictions_csv: Path | None = None) -> tuple[dict[str, float], list[PredictionRow]]:
+    """All eval metrics of one captioner; the predictions table is written if a path is given."""
+    if not records and not settings.guard_scenes:
+        raise ValueError("nothing to evaluate on: no eval records and no guard scenes")
+    metrics: dict[str, float] = {}
+    rows: list[PredictionRow] = []
+    if records:
+        rows = predict(captioner, records, settings.batch_size)
+        metrics.update(evaluate(rows))
+        metrics["eval_records"] = float(len(rows))
+        if predictions_csv is not None:
+            write_predictions_table(rows, predictions_csv)
+    if settings.guard_scenes:
+        from .evaluate_demo import color_shape_accuracy
+
+        metrics.update(color_shape_accuracy(captioner, settings.guard_scenes, settings.guard_seed,
+                                            settings.batch_size))
+    return metrics, rows

@@ -1,0 +1,314 @@
+"""Feedback snapshots: the training topic's new events turned into a versioned dataset.
+
+A snapshot reads ``caption.feedback`` (read_committed) from where the previous snapshot
+ended up to the end offsets seen when it starts, and keeps, per captioned request (the last
+feedback on it wins):
+
+- thumbs-down with an edited caption or hashtags -> a training target (kind ``correction``),
+  the edit replacing what was shown;
+- thumbs-up -> the shown result as a positive example (kind ``positive``);
+- thumbs-down without an edit -> counted, not trained on (nothing says what was right).
+
+Each feedback event carries what was shown (``served``: image hash, options, result); the
+image itself comes from the caption archive by its content hash and is copied into the
+snapshot, so a snapshot is self-contained:
+
+    <root>/fb-<hash>/records.jsonl   the manifest (training/datasets.py reads it)
+    <root>/fb-<hash>/images/<sha>.png
+    <root>/fb-<hash>/snapshot.json   id, content hash, topic, offset range, counts
+    <root>/latest.json               the newest snapshot: where the next one starts
+
+``<hash>`` is the content hash of the records and images, so the same feedback gives the same
+version. ``root`` is a folder or ``s3://bucket/prefix``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from snap2caption_service.caption_archive import CaptionArchive
+from snap2caption_service.contracts import FeedbackRecord
+
+from .datasets import CaptionRecord, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest.json"
+
+
+@dataclass
+class SnapshotInfo:
+    id: str
+    content_hash: str
+    location: str
+    topic: str
+    offsets: dict[str, list[int]]  # partition -> [start, end): the range this snapshot consumed
+    counts: dict[str, int] = field(default_factory=dict)
+    created_at: str = ""
+    previous: str | None = None
+
+    @property
+    def trainable(self) -> int:
+        return self.counts.get("corrections", 0) + self.counts.get("positives", 0)
+
+
+def records_from_feedback(feedback: list[FeedbackRecord], archive: CaptionArchive, image_dir: Path
+                          ) -> tuple[list[CaptionRecord], dict[str, int]]:
+    """The snapshot's rules, independent of Kafka: feedback in offset order -> records + counts."""
+    counts = {"events": len(feedback), "corrections": 0, "positives": 0, "downvotes_without_edit": 0,
+              "unmatched": 0, "image_missing": 0, "superseded": 0}
+    latest: dict[str, FeedbackRecord] = {}
+    for fb in feedback:
+        if fb.request_id in latest:
+            counts["superseded"] += 1
+        latest[fb.request_id] = fb
+    records = []
+    for fb in latest.values():
+        served = fb.served
+        if served is None:
+            counts["unmatched"] += 1  # recorded before the archive existed, or from elsewhere
+            continue
+        edited = fb.edited_caption is not None or fb.edited_hashtags is not None
+        if fb.rating == "down" and not edited:
+            counts["downvotes_without_edit"] += 1
+            continue
+        image_file = image_dir / f"{served.image_sha256}.png"
+        if not image_file.exists():
+            data = archive.image(served.image_sha256)
+            if data is None:
+                counts["image_missing"] += 1
+                log.warning("feedback %s: image %s is not in the archive", fb.feedback_id, served.image_sha256)
+                continue
+            image_file.write_bytes(data)
+        kind = "correction" if edited else "positive"
+        counts["corrections" if edited else "positives"] += 1
+        records.append(CaptionRecord(
+            image=f"images/{image_file.name}", image_id=served.image_sha256,
+            caption=(fb.edited_caption if fb.edited_caption is not None else served.caption).strip(),
+            hashtags=tuple(fb.edited_hashtags if fb.edited_hashtags is not None else served.hashtags),
+            alt_text=served.alt_text, tone=served.tone, audience=served.audience, kind=kind,
+            extra={"feedback_id": fb.feedback_id, "request_id": fb.request_id,
+                   "shown_model_version": served.model_version}))
+    return records, counts
+
+
+def read_feedback_range(bootstrap: str, topic: str, start: dict[int, int] | None, timeout_s: float = 60.0
+                        ) -> tuple[list[FeedbackRecord], dict[str, list[int]], int]:
+    """Committed feedback from ``start`` (default: the beginning) to the end offsets as of now.
+
+    Returns (records in offset order per partition, {partition: [start, end]}, unparseable count).
+    """
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             isolation_level="read_committed", consumer_timeout_ms=1000)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + timeout_s
+        while parts is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        ranges: dict[str, list[int]] = {}
+        for tp in tps:
+            first = max((start or {}).get(tp.partition, begin[tp]), begin[tp])
+            ranges[str(tp.partition)] = [first, end[tp]]
+            consumer.seek(tp, first)
+        out: list[tuple[int, int, FeedbackRecord]] = []
+        bad = 0
+        pending = {tp for tp in tps if ranges[str(tp.partition)][0] < end[tp]}
+        while pending and time.monotonic() < deadline:
+            for tp, msgs in consumer.poll(timeout_ms=500).items():
+                for msg in msgs:
+                    if msg.offset >= end[tp]:
+                        continue
+                    try:
+                        out.append((tp.partition, msg.offset, FeedbackRecord.model_validate_json(msg.value)))
+                    except ValueError:
+                        bad += 1
+                        log.warning("feedback %s:%d is not a feedback record; skipped", tp.partition, msg.offset)
+            # Transaction markers occupy offsets too, so "done" is the position, not the last record.
+            pending = {tp for tp in pending if consumer.position(tp) < end[tp]}
+        if pending:
+            raise TimeoutError(f"could not read {topic} up to its end offsets within {timeout_s}s")
+        out.sort(key=lambda t: (t[1], t[0]))
+        return [r for _, _, r in out], ranges, bad
+    finally:
+        consumer.close()
+
+
+def content_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    h.update((folder / "records.jsonl").read_bytes())
+    for img in sorted((folder / "images").glob("*.png")):
+        h.update(img.name.encode())  # the name is the image's own content hash
+    return h.hexdigest()
+
+
+def build_snapshot(root: str, archive: CaptionArchive, bootstrap: str, topic: str,
+                   advance: bool = True) -> SnapshotInfo | None:
+    """Write the next snapshot; None when no feedback arrived since the last one.
+
+    ``advance=False`` writes the snapshot but leaves latest.json alone: retraining calls
+    ``mark_consumed`` only once the model trained on it is registered, so a failed run
+    leaves the events to the next run instead of skipping them.
+    """
+    previous = load_latest(root)
+    start = {int(p): r[1] for p, r in previous.offsets.items()} if previous else None
+    feedback, ranges, bad = read_feedback_range(bootstrap, topic, start)
+    with tempfile.TemporaryDirectory(prefix="snap2caption-snapshot-") as tmp:
+        work = Path(tmp)
+        (work / "images").mkdir()
+        records, counts = records_from_feedback(feedback, archive, work / "images")
+        counts["unparseable"] = bad
+        log.info("feedback %s %s: %s", topic, ranges, counts)
+        if not feedback and not bad:
+            return None
+        write_manifest(records, work / "records.jsonl")
+        digest = content_hash(work)
+        info = SnapshotInfo(id=f"fb-{digest[:12]}", content_hash=digest, location="", topic=topic, offsets=ranges,
+                            counts=counts, created_at=datetime.now(timezone.utc).isoformat(),
+                            previous=previous.id if previous else None)
+        info.location = _join(root, info.id)
+        (work / "snapshot.json").write_text(json.dumps(asdict(info), indent=2))
+        _publish(work, info)
+    if advance:
+        mark_consumed(root, info)
+    log.info("snapshot %s: %d corrections, %d positives -> %s", info.id, counts["corrections"],
+             counts["positives"], info.location)
+    return info
+
+
+def pending_events(root: str, bootstrap: str, topic: str) -> int:
+    """Feedback events on the topic after the latest snapshot's end (transaction markers included)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    latest = load_latest(root)
+    done = {int(p): r[1] for p, r in latest.offsets.items()} if latest else {}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed")
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return 0
+        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        return sum(max(0, end[tp] - max(done.get(tp.partition, 0), begin[tp])) for tp in tps)
+    finally:
+        consumer.close()
+
+
+def mark_consumed(root: str, info: SnapshotInfo) -> None:
+    """Make ``info`` the latest snapshot: the next one starts at its end offsets."""
+    latest = json.dumps(asdict(info), indent=2)
+    if root.startswith("s3://"):
+        b, k = _split(_join(root, LATEST))
+        _s3().put_object(Bucket=b, Key=k, Body=latest.encode())
+        return
+    Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(root) / f".{LATEST}.tmp"
+    tmp.write_text(latest)
+    os.replace(tmp, Path(root) / LATEST)
+
+
+def load_latest(root: str) -> SnapshotInfo | None:
+    data = _read_text(_join(root, LATEST))
+    return SnapshotInfo(**json.loads(data)) if data else None
+
+
+def read_snapshot(location: str) -> list[CaptionRecord]:
+    """A snapshot's records, with image paths a reader can open (S3 snapshots are cached locally)."""
+    folder = _local_copy(location)
+    return read_manifest(folder / "records.jsonl")
+
+
+def snapshot_info(location: str) -> SnapshotInfo:
+    return SnapshotInfo(**json.loads((_local_copy(location) / "snapshot.json").read_text()))
+
+
+# --- local folder or S3 ------------------------------------------------------------------------
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if root.startswith("s3://") else str(Path(root) / name)
+
+
+def _s3():
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+                        region_name=os.environ.get("AWS_REGION") or "us-east-1")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _read_text(location: str) -> str | None:
+    if location.startswith("s3://"):
+        from botocore.exceptions import ClientError
+
+        bucket, key = _split(location)
+        try:
+            return _s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise
+    path = Path(location)
+    return path.read_text() if path.is_file() else None
+
+
+def _publish(work: Path, info: SnapshotInfo) -> None:
+    """Copy the finished snapshot into place (records.jsonl last on S3, whole-folder rename locally),
+    so a reader never sees half a snapshot."""
+    if info.location.startswith("s3://"):
+        s3 = _s3()
+        bucket, key = _split(info.location)
+        files = sorted((f for f in work.rglob("*") if f.is_file()), key=lambda f: f.name == "records.jsonl")
+        for f in files:
+            s3.upload_file(str(f), bucket, f"{key}/{f.relative_to(work).as_posix()}")
+        return
+    target = Path(info.location)
+    if target.exists():
+        return  # the same content hash: this exact snapshot was written before
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.copytree(work, staging)
+    os.replace(staging, target)
+
+
+def _local_copy(location: str) -> Path:
+    if not location.startswith("s3://"):
+        folder = Path(location)
+        if not (folder / "records.jsonl").is_file():
+            raise FileNotFoundError(f"{folder} is not a feedback snapshot (no records.jsonl)")
+        return folder
+    bucket, prefix = _split(location)
+    cache = Path(os.environ.get("SNAP2CAPTION_SNAPSHOT_CACHE", Path(tempfile.gettempdir()) / "snap2caption-snapshots"))
+    folder = cache / prefix.replace("/", "_")
+    if (folder / "records.jsonl").is_file():
+        return folder  # snapshots are immutable: the id is their content hash
+    s3 = _s3()
+    staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            dst = staging / obj["Key"][len(prefix) + 1:]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(dst))
+    if not (staging / "records.jsonl").is_file():
+        raise FileNotFoundError(f"{location} is not a feedback snapshot (no records.jsonl)")
+    staging.rename(folder)
+    return folder

@@ -1,0 +1,179 @@
+"""LoRA fine-tuning of a LLaVA model through the one training loop (training/loop.py).
+
+``finetune(config)`` reads the config's data, holds out an eval split by image, wraps the
+base model (or the adapter it resumes from) with peft, trains, saves the adapter with a
+small ``snap2caption_adapter.json`` naming its base, and evaluates it. Under torchrun every
+process trains; only rank 0 saves, evaluates and logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .config import TrainingConfig
+from .datasets import CaptionRecord, load_image, read_source
+from .loop import Distributed, EncodedDataset, TrainConfig, TrainExample, distributed_from_env, train
+
+log = logging.getLogger(__name__)
+
+ADAPTER_META = "snap2caption_adapter.json"
+
+
+@dataclass
+class FinetuneResult:
+    adapter_dir: Path | None  # None on ranks other than 0
+    base_ref: str
+    steps: int
+    samples_per_s: float
+    train_wall_s: float
+    final_loss: float
+    train_records: int
+    eval_records: list[CaptionRecord] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def resolve_base(base_model: str, data_dir: Path | None = None) -> str:
+    """'demo' -> the embedded demo model's folder (built on first use); anything else as given."""
+    if base_model != "demo":
+        return base_model
+    from snap2caption_service.settings import get_settings
+
+    from .build_demo import ensure_demo_model
+
+    return str(ensure_demo_model(data_dir or get_settings().data_dir))
+
+
+def holdout_split(records: list[CaptionRecord], fraction: float, seed: int = 0
+                  ) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
+    """Deterministic split by image: a photo is either trained on or evaluated on, never both."""
+    if fraction <= 0:
+        return records, []
+
+    def bucket(r: CaptionRecord) -> float:
+        h = hashlib.sha256(f"{seed}:{r.image_id or r.image}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    train_part = [r for r in records if bucket(r) >= fraction]
+    eval_part = [r for r in records if bucket(r) < fraction]
+    return train_part, eval_part
+
+
+def read_records(cfg: TrainingConfig) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
+    records = [r for src in cfg.data for r in read_source(src.model_dump())]
+    if not records:
+        raise ValueError(f"config {cfg.name!r}: no training records (data: {[s.path for s in cfg.data]})")
+    if cfg.eval.data:
+        eval_records = [r for src in cfg.eval.data for r in read_source(src.model_dump())]
+        return records, eval_records[: cfg.eval.max_records]
+    train_part, eval_part = holdout_split(records, cfg.eval.holdout_fraction, cfg.seed)
+    return train_part, eval_part[: cfg.eval.max_records]
+
+
+def lora_target_pattern(modules: list[str]) -> str:
+    """LoRA on the language model's layers only: LLaVA's CLIP tower uses the same projection names
+    (q_proj, k_proj, v_proj) and adapting it would retrain the eyes, not the words."""
+    return r"^(?!.*vision_tower).*\.(" + "|".join(modules) + r")$"
+
+
+def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | None, device: str):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    # Master weights in fp32 (autocast does the fast math) on CPU; bf16 base weights on GPU
+    # keep a 7B model inside one card's memory, the LoRA weights stay fp32 either way.
+    dtype = torch.bfloat16 if device.startswith("cuda") and cfg.precision != "fp32" else torch.float32
+    model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(base_ref)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if resume_adapter:
+        model = PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
+        log.info("resuming from adapter %s", resume_adapter)
+    else:
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=lora_target_pattern(cfg.lora.target_modules),
+                          modules_to_save=cfg.lora.modules_to_save or None, bias="none")
+        model = get_peft_model(model, lora)
+    for p in model.parameters():  # peft leaves trainable weights in the base dtype
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    model.to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model, processor
+
+
+def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
+    return [TrainExample(load_image(r.image), r.tone, r.audience, r.target()) for r in records]
+
+
+def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = None,
+             train_records: list[CaptionRecord] | None = None, eval_records: list[CaptionRecord] | None = None,
+             on_log=None, progress: bool = True, device: str = "auto",
+             dist_info: Distributed | None = None) -> FinetuneResult:
+    """Train an adapter; records default to the config's data (split into train and eval)."""
+    import torch
+
+    from snap2caption_service.captioner import resolve_device
+
+    ddp = dist_info or distributed_from_env()
+    if train_records is None:
+        train_records, eval_records = read_records(cfg)
+    if not train_records:
+        raise ValueError("no training records left after holding out the eval split")
+    device = resolve_device(device)
+    if ddp.world_size > 1 and device == "cuda":
+        import os
+
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    base_ref = resolve_base(cfg.base_model)
+    torch.manual_seed(cfg.seed)
+    model, processor = load_trainable(base_ref, cfg, resume_adapter, device)
+    data = EncodedDataset(processor, examples_of(train_records), progress=progress and ddp.is_main)
+    steps = cfg.total_steps(len(data))
+    loop_cfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                           lr=cfg.optimizer.lr, min_lr_ratio=cfg.optimizer.min_lr_ratio,
+                           warmup_steps=min(cfg.optimizer.warmup_steps, max(0, steps - 1)),
+                           weight_decay=cfg.optimizer.weight_decay, grad_clip=cfg.optimizer.grad_clip,
+                           seed=cfg.seed, log_every=max(1, min(10, steps // 10)),
+                           checkpoint_dir=str(output_dir / "checkpoint"), checkpoint_every=cfg.checkpoint_every,
+                           precision=cfg.precision)
+    log.info("fine-tuning %s on %d records for %d steps (global batch %d)", cfg.name, len(data), steps,
+             cfg.batch_size * cfg.grad_accum)
+    result = train(model, data, loop_cfg, on_log=on_log if ddp.is_main else None, progress=progress,
+                   dist_info=ddp)
+    adapter_dir = None
+    if ddp.is_main:
+        adapter_dir = output_dir / "adapter"
+        model.save_pretrained(adapter_dir)
+        meta = {"base_model": cfg.base_model, "base_ref": base_ref, "config": cfg.name,
+                "resumed_from": resume_adapter, "steps": result.steps, "train_records": len(data),
+                "created_at": datetime.now(timezone.utc).isoformat()}
+        if cfg.base_model == "demo":
+            meta["base_version"] = Path(base_ref).name  # the demo model's recipe hash
+        (adapter_dir / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    return FinetuneResult(adapter_dir, base_ref, result.steps, result.samples_per_s, result.wall_s,
+                          result.final_loss, len(data), list(eval_records or []), result.losses)
+
+
+def adapter_base(adapter_dir: str | Path, data_dir: Path | None = None) -> str:
+    """The base model an adapter was trained on, as a loadable reference."""
+    meta_path = Path(adapter_dir) / ADAPTER_META
+    if not meta_path.is_file():
+        cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+        return cfg["base_model_name_or_path"]
+    meta = json.loads(meta_path.read_text())
+    base = resolve_base(meta["base_model"], data_dir)
+    if meta.get("base_version") and Path(base).name != meta["base_version"]:
+        raise RuntimeError(f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "
+                           f"is {Path(base).name}: retrain it on this base")
+    return base
+

@@ -1,0 +1,127 @@
+"""`snap2caption retrain`: new feedback -> snapshot -> fine-tune from the champion -> gate.
+
+1. Count the feedback events waiting on ``caption.feedback`` after the latest snapshot; stop
+   if fewer than ``min_new_events``.
+2. Build the next snapshot (training/feedback_snapshot.py) and split it by image into train
+   and eval.
+3. Fine-tune from the champion's adapter (or the base model when there is none yet), score
+   the candidate and the champion on the same eval records, log the run to MLflow, register
+   the version and let the gate move the ``champion`` alias or tag it ``challenger``.
+4. Only then mark the snapshot consumed: a run that fails anywhere leaves the champion as it
+   was and the events for the next run.
+
+Runs on demand, from the k8s CronJob (k8s/base/retrain-cronjob.yaml), or with ``--watch``
+whenever enough feedback has accumulated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainSettings:
+    config: str
+    snapshots: str
+    archive: str
+    overrides: list[str] | None = None
+    min_new_events: int = 1
+    output_dir: str | None = None
+
+
+def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
+    from snap2caption_service.caption_archive import CaptionArchive
+    from stream.settings import StreamSettings
+
+    from .config import load_config
+    from .feedback_snapshot import build_snapshot, mark_consumed, pending_events, read_snapshot
+    from .finetune import holdout_split
+    from .registry import Registry
+    from .train_job import DatasetInput, run_job
+    from .tracking import tracking_uri
+
+    t0 = time.perf_counter()
+    cfg = load_config(rs.config, rs.overrides)
+    tracking_uri()  # fail now, before reading Kafka and training, if MLflow is not configured
+    stream = StreamSettings()
+    bootstrap, topic = stream.kafka_bootstrap_servers, stream.topic_feedback
+    waiting = pending_events(rs.snapshots, bootstrap, topic)
+    if waiting < rs.min_new_events:
+        log.info("%d new feedback events on %s (< %d): nothing to do", waiting, topic, rs.min_new_events)
+        return {"status": "nothing_new", "waiting_events": waiting}
+
+    snapshot = build_snapshot(rs.snapshots, CaptionArchive(rs.archive), bootstrap, topic, advance=False)
+    if snapshot is None:
+        return {"status": "nothing_new", "waiting_events": waiting}
+    report = {"snapshot": snapshot.id, "snapshot_location": snapshot.location, "offsets": snapshot.offsets,
+              "counts": snapshot.counts}
+    if snapshot.trainable == 0:
+        mark_consumed(rs.snapshots, snapshot)  # only downvotes without edits: nothing to learn, move on
+        return {"status": "nothing_new", **report}
+
+    records = read_snapshot(snapshot.location)
+    train_records, eval_records = holdout_split(records, cfg.eval.holdout_fraction, cfg.seed)
+    eval_records = eval_records[: cfg.eval.max_records]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(rs.output_dir) if rs.output_dir else _runs_dir() / f"retrain-{stamp}-{snapshot.id}"
+
+    registry = Registry(cfg.registered_model)
+    champion = registry.champion()
+    champion_dir = str(registry.download("champion", out / "champion")) if champion is not None else None
+    log.info("retraining from %s on snapshot %s (%d train / %d eval records)",
+             f"champion v{champion.version}" if champion is not None else f"the base model ({cfg.base_model})",
+             snapshot.id, len(train_records), len(eval_records))
+    outcome = run_job(cfg, out, resume_adapter=champion_dir, baseline_adapter=champion_dir,
+                      train_records=train_records, eval_records=eval_records,
+                      datasets=[DatasetInput(f"feedback-{snapshot.id}", snapshot.content_hash, snapshot.location,
+                                             len(records), "training")],
+                      track=True, run_name=f"retrain-{snapshot.id}",
+                      tags={"snapshot": snapshot.id, "snapshot_offsets": json.dumps(snapshot.offsets),
+                            "champion_version": str(champion.version) if champion is not None else "none"},
+                      progress=progress)
+    mark_consumed(rs.snapshots, snapshot)
+    report.update({"status": "promoted" if outcome.promoted else "held", "version": outcome.version,
+                   "run_id": outcome.run_id, "reason": outcome.decision.reason,
+                   "started_from": f"v{champion.version}" if champion is not None else "base",
+                   "train_records": len(train_records), "eval_records": len(eval_records),
+                   "samples_per_s": round(outcome.train.samples_per_s, 1),
+                   "timings_s": {**{k: round(v, 1) for k, v in outcome.timings.items()},
+                                 "total": round(time.perf_counter() - t0, 1)},
+                   "candidate": _headline(outcome.candidate_metrics), "champion": _headline(outcome.baseline_metrics)})
+    return report
+
+
+def watch(rs: RetrainSettings, interval_s: float) -> int:
+    """Retrain whenever min_new_events have accumulated; a failed run is logged and retried later."""
+    log.info("watching for >= %d new feedback events every %.0fs", rs.min_new_events, interval_s)
+    while True:
+        try:
+            report = retrain(rs, progress=False)
+            if report["status"] != "nothing_new":
+                log.info("retrain: %s", json.dumps(report))
+        except KeyboardInterrupt:
+            return 0
+        except Exception:  # noqa: BLE001 - keep watching; the champion is untouched by a failed run
+            log.exception("retrain failed; will try again in %.0fs", interval_s)
+        try:
+            time.sleep(interval_s)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _headline(metrics: dict) -> dict:
+    keys = ("cider_d", "bleu4", "rouge_l", "hashtag_f1", "color_shape_accuracy")
+    return {k: round(metrics[k], 4) for k in keys if k in metrics}
+
+
+def _runs_dir() -> Path:
+    from snap2caption_service.settings import get_settings
+
+    return get_settings().data_dir / "runs"

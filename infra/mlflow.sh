@@ -147,7 +147,7 @@ do_start() {
     esac
     shift
   done
-  [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "invalid port: $port"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then die "invalid port: $port"; fi
 
   local pid
   if pid="$(running_pid)"; then

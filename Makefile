@@ -5,7 +5,7 @@ PY = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 PORT ?= 3000
 
-.PHONY: serve test test-chaos test-fast demo-model quality bench env help
+.PHONY: serve test test-chaos test-fast demo-model quality bench bench-cold-start bento image env help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,3 +36,17 @@ quality:  ## the demo model's quality bar on 300 held-out scenes
 
 bench:  ## serving benchmark: service vs seed-style server vs raw batched generate
 	$(PY) benchmarks/serving.py
+
+# The release path (README "The Bento"). MODEL/ADAPTER pick the weights (default: the demo
+# model); BENTOML_HOME (default ~/bentoml) holds the model store and the built Bentos.
+bento:  ## import the model into BentoML's store, bentoml build, export the archive to bentos/
+	$(PY) -m snap2caption_service import-model $(if $(MODEL),--model $(MODEL)) $(if $(ADAPTER),--adapter $(ADAPTER))
+	BENTOML_DO_NOT_TRACK=true $(PY) -m bentoml build
+	BENTOML_DO_NOT_TRACK=true $(PY) -m bentoml export snap2caption:latest $(CURDIR)/bentos/
+
+IMAGE ?= snap2caption:latest
+image:  ## bentoml containerize the latest Bento as $(IMAGE) (needs a Docker engine)
+	BENTOML_DO_NOT_TRACK=true $(PY) -m bentoml containerize snap2caption:latest --image-tag $(IMAGE)
+
+bench-cold-start:  ## cold start: process start -> /readyz, repo vs built Bento (demo model)
+	$(PY) benchmarks/cold_start.py

@@ -159,7 +159,8 @@ def test_dockerfile_installs_the_lock_and_serves_the_bento(built):
 
 @pytest.fixture(scope="module")
 def exported(built, tmp_path_factory) -> Path:
-    out = Path(os.environ.get("SNAP2CAPTION_BENTO_EXPORT_DIR") or tmp_path_factory.mktemp("bentos"))
+    # Absolute: bentoml export resolves a relative folder against "/".
+    out = Path(os.environ.get("SNAP2CAPTION_BENTO_EXPORT_DIR") or tmp_path_factory.mktemp("bentos")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     version = built.tag.split(":")[1]
     _run(["-m", "bentoml", "export", built.tag, str(out)], _env(built.home))

@@ -1,0 +1,178 @@
+"""Training data: the readers, the feedback-snapshot rules, and snapshots built from a real
+Kafka topic into a local folder and into S3 (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import pytest
+from PIL import Image
+
+from snap2caption_service.caption_archive import CaptionArchive
+from snap2caption_service.contracts import FeedbackRecord, ServedCaption
+from stream.settings import StreamSettings
+from stream.topics import ensure_topics
+from stream_support import bootstrap, moto_s3, produce  # noqa: F401  (fixtures)
+from training.datasets import DataError, load_image, read_instacities, read_manifest, read_source
+from training.feedback_snapshot import (build_snapshot, load_latest, pending_events, read_snapshot,
+                                        records_from_feedback, snapshot_info)
+
+
+def png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def served(archive: CaptionArchive, n: int, caption: str = "A red circle.") -> ServedCaption:
+    s = ServedCaption(request_id=f"req-{n}", image_sha256=f"{n:064x}", tone="funny", audience="personal",
+                      caption=caption, hashtags=["#red", "#circle", "#art", "#fun", "#shapes"],
+                      alt_text="A red circle on white.", model_version="demo-x")
+    archive.put(s, png((n * 40 % 255, 10, 10)))
+    return s
+
+
+def feedback(s: ServedCaption | None, rating: str, request_id: str | None = None, **edit) -> FeedbackRecord:
+    return FeedbackRecord(request_id=request_id or s.request_id, rating=rating, feedback_id=uuid.uuid4().hex,
+                          received_at="2026-11-25T00:00:00Z", served=s, **edit)
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+def test_feedback_rules(tmp_path):
+    archive = CaptionArchive(str(tmp_path / "archive"))
+    s = [served(archive, i) for i in range(6)]
+    ghost = ServedCaption(**{**s[0].model_dump(), "request_id": "req-ghost", "image_sha256": "f" * 64})
+    events = [
+        feedback(s[0], "down", edited_caption="Studio pick: a red circle."),    # correction (caption)
+        feedback(s[1], "down", edited_hashtags=["#red", "#studio"]),             # correction (hashtags)
+        feedback(s[2], "up"),                                                     # positive
+        feedback(s[3], "down"),                                                   # counted, not trained
+        feedback(None, "up", request_id="req-old"),                               # no served record
+        feedback(ghost, "up"),                                                    # image not archived
+        feedback(s[4], "up"), feedback(s[4], "down", edited_caption="Better."),  # the last one wins
+    ]
+    records, counts = records_from_feedback(events, archive, tmp_path)
+    assert counts == {"events": 8, "corrections": 3, "positives": 1, "downvotes_without_edit": 1,
+                      "unmatched": 1, "image_missing": 1, "superseded": 1}
+    by_id = {r.extra["request_id"]: r for r in records}
+    assert set(by_id) == {"req-0", "req-1", "req-2", "req-4"}
+    assert by_id["req-0"].caption == "Studio pick: a red circle." and by_id["req-0"].kind == "correction"
+    assert by_id["req-0"].hashtags == tuple(s[0].hashtags)  # unedited parts stay as shown
+    assert by_id["req-1"].hashtags == ("#red", "#studio") and by_id["req-1"].caption == s[1].caption
+    assert by_id["req-2"].kind == "positive" and by_id["req-2"].caption == s[2].caption
+    assert by_id["req-4"].caption == "Better."
+    assert by_id["req-0"].tone == "funny" and by_id["req-0"].alt_text == "A red circle on white."
+    assert "Caption: Studio pick: a red circle.\nHashtags: #red #circle" in by_id["req-0"].target()
+    assert (tmp_path / f"{s[0].image_sha256}.png").read_bytes() == archive.image(s[0].image_sha256)
+
+
+# --- readers --------------------------------------------------------------------------------
+
+def test_instacities_reader(tmp_path):
+    for city, name, text in [("london", "1", "Rainy walk by the Thames #london #Rain"), ("paris", "a", "Croissant o'clock")]:
+        (tmp_path / city).mkdir(exist_ok=True)
+        Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / city / f"{name}.jpg")
+        (tmp_path / city / f"{name}.txt").write_text(text)
+    Image.new("RGB", (20, 20)).save(tmp_path / "paris" / "no-caption.jpg")  # skipped with a warning
+    recs = read_instacities(tmp_path)
+    assert [r.image_id for r in recs] == ["london/1", "paris/a"]
+    assert recs[0].caption == "Rainy walk by the Thames" and recs[0].hashtags[:3] == ("#london", "#rain", "#rainy")
+    assert "#paris" in recs[1].hashtags
+    assert load_image(recs[0].image).size == (20, 20)
+    with pytest.raises(DataError, match="no <city>"):
+        read_instacities(tmp_path / "london")
+
+
+def test_manifest_reader_local_and_s3(tmp_path, moto_s3, monkeypatch):
+    for k, v in moto_s3.env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (10, 10), (9, 9, 9)).save(tmp_path / "img" / "a.png")
+    uri = moto_s3.put("train/b.png", png((0, 200, 0)))
+    lines = [{"image": "img/a.png", "caption": "Local one", "hashtags": "#a #b", "tone": "funny",
+              "audience": "academic", "alt_text": "A grey square."},
+             {"image": uri, "caption": "From S3", "hashtags": ["#Green!"]}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    recs = read_source({"kind": "manifest", "path": str(tmp_path / "m.jsonl")})
+    assert recs[0].image == str(tmp_path / "img" / "a.png") and recs[0].audience == "academic"
+    assert recs[1].hashtags == ("#green",) and load_image(recs[1].image).getpixel((0, 0)) == (0, 200, 0)
+    # A manifest in S3 with relative image paths: they resolve beside it.
+    moto_s3.put("sets/v1/images/c.png", png((5, 5, 250)))
+    moto_s3.put("sets/v1/records.jsonl", json.dumps({"image": "images/c.png", "caption": "Blue"}).encode())
+    s3_recs = read_manifest(f"s3://{moto_s3.bucket}/sets/v1/records.jsonl")
+    assert load_image(s3_recs[0].image).getpixel((0, 0)) == (5, 5, 250)
+
+    (tmp_path / "bad.jsonl").write_text('{"image": "x.png", "caption": "ok"}\n{"image": "y.png"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2"):
+        read_manifest(tmp_path / "bad.jsonl")
+    with pytest.raises(DataError, match="audience"):
+        (tmp_path / "aud.jsonl").write_text('{"image": "x.png", "caption": "ok", "audience": "aliens"}\n')
+        read_manifest(tmp_path / "aud.jsonl")
+
+
+# --- snapshots from the real topic ----------------------------------------------------------
+
+def _topic(bootstrap: str) -> str:
+    topic = f"snap-{uuid.uuid4().hex[:8]}.feedback"
+    ensure_topics(StreamSettings(kafka_bootstrap_servers=bootstrap, topic_partitions=2), [topic])
+    return topic
+
+
+def _send(bootstrap: str, topic: str, events: list[FeedbackRecord]) -> None:
+    produce(bootstrap, topic, [(e.feedback_id.encode(), e.model_dump_json().encode(), []) for e in events])
+
+
+@pytest.mark.kafka
+def test_snapshots_follow_the_topic_offsets(tmp_path, bootstrap):
+    archive = CaptionArchive(str(tmp_path / "archive"))
+    topic, root = _topic(bootstrap), str(tmp_path / "snapshots")
+    first = [feedback(served(archive, i), "down", edited_caption=f"Studio pick {i}.") for i in range(5)]
+    _send(bootstrap, topic, first + [feedback(served(archive, 9), "down")])
+    produce(bootstrap, topic, [(b"junk", b"not json", [])])
+    assert pending_events(root, bootstrap, topic) == 7
+
+    snap = build_snapshot(root, archive, bootstrap, topic)
+    assert snap.counts["corrections"] == 5 and snap.counts["downvotes_without_edit"] == 1
+    assert snap.counts["unparseable"] == 1
+    assert sum(end - start for start, end in snap.offsets.values()) == 7
+    assert all(start == 0 for start, _ in snap.offsets.values())
+    assert load_latest(root).id == snap.id and pending_events(root, bootstrap, topic) == 0
+    recs = read_snapshot(snap.location)
+    assert sorted(r.caption for r in recs) == [f"Studio pick {i}." for i in range(5)]
+    assert all(load_image(r.image).size == (32, 24) for r in recs)
+    assert snapshot_info(snap.location).content_hash == snap.content_hash
+
+    assert build_snapshot(root, archive, bootstrap, topic) is None  # nothing new
+
+    # The next snapshot starts where this one ended; advance=False leaves the pointer alone.
+    _send(bootstrap, topic, [feedback(served(archive, 20 + i), "up") for i in range(3)])
+    second = build_snapshot(root, archive, bootstrap, topic, advance=False)
+    assert second.counts["positives"] == 3 and second.counts["events"] == 3
+    for part, (start, _end) in second.offsets.items():
+        assert start == snap.offsets[part][1]
+    assert load_latest(root).id == snap.id and pending_events(root, bootstrap, topic) == 3
+    again = build_snapshot(root, archive, bootstrap, topic)
+    assert again.id == second.id  # same feedback -> same content hash -> same version
+    assert load_latest(root).id == second.id and second.previous == snap.id
+
+
+@pytest.mark.kafka
+def test_snapshot_to_s3(tmp_path, bootstrap, moto_s3, monkeypatch):
+    for k, v in moto_s3.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SNAP2CAPTION_SNAPSHOT_CACHE", str(tmp_path / "cache"))
+    archive = CaptionArchive(f"s3://{moto_s3.bucket}/archive")
+    topic, root = _topic(bootstrap), f"s3://{moto_s3.bucket}/snapshots"
+    _send(bootstrap, topic, [feedback(served(archive, i), "down", edited_caption=f"Edit {i}") for i in range(4)])
+    snap = build_snapshot(root, archive, bootstrap, topic)
+    assert snap.location == f"{root}/{snap.id}"
+    keys = {o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=moto_s3.bucket,
+                                                                 Prefix=f"snapshots/{snap.id}/")["Contents"]}
+    assert f"snapshots/{snap.id}/records.jsonl" in keys and len([k for k in keys if k.endswith(".png")]) == 4
+    assert load_latest(root).id == snap.id
+    recs = read_snapshot(snap.location)
+    assert sorted(r.caption for r in recs) == [f"Edit {i}" for i in range(4)]
+    assert load_image(recs[0].image).size == (32, 24)

@@ -25,8 +25,8 @@ test:  ## the whole test suite (starts Kafka, S3, Chromium and the service itsel
 test-chaos:  ## the exactly-once chaos run (1,000 events, consumer SIGKILLs, broker restart)
 	$(PY) -m pytest -p no:cacheprovider -ra -m chaos $(PYTEST_ARGS)
 
-test-fast:  ## unit tests only (no service, broker or demo model)
-	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka" $(PYTEST_ARGS)
+test-fast:  ## unit tests only (no service, broker, MLflow server or demo model)
+	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka and not mlflow" $(PYTEST_ARGS)
 
 demo-model:  ## build (or find cached) the embedded demo model
 	$(PY) -m snap2caption_service demo-model

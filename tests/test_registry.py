@@ -281,12 +281,36 @@ def test_failure_midway_leaves_champion_untouched(mlflow_uri, tmp_path):
     with pytest.raises(MlflowException, match="exceeds the maximum length"):
         reg.apply_gate(v2.version, better, {"cider_d": 2.0, "per_row_" + "x" * 300: 1.0})
     assert reg.aliases() == {"champion": "1"}
-    assert reg.version(v2.version).tags["gate_decision"] == "promoted"  # written, yet not served
+    tags = reg.version(v2.version).tags
+    assert tags["gate_decision"] == "failed" and "maximum length" in tags["gate_error"]
 
-    # Evaluated against a champion that is no longer the champion: refused, nothing moves.
+    # Evaluated against a champion that is no longer the champion: refused before any write.
     with pytest.raises(ChampionChanged, match="re-run the evaluation"):
         reg.apply_gate(v2.version, better, {"cider_d": 2.0}, expected_champion="7")
     assert reg.aliases() == {"champion": "1"}
+    assert reg.version(v2.version).tags["gate_decision"] == "failed"  # untouched by the refusal
+
+
+@pytest.mark.mlflow
+def test_concurrent_promotion_wins_and_late_one_aborts(mlflow_uri, tmp_path, monkeypatch):
+    from training.registry import ChampionChanged, Registry
+
+    reg, v2, better = champion_and_candidate(tmp_path)
+    v3 = reg.register(logged_run(tmp_path, "other-retrain"))
+    other = Registry(name=reg.name)  # another retrain job, with its own client
+    real_set_tag = reg.client.set_model_version_tag
+
+    def set_tag_while_other_job_promotes(*args, **kwargs):
+        if args[2] == "gate_reason":
+            other.apply_gate(v3.version, GateDecision(True, "other job's win"), expected_champion="1")
+        return real_set_tag(*args, **kwargs)
+
+    monkeypatch.setattr(reg.client, "set_model_version_tag", set_tag_while_other_job_promotes)
+    with pytest.raises(ChampionChanged, match="now version 3"):
+        reg.apply_gate(v2.version, better, {"cider_d": 2.0}, expected_champion="1")
+    assert reg.aliases() == {"champion": "3"}
+    tags = reg.version(v2.version).tags
+    assert tags["gate_decision"] == "aborted" and "re-run the evaluation" in tags["gate_error"]
 
 
 @pytest.mark.mlflow
@@ -294,11 +318,23 @@ def test_server_down_midway_leaves_champion_untouched(mlflow_uri, mlflow_server,
     reg, v2, better = champion_and_candidate(tmp_path)
     # Without this the client retries a refused connection with backoff for minutes.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    mlflow_server.stop()
+    # The real server really goes away after the gate's second tag write.
+    real_set_tag, written = reg.client.set_model_version_tag, []
+
+    def set_tag_then_maybe_stop_server(*args, **kwargs):
+        result = real_set_tag(*args, **kwargs)
+        written.append(args[2])
+        if len(written) == 2:
+            mlflow_server.stop()
+        return result
+
+    monkeypatch.setattr(reg.client, "set_model_version_tag", set_tag_then_maybe_stop_server)
     try:
         with pytest.raises(Exception, match="(?i)connection|max retries"):
             reg.apply_gate(v2.version, better, {"cider_d": 2.0}, expected_champion="1")
     finally:
         mlflow_server.start()  # same data dir and port: later tests see the same server
+    assert written == ["gate_decision", "gate_reason"]
     assert reg.aliases() == {"champion": "1"}
-    assert reg.version(v2.version).aliases == ()
+    v2_now = reg.version(v2.version)
+    assert v2_now.aliases == () and v2_now.tags["gate_decision"] == "pending"

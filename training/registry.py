@@ -134,7 +134,8 @@ class Registry:
                    expected_champion=_UNSET) -> VersionInfo:
         """Record the gate's verdict on ``version`` and move the matching alias.
 
-        Tags: gate_decision (promoted | challenger), gate_reason, gate_compared_with (the
+        Tags: gate_decision (promoted | challenger; failed | aborted, with gate_error, when
+        this call raised), gate_reason, gate_compared_with (the
         champion version, or none), gate_rule, metric.<name> for ``metrics`` and
         champion_metric.<name> for the champion's compared values. Then ``challenger`` or,
         last of all, ``champion``. Pass ``expected_champion`` (the version evaluated against,
@@ -145,9 +146,7 @@ class Registry:
         current = self.aliases().get(CHAMPION)
         if decision.promote:
             self._check_champion(current, expected_champion, version)
-        tags = {"gate_decision": "promoted" if decision.promote else "challenger",
-                "gate_reason": decision.reason,
-                "gate_compared_with": current or "none"}
+        tags = {"gate_reason": decision.reason, "gate_compared_with": current or "none"}
         if rule is not None:
             tags["gate_rule"] = json.dumps(rule.to_dict(), sort_keys=True)
         for name, value in (metrics or {}).items():
@@ -155,27 +154,44 @@ class Registry:
         for name, (_, champion_value) in decision.compared.items():
             if champion_value is not None:
                 tags[f"champion_metric.{name}"] = repr(float(champion_value))
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.name, version, key, value)
-
-        if not decision.promote:
-            self.client.set_registered_model_alias(self.name, CHALLENGER, version)
-            return self.version(version)
-        if current != version:
-            # MLflow has no compare-and-set for aliases: look again right before the move, so
-            # the window for a concurrent promotion is one round trip, not the tag writes.
-            try:
+        try:
+            # "pending" first, the verdict only once everything else is written: a failure in
+            # between never leaves a version that claims a verdict it did not get.
+            self.client.set_model_version_tag(self.name, version, "gate_decision", "pending")
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, version, key, value)
+            if not decision.promote:
+                self.client.set_model_version_tag(self.name, version, "gate_decision", "challenger")
+                self.client.set_registered_model_alias(self.name, CHALLENGER, version)
+                return self.version(version)
+            if current != version:
+                # MLflow has no compare-and-set for aliases: look again right before the move,
+                # so the window for a concurrent promotion is a few round trips, not the tags.
                 self._check_champion(self.aliases().get(CHAMPION), expected_champion, version)
-            except ChampionChanged as exc:
-                self.client.set_model_version_tag(self.name, version, "gate_decision", "aborted")
-                self.client.set_model_version_tag(self.name, version, "gate_reason", str(exc))
-                raise
-            # The one step that changes what is served; everything above succeeded already.
-            self.client.set_registered_model_alias(self.name, CHAMPION, version)
+                self.client.set_model_version_tag(self.name, version, "gate_decision", "promoted")
+                # The one step that changes what is served; everything above succeeded already.
+                self.client.set_registered_model_alias(self.name, CHAMPION, version)
+            else:
+                self.client.set_model_version_tag(self.name, version, "gate_decision", "promoted")
+        except Exception as exc:
+            self._mark_not_applied(version, exc)
+            raise
         if self.aliases().get(CHALLENGER) == version:
             # A re-gated former challenger: it is champion now, not both.
             self.client.delete_registered_model_alias(self.name, CHALLENGER)
         return self.version(version)
+
+    def _mark_not_applied(self, version: str, exc: Exception) -> None:
+        """Best effort (the server may be what failed): say on the version why it has no verdict."""
+        try:
+            if self.aliases().get(CHAMPION) == version:
+                return  # the alias move reached the server; only its answer was lost
+            self.client.set_model_version_tag(self.name, version, "gate_decision",
+                                              "aborted" if isinstance(exc, ChampionChanged) else "failed")
+            self.client.set_model_version_tag(self.name, version, "gate_error",
+                                              f"{type(exc).__name__}: {exc}"[:5000])
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            pass
 
     def _check_champion(self, current: str | None, expected, version: str) -> None:
         if expected is _UNSET:

@@ -1,0 +1,158 @@
+"""Canary policy (decide), thresholds loading and PromQL building, without Prometheus; the CLI's
+exit codes where no Prometheus answers. tests/test_canary_prometheus.py runs it against a real one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, free_port
+from snap2caption_service.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, RevisionStats,
+                                         Thresholds, build_queries, check_window, decide, load_thresholds,
+                                         revision_selector)
+
+T = Thresholds()
+
+
+def stats(rev="snap2caption-00002", requests=500, success=1.0, p95=0.3, cer=0.0):
+    return RevisionStats(rev, requests, success, p95, cer, captions=requests)
+
+
+STABLE = stats("snap2caption-00001", requests=5000, success=0.999, p95=0.3, cer=0.001)
+
+
+def test_healthy_candidate_is_promoted_with_every_check_listed():
+    v = decide(stats(success=0.998, p95=0.32, cer=0.002), STABLE, T)
+    assert v.action == "promote" and v.exit_code == EXIT_PROMOTE
+    assert len(v.reasons) == 6  # 3 absolute + 3 relative checks, all passed
+    assert v.notes == []
+
+
+def test_too_little_traffic_holds_whatever_the_figures():
+    v = decide(stats(requests=99, success=0.0, p95=30.0, cer=1.0), STABLE, T)
+    assert v.action == "hold" and v.exit_code == EXIT_HOLD
+    assert "99" in v.reasons[0] and "100" in v.reasons[0]
+
+
+@pytest.mark.parametrize("candidate, expected", [
+    (stats(success=0.95), "success rate 95.00% vs minimum 99.00%"),
+    (stats(p95=2.5), "p95 2.500s vs maximum 2.000s"),
+    (stats(cer=0.02), "caption-error rate 2.00% vs maximum 1.00%"),
+    # Within the absolute limits but clearly worse than stable:
+    (stats(success=0.992), "vs stable 99.90% - 0.50% allowed drop"),
+    (stats(p95=0.6), "p95 0.600s vs stable 0.300s x 1.5"),
+    (stats(cer=0.008), "vs stable 0.10% + 0.50% allowed increase"),
+])
+def test_each_failed_check_rolls_back_and_says_which(candidate, expected):
+    v = decide(candidate, STABLE, T)
+    assert v.action == "rollback" and v.exit_code == EXIT_ROLLBACK
+    assert any(expected in r for r in v.reasons), v.reasons
+
+
+def test_p95_differences_below_the_slack_are_noise():
+    fast_stable = stats("snap2caption-00001", requests=5000, p95=0.02)
+    assert decide(stats(p95=0.06), fast_stable, T).action == "promote"  # 3x, but only 40 ms
+    assert decide(stats(p95=0.08), fast_stable, T).action == "rollback"  # 4x and 60 ms
+
+
+def test_stable_without_traffic_leaves_absolute_limits_only():
+    idle_stable = stats("snap2caption-00001", requests=3, success=1.0, p95=0.01, cer=0.0)
+    v = decide(stats(success=0.995, p95=0.5, cer=0.005), idle_stable, T)
+    assert v.action == "promote"
+    assert len(v.reasons) == 3 and "absolute limits only" in v.notes[0]
+    assert decide(stats(success=0.995), None, T).action == "promote"
+
+
+def test_no_successful_request_rolls_back_without_latency():
+    v = decide(stats(success=0.0, p95=None, cer=1.0), STABLE, T)
+    assert v.action == "rollback"
+    assert any("no latency" in n for n in v.notes)
+
+
+def test_unknown_caption_error_rate_is_noted_not_failed():
+    v = decide(stats(cer=None), STABLE, T)
+    assert v.action == "promote" and any("caption-error rate not judged" in n for n in v.notes)
+
+
+def test_queries_select_the_revision_and_the_public_api_only():
+    q = build_queries(revision_selector("snap2caption-00002", "revision", 'namespace="prod"'), "5m")
+    assert q["requests"] == ('sum(increase(bentoml_service_request_total{runner_name="snap2caption",'
+                             'endpoint=~"/generate-caption|/generate-caption/upload|/events",'
+                             'revision="snap2caption-00002",namespace="prod"}[5m]))')
+    assert 'http_response_code=~"5.."' in q["server_errors"]
+    assert q["p95_seconds"].startswith("histogram_quantile(0.95, sum by (le) (increase(") and '"2.."' in q["p95_seconds"]
+    assert 'outcome="error"' in q["caption_errors"] and 'outcome=~"ok|error"' in q["captions"]
+
+
+def test_selector_quotes_values_and_refuses_bad_label_names():
+    assert revision_selector('a"b\\c') == 'revision="a\\"b\\\\c"'
+    with pytest.raises(ValueError, match="label name"):
+        revision_selector("x", "serving.knative.dev/revision")
+    for good in ("5m", "90s", "1h30m"):
+        assert check_window(good) == good
+    for bad in ("5", "five minutes", "5m]"):
+        with pytest.raises(ValueError, match="PromQL duration"):
+            check_window(bad)
+
+
+def test_thresholds_file_then_env_then_flags(tmp_path, monkeypatch):
+    f = tmp_path / "t.yaml"
+    f.write_text("min_requests: 7\nmin-success-rate: 0.9\nmax_p95_seconds: 9\n")
+    monkeypatch.setenv("SNAP2CAPTION_CANARY_MIN_SUCCESS_RATE", "0.95")
+    monkeypatch.setenv("SNAP2CAPTION_CANARY_MAX_P95_SECONDS", "4")
+    t = load_thresholds(f, {"max_p95_seconds": 3.0, "max_p95_ratio": None})
+    assert (t.min_requests, t.min_success_rate, t.max_p95_seconds, t.max_p95_ratio) == (7, 0.95, 3.0, 1.5)
+
+
+def test_bad_thresholds_are_named(tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("min_sucess_rate: 0.9\n")
+    with pytest.raises(ValueError, match="min_sucess_rate"):
+        load_thresholds(f)
+    with pytest.raises(ValueError, match="min_success_rate"):
+        load_thresholds(None, {"min_success_rate": 1.5})
+    with pytest.raises(ValueError, match="cannot read"):
+        load_thresholds(tmp_path / "missing.yaml")
+
+
+def test_shipped_thresholds_file_is_valid():
+    t = load_thresholds(REPO / "infra" / "observability" / "canary-thresholds.yaml")
+    assert t.model_dump().keys() == Thresholds().model_dump().keys()
+
+
+def run_analyze(*args, env=None):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SNAP2CAPTION_")}
+    full.update({"PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run([sys.executable, "-m", "snap2caption_service", "canary", "analyze", *args],
+                          capture_output=True, text=True, env=full, cwd=REPO, timeout=60)
+
+
+def test_cli_unreachable_prometheus_is_no_verdict():
+    r = run_analyze("--prometheus-url", f"http://127.0.0.1:{free_port()}", "--candidate", "snap2caption-00002")
+    assert r.returncode == EXIT_NO_ANALYSIS, r.stderr
+    assert "unreachable" in r.stderr
+
+
+def test_cli_usage_errors_exit_2_never_a_verdict():
+    assert run_analyze().returncode == 2  # no candidate
+    r = run_analyze("--candidate", "x", "--window", "five")
+    assert r.returncode == 2 and "PromQL duration" in r.stderr
+    r = run_analyze("--candidate", "x", env={"SNAP2CAPTION_CANARY_MIN_SUCCESS_RATE": "lots"})
+    assert r.returncode == 2 and "min_success_rate" in r.stderr
+
+
+def test_canary_command_imports_neither_torch_nor_bentoml():
+    """The canary workflow installs only httpx, pydantic and PyYAML to run it."""
+    code = ("import sys, runpy; sys.argv = ['snap2caption', 'canary', 'analyze', '--help']\n"
+            "try:\n    runpy.run_module('snap2caption_service', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "import json; print(json.dumps(sorted(m for m in ('torch', 'bentoml', 'transformers') if m in sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "exit codes" in r.stdout
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []

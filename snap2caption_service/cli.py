@@ -134,13 +134,22 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     from .model_store import import_model
     from .settings import get_settings
 
-    model = args.model
+    model, adapter, version, source = args.model, args.adapter or "", args.version or "", args.source or ""
+    if args.champion:
+        from .model_loading import champion_choice
+
+        choice = champion_choice(get_settings())  # MLFLOW_TRACKING_URI names the server
+        if choice is None:
+            print(f"error: MLflow model {get_settings().registered_model} has no champion", file=sys.stderr)
+            return 2
+        model, adapter = choice.ref, choice.adapter
+        version, source = version or choice.version, source or choice.source
     if not model:
         from training.build_demo import ensure_demo_model
 
         model = str(ensure_demo_model(get_settings().data_dir, progress=True))
     try:
-        stored = import_model(model, args.adapter or "", version=args.version or "", source=args.source or "",
+        stored = import_model(model, adapter, version=version, source=source,
                               dtype=args.dtype, force=args.force)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -215,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "~/bentoml). `bentoml build` then packages it; prints the model tag.")
     p.add_argument("--model", help="LLaVA folder or Hugging Face id (default: the demo model, built if needed)")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder, merged before saving")
+    p.add_argument("--champion", action="store_true",
+                   help="import the MLflow registry's champion (models:/<name>@champion; needs MLFLOW_TRACKING_URI, "
+                        "name from SNAP2CAPTION_REGISTERED_MODEL)")
     p.add_argument("--version", help="the model_version the service will report "
                                      "(default: derived from the folders' contents)")
     p.add_argument("--source", help="where the model came from, kept in the store's metadata "

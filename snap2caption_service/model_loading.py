@@ -1,17 +1,20 @@
 """Which weights to serve, first match wins:
 
 1. SNAP2CAPTION_MODEL (+ SNAP2CAPTION_ADAPTER): an explicit choice always wins;
-2. the captioner packaged in the Bento being served (bentofile.yaml `models:`, imported by
+2. with MLflow configured (MLFLOW_TRACKING_URI), the registry's ``models:/<name>@champion``:
+   its LoRA adapter on the base model it was trained on;
+3. the captioner packaged in the Bento being served (bentofile.yaml `models:`, imported by
    `snap2caption import-model`): what a container built with `bentoml containerize` runs;
-3. the embedded demo model, built on first use (what `make serve` runs from the repo).
+4. the embedded demo model, built on first use (what `make serve` runs from the repo).
 
-Another source (say, the MLflow registry's champion) is one more function returning a
-ModelChoice, tried in ``choose_model``'s order.
+A source that is configured but unavailable (MLflow down, no champion yet) is logged and
+skipped: the service starts on the next one rather than not at all.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -33,6 +36,41 @@ def _explicit(settings: Settings) -> ModelChoice | None:
     if settings.model:
         return ModelChoice(settings.model, settings.adapter, source="SNAP2CAPTION_MODEL")
     return None
+
+
+def champion_choice(settings: Settings) -> ModelChoice | None:
+    """The registry's champion (downloaded once per version), or None if none is registered.
+
+    Raises when MLflow is unreachable or the adapter cannot be used.
+    """
+    from training.finetune import adapter_base
+    from training.registry import Registry
+
+    registry = Registry(settings.registered_model or None)
+    champion = registry.champion()
+    if champion is None:
+        return None
+    # Versions are immutable, so a downloaded one is reused at the next start.
+    folder = settings.data_dir / "champions" / f"{registry.name}-v{champion.version}"
+    adapter = folder / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        adapter = registry.download(champion.version, folder)
+    base = adapter_base(adapter, settings.data_dir)
+    return ModelChoice(base, str(adapter), f"{registry.name}:v{champion.version}",
+                       source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})")
+
+
+def _champion(settings: Settings) -> ModelChoice | None:
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    try:
+        choice = champion_choice(settings)
+    except Exception as exc:  # noqa: BLE001 - MLflow down, download failed, base mismatch: all fall through
+        log.warning("could not load the MLflow champion (%s): serving the next model source", exc)
+        return None
+    if choice is None:
+        log.warning("MLflow model %s has no champion yet: serving the next model source", settings.registered_model)
+    return choice
 
 
 def _packaged(settings: Settings) -> ModelChoice | None:
@@ -57,7 +95,7 @@ def _demo(settings: Settings, progress: bool) -> ModelChoice:
 
 
 def choose_model(settings: Settings, progress: bool = True) -> ModelChoice:
-    return _explicit(settings) or _packaged(settings) or _demo(settings, progress)
+    return _explicit(settings) or _champion(settings) or _packaged(settings) or _demo(settings, progress)
 
 
 def resolve_model_ref(settings: Settings, progress: bool = True) -> str:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
+    registered_model: str = Field("snap2caption-captioner",
+                                  description="MLflow registered model whose @champion is served when "
+                                              "MLFLOW_TRACKING_URI is set.")
 
     max_batch_size: int = Field(32, ge=1, le=512, description="Adaptive batcher: most items per model call.")
     # BentoML's batcher refuses (503) requests it predicts will exceed this, and until it has

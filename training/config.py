@@ -72,7 +72,8 @@ class TrainingConfig(_Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     # The promotion gate (training/gate.py): primary_metric, min_improvement, guarded, lower_is_better.
     registration_rule: dict = Field(default_factory=dict)
-    registered_model: str = Field("snap2caption-captioner", description="MLflow registered model name.")
+    registered_model: str = Field("", description="MLflow registered model name; empty: "
+                                                  "SNAP2CAPTION_REGISTERED_MODEL, else snap2caption-captioner.")
     mlflow_experiment: str = "snap2caption-training"
     output_dir: str = Field("", description="Default: <data_dir>/runs/<name>-<time>.")
 

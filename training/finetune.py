@@ -171,6 +171,9 @@ def adapter_base(adapter_dir: str | Path, data_dir: Path | None = None) -> str:
         cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
         return cfg["base_model_name_or_path"]
     meta = json.loads(meta_path.read_text())
+    trained_on = Path(meta.get("base_ref", ""))
+    if meta.get("base_version") and trained_on.name == meta["base_version"] and trained_on.is_dir():
+        return str(trained_on)  # the very demo model folder it was trained on is here
     base = resolve_base(meta["base_model"], data_dir)
     if meta.get("base_version") and Path(base).name != meta["base_version"]:
         raise RuntimeError(f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "

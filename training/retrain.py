@@ -80,12 +80,12 @@ def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
              snapshot.id, len(train_records), len(eval_records))
     outcome = run_job(cfg, out, resume_adapter=champion_dir, baseline_adapter=champion_dir,
                       train_records=train_records, eval_records=eval_records,
-                      datasets=[DatasetInput(f"feedback-{snapshot.id}", snapshot.content_hash, snapshot.location,
+                      datasets=[DatasetInput(f"feedback-{snapshot.id}", snapshot.content_hash[:32], snapshot.location,  # MLflow: <= 36 chars
                                              len(records), "training")],
                       track=True, run_name=f"retrain-{snapshot.id}",
                       tags={"snapshot": snapshot.id, "snapshot_offsets": json.dumps(snapshot.offsets),
                             "champion_version": str(champion.version) if champion is not None else "none"},
-                      progress=progress)
+                      progress=progress, expected_champion=champion.version if champion is not None else None)
     mark_consumed(rs.snapshots, snapshot)
     report.update({"status": "promoted" if outcome.promoted else "held", "version": outcome.version,
                    "run_id": outcome.run_id, "reason": outcome.decision.reason,

@@ -72,8 +72,12 @@ def run_job(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = 
             baseline_adapter: str | None = None, train_records: list[CaptionRecord] | None = None,
             eval_records: list[CaptionRecord] | None = None, datasets: list[DatasetInput] | None = None,
             track: bool = False, run_name: str | None = None, tags: dict | None = None,
-            progress: bool = True) -> JobOutcome | None:
-    """Returns None on torchrun ranks other than 0 (they only train)."""
+            progress: bool = True, expected_champion=None) -> JobOutcome | None:
+    """Returns None on torchrun ranks other than 0 (they only train).
+
+    ``expected_champion``: the champion version the baseline is (None: there was none); the
+    registry refuses a promotion if the champion changed while this job ran.
+    """
     from .loop import distributed_from_env
 
     ddp = distributed_from_env()
@@ -101,7 +105,7 @@ def run_job(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = 
         tracking.log_eval(outcome.candidate_metrics, output_dir / "predictions.csv")
         tracking.log_eval(outcome.baseline_metrics, output_dir / "baseline_predictions.csv", prefix="baseline_")
         artifact = tracking.log_adapter(outcome.adapter_dir)
-        _register(cfg, outcome, artifact)
+        _register(cfg, outcome, artifact, expected_champion)
         (output_dir / "summary.json").write_text(json.dumps(outcome.summary(), indent=2))
         import mlflow
 
@@ -138,14 +142,13 @@ def _run(cfg, output_dir, resume_adapter, baseline_adapter, train_records, eval_
     return outcome
 
 
-def _register(cfg: TrainingConfig, outcome: JobOutcome, artifact_path: str) -> None:
+def _register(cfg: TrainingConfig, outcome: JobOutcome, artifact_path: str, expected_champion) -> None:
     """Register the adapter and apply the gate: the champion alias moves last, or not at all."""
     from .registry import Registry
 
     registry = Registry(cfg.registered_model)
-    version = registry.register(outcome.run_id, artifact_path, tags={
-        "config": cfg.name, "base_model": cfg.base_model,
-        **{f"metric.{k}": f"{v:.6g}" for k, v in outcome.candidate_metrics.items()}})
-    outcome.version = str(version)
-    registry.apply_gate(version, outcome.decision)
+    info = registry.register(outcome.run_id, artifact_path, tags={"config": cfg.name, "base_model": cfg.base_model})
+    outcome.version = info.version
+    registry.apply_gate(info.version, outcome.decision, metrics=outcome.candidate_metrics, rule=cfg.gate_rule(),
+                        expected_champion=expected_champion)
     outcome.promoted = outcome.decision.promote

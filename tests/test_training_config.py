@@ -1,0 +1,57 @@
+"""Training configs, the eval split and the LoRA wiring (no services)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from training.config import load_config
+from training.datasets import CaptionRecord
+from training.finetune import holdout_split, lora_target_pattern
+
+CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_example_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.gate_rule().primary_metric == "cider_d"
+    assert cfg.total_steps(1000) >= 1
+
+
+def test_overrides_and_strictness(tmp_path):
+    cfg = load_config(CONFIGS / "demo-lora.yaml", ["steps=7", "lora.r=4", "eval.guard_scenes=0"])
+    assert (cfg.steps, cfg.lora.r, cfg.eval.guard_scenes) == (7, 4, 0)
+    with pytest.raises(ValidationError, match="lora_rank"):
+        load_config(CONFIGS / "demo-lora.yaml", ["lora_rank=4"])  # a typo is an error, not a default
+    with pytest.raises(ValidationError, match="exactly one of steps or epochs"):
+        load_config(CONFIGS / "demo-lora.yaml", ["epochs=2"])
+    with pytest.raises(ValueError, match="guarded"):
+        load_config(CONFIGS / "demo-lora.yaml", ["registration_rule.guarded.bleu4=-1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(CONFIGS / "demo-lora.yaml", ["steps"])
+    epochs = load_config(CONFIGS / "demo-lora.yaml", ["steps=null", "epochs=2", "batch_size=8", "grad_accum=2"])
+    assert epochs.total_steps(160) == 20  # 2 epochs of 160 at a global batch of 16
+
+
+def test_holdout_split_is_by_image_and_deterministic():
+    recs = [CaptionRecord(image=f"/x/{i % 50}.png", caption=f"c{i}", hashtags=(), image_id=f"img{i % 50}")
+            for i in range(200)]  # 4 captions per image
+    train, held = holdout_split(recs, 0.2, seed=1)
+    assert len(train) + len(held) == 200 and 20 <= len(held) <= 60
+    assert not {r.image_id for r in train} & {r.image_id for r in held}
+    assert holdout_split(recs, 0.2, seed=1) == (train, held)
+    assert holdout_split(recs, 0.0) == (recs, [])
+
+
+def test_lora_targets_the_language_model_only(tiny_model_dir):
+    from transformers import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
+    pattern = re.compile(lora_target_pattern(["q_proj", "v_proj"]))
+    hits = [n for n, _ in model.named_modules() if pattern.match(n)]
+    assert hits and all("language_model" in n for n in hits)
+    assert any("vision_tower" in n and n.endswith("q_proj") for n, _ in model.named_modules())

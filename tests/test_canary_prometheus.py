@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from conftest import REPO, free_port, png_bytes, start_service, stop_service
+from observability_support import knative_pod, kubernetes_config_as_static
 from snap2caption_service.canary import EXIT_HOLD, EXIT_PROMOTE, EXIT_ROLLBACK
 
 pytestmark = [pytest.mark.service, pytest.mark.prometheus]
@@ -194,8 +195,9 @@ def test_candidate_with_injected_errors_is_rolled_back(lab):
     assert cand["success_rate"] == pytest.approx(1 - expected, abs=0.03)
     assert cand["caption_error_rate"] == pytest.approx(expected, abs=0.03)
     reasons = " | ".join(out["reasons"])
-    assert "success rate" in reasons and "caption-error rate" in reasons
-    assert "p95" not in reasons  # its latency is fine: only the failed checks are listed
+    # (Its p95 may fail too: four services share two cores, and the latency of each varies.)
+    assert f"success rate {cand['success_rate'] * 100:.2f}% vs minimum 99.00%" in reasons, reasons
+    assert "caption-error rate" in reasons
 
 
 def test_slow_candidate_is_rolled_back_on_latency(lab):
@@ -265,3 +267,30 @@ def test_dashboard_queries_find_live_series(lab):
         if not result and "snap2caption_consumer_" not in q:
             empty.append((title, q))
     assert empty == []
+
+
+def test_kubernetes_relabelling_yields_the_labels_the_analysis_selects(lab, tmp_path):
+    """The shipped Kubernetes scrape config, run by a second real Prometheus on pod-like targets:
+    a Knative pod is scraped with namespace/pod/revision labels; other pods are dropped."""
+    good, stable = (lab["services"][r].url.removeprefix("http://") for r in (GOOD, STABLE))
+    config = kubernetes_config_as_static({"snap2caption": [
+        knative_pod(good, "snap2caption-prod", "snap2caption-00002-deployment-7d9f-abcde", GOOD),
+        knative_pod(stable, "snap2caption-prod", "not-ours", "x-00001", component="something-else"),
+    ]}, tmp_path / "prometheus.yml", scrape_interval="1s")
+    port = free_port()
+    env = {"PROMETHEUS_DATA_DIR": str(tmp_path / "data")}
+    r = prometheus_sh("start", str(config), str(port), env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    prom = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(prom, 'count(snap2caption_model_info{job="snap2caption"})', 1, "the Knative pod scraped", timeout=30)
+        [series] = promql(prom, "snap2caption_model_info")
+        labels = series["metric"]
+        assert {k: labels[k] for k in ("namespace", "pod", "revision", "service")} == {
+            "namespace": "snap2caption-prod", "pod": "snap2caption-00002-deployment-7d9f-abcde",
+            "revision": GOOD, "service": "snap2caption"}
+        assert [k for k in labels if k.startswith("__") and k != "__name__"] == []  # no __meta_* left
+        targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]
+        assert len(targets["activeTargets"]) == 1 and len(targets["droppedTargets"]) == 1
+    finally:
+        prometheus_sh("stop", str(port), env=env, timeout=60)

@@ -5,7 +5,7 @@ PY = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 PORT ?= 3000
 
-.PHONY: serve test test-chaos test-fast demo-model quality bench bench-cold-start bento image env help
+.PHONY: serve test test-chaos test-fast demo-model quality bench bench-cold-start bento image prove-loop env help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -50,3 +50,6 @@ image:  ## bentoml containerize the latest Bento as $(IMAGE) (needs a Docker eng
 
 bench-cold-start:  ## cold start: process start -> /readyz, repo vs built Bento (demo model)
 	$(PY) benchmarks/cold_start.py
+
+prove-loop:  ## feedback -> retrain -> promoted champion that adopts the edits; a degraded run refused
+	$(PY) -m training.prove_loop

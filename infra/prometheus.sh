@@ -70,7 +70,7 @@ install_tools() {
 
 paths_for() {  # PORT -> DATA_DIR, PID_FILE, LOG_FILE
   local port="$1"
-  [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad port: '$port'"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then die "bad port: '$port'"; fi
   DATA_DIR="${PROMETHEUS_DATA_DIR:-$CACHE_ROOT/prometheus-data/$port}"
   PID_FILE="$DATA_DIR/prometheus.pid"
   LOG_FILE="$DATA_DIR/prometheus.log"

@@ -280,3 +280,48 @@ def report(verdict: Verdict, cand: RevisionStats, stab: RevisionStats | None, wi
     return {"action": verdict.action, "exit_code": verdict.exit_code, "window": window,
             "reasons": verdict.reasons, "notes": verdict.notes,
             "candidate": asdict(cand), "stable": asdict(stab) if stab else None}
+
+
+# -- Knative traffic -------------------------------------------------------------------------
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+
+
+def traffic_patch(service: str, stable: str, candidate: str, percent: int, image: str | None = None,
+                  container: str = "snap2caption", promote: bool = False) -> list[dict]:
+    """The JSON patch (RFC 6902) for ``kubectl patch ksvc SERVICE --type json`` at one canary step.
+
+    With ``image``: the candidate revision is created (its name set in the template, so the
+    analysis can select it before it serves anything). ``percent`` 0 is deploy-at-0 % and
+    rollback; ``promote`` (at 100) makes the candidate the new stable and keeps the old one at
+    0 % under the tag ``previous`` for a one-command manual rollback.
+    """
+    for name in (stable, candidate):
+        # Knative only accepts a revision name chosen by us when it is "<service>-<suffix>".
+        if not (_DNS_LABEL.match(name) and name.startswith(service + "-")):
+            raise ValueError(f"revision {name!r} must be a DNS label starting with {service + '-'!r}")
+    if stable == candidate:
+        raise ValueError("stable and candidate are the same revision")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be 0-100, not {percent}")
+    if promote and percent != 100:
+        raise ValueError("promote only at 100 percent")
+    ops: list[dict] = []
+    if image is not None:
+        if not _DIGEST_REF.match(image):
+            # A tag can move between the analysis and a pod restart; a digest cannot.
+            raise ValueError(f"image must be pinned by digest (name@sha256:<64 hex>), not {image!r}")
+        ops += [
+            {"op": "test", "path": "/spec/template/spec/containers/0/name", "value": container},
+            {"op": "add", "path": "/spec/template/spec/containers/0/image", "value": image},
+            {"op": "add", "path": "/spec/template/metadata/name", "value": candidate},
+        ]
+    if promote:
+        traffic = [{"revisionName": candidate, "percent": 100, "tag": "stable"},
+                   {"revisionName": stable, "percent": 0, "tag": "previous"}]
+    else:
+        traffic = [{"revisionName": stable, "percent": 100 - percent, "tag": "stable"},
+                   {"revisionName": candidate, "percent": percent, "tag": "candidate"}]
+    ops.append({"op": "add", "path": "/spec/traffic", "value": traffic})
+    return ops

@@ -12,7 +12,7 @@ import os
 import sys
 
 from .canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, THRESHOLDS_ENV_PREFIX,
-                     AnalysisError, Thresholds, analyze, check_window, load_thresholds, report)
+                     AnalysisError, Thresholds, analyze, check_window, load_thresholds, report, traffic_patch)
 
 EPILOG = f"""\
 exit codes:
@@ -69,6 +69,36 @@ def add_canary_parser(sub) -> None:
         g.add_argument("--" + name.replace("_", "-"), type=info.annotation, default=None,
                        help=f"{info.description} [{info.default}]")
     p.set_defaults(func=cmd_canary_analyze, parser=p)
+
+    p = canary_sub.add_parser(
+        "patch", help="print the kubectl JSON patch that sets the Knative traffic split for one canary step",
+        description="Print a JSON patch for `kubectl patch ksvc SERVICE --type json -p \"$(...)\"`: the stable "
+                    "revision keeps 100-PERCENT of the traffic (tag stable), the candidate gets PERCENT (tag "
+                    "candidate). --image also creates the candidate revision from that image (by digest).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  deploy at 0 %:  snap2caption canary patch --stable snap2caption-00006 --candidate "
+               "snap2caption-00007 --percent 0 --image ghcr.io/acme/snap2caption@sha256:<digest>\n"
+               "  a step:        ... --percent 25      roll back: ... --percent 0\n"
+               "  promote:       ... --percent 100 --promote   (old stable kept at 0 % as tag previous)")
+    p.add_argument("--service", default="snap2caption", help="Knative Service name (default snap2caption)")
+    p.add_argument("--stable", required=True, help="the revision serving today")
+    p.add_argument("--candidate", required=True, help="the new revision, <service>-<suffix>")
+    p.add_argument("--percent", type=int, required=True, help="candidate's share of traffic, 0-100")
+    p.add_argument("--image", help="create the candidate from this image, pinned by digest")
+    p.add_argument("--container", default="snap2caption", help="the container to set the image of")
+    p.add_argument("--promote", action="store_true", help="at 100: candidate becomes stable")
+    p.set_defaults(func=cmd_canary_patch, parser=p)
+
+
+def cmd_canary_patch(args: argparse.Namespace) -> int:
+    try:
+        ops = traffic_patch(args.service, args.stable, args.candidate, args.percent, image=args.image,
+                            container=args.container, promote=args.promote)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+    print(json.dumps(ops))
+    return 0
 
 
 def _fmt(value: float | None, kind: str) -> str:

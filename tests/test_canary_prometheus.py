@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +32,10 @@ pytestmark = [pytest.mark.service, pytest.mark.prometheus]
 
 OBSERVABILITY = REPO / "infra" / "observability"
 NAMESPACE = "canary-test"
-STABLE, GOOD, ERRORS, SLOW = "snap2caption-00001", "snap2caption-00002", "snap2caption-00003", "snap2caption-00004"
+# Candidates are named the way the canary workflow names the revision it creates
+# (<service>-canary-<run number>-<attempt>), so its steps can run against this lab too.
+STABLE = "snap2caption-00001"
+GOOD, ERRORS, SLOW = (f"snap2caption-canary-{n}-1" for n in (2, 3, 4))
 FAULTS = {
     STABLE: {},
     GOOD: {},
@@ -44,9 +48,10 @@ FAULTS = {
 COMMON_ENV = {"OMP_NUM_THREADS": "1", "SNAP2CAPTION_MAX_NEW_TOKENS": "128"}
 REQUESTS_PER_REVISION = 60
 CLIENTS = {STABLE: 4, GOOD: 4, ERRORS: 4, SLOW: 30}  # the slow one mostly sleeps
-# The shipped thresholds, except: fewer requests (a test, not an hour of traffic), and a p95
-# limit for four services on 2 shared CPU cores rather than a GPU pod's 2 s.
-TEST_THRESHOLDS = ["--min-requests", "40", "--max-p95-seconds", "8"]
+# The shipped thresholds, except: fewer requests (a test, not an hour of traffic), and latency
+# limits for four services loaded at once on 2 shared CPU cores rather than GPU pods: 8 s, and
+# a candidate/stable p95 ratio of 2 (two identical services differ by up to ~1.4x here).
+TEST_THRESHOLDS = ["--min-requests", "40", "--max-p95-seconds", "8", "--max-p95-ratio", "2"]
 
 
 def prometheus_sh(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -276,7 +281,7 @@ def test_kubernetes_relabelling_yields_the_labels_the_analysis_selects(lab, tmp_
     a Knative pod is scraped with namespace/pod/revision labels; other pods are dropped."""
     good, stable = (lab["services"][r].url.removeprefix("http://") for r in (GOOD, STABLE))
     config = kubernetes_config_as_static({"snap2caption": [
-        knative_pod(good, "snap2caption-prod", "snap2caption-00002-deployment-7d9f-abcde", GOOD),
+        knative_pod(good, "snap2caption-prod", f"{GOOD}-deployment-7d9f-abcde", GOOD),
         knative_pod(stable, "snap2caption-prod", "not-ours", "x-00001", component="something-else"),
     ]}, tmp_path / "prometheus.yml", scrape_interval="1s")
     port = free_port()
@@ -289,7 +294,7 @@ def test_kubernetes_relabelling_yields_the_labels_the_analysis_selects(lab, tmp_
         [series] = promql(prom, "snap2caption_model_info")
         labels = series["metric"]
         assert {k: labels[k] for k in ("namespace", "pod", "revision", "service")} == {
-            "namespace": "snap2caption-prod", "pod": "snap2caption-00002-deployment-7d9f-abcde",
+            "namespace": "snap2caption-prod", "pod": f"{GOOD}-deployment-7d9f-abcde",
             "revision": GOOD, "service": "snap2caption"}
         assert [k for k in labels if k.startswith("__") and k != "__name__"] == []  # no __meta_* left
         targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]
@@ -309,3 +314,126 @@ def test_smoke_test_script_passes_a_healthy_service_and_fails_a_broken_one(lab):
     assert r.returncode == 1 and "/readyz answered 404" in r.stderr, r.stderr
     r = subprocess.run([script, f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "readyz unreachable" in r.stderr, r.stderr
+
+
+# -- the canary workflow's own steps, run here -------------------------------------------------
+
+CANARY_WORKFLOW = REPO / ".github" / "workflows" / "canary.yml"
+ROLLBACK_IF = "(failure() || cancelled()) && steps.deploy.outcome != 'skipped' && env.STABLE != ''"
+IMAGE = "ghcr.io/acme/snap2caption@sha256:" + "4f" * 32
+
+
+def run_canary_workflow(lab, tmp, run_number: int, steps: str = "10 25 50 100", max_retries: str = "6"):
+    """Run the `canary` job's shell steps in order, the way GitHub runs them (bash -eo pipefail,
+    GITHUB_ENV carried between steps, the rollback step only after a failure), against this
+    lab's Prometheus and services. kubectl is tests/fake_knative_kubectl.py: the real kubectl
+    applies every patch to the production overlay's Knative Service held in a file."""
+    import yaml
+    from test_k8s_manifests import K8S, kustomize_build
+
+    job = yaml.safe_load(CANARY_WORKFLOW.read_text())["jobs"]["canary"]
+    real_kubectl = shutil.which("kubectl")
+    assert real_kubectl, "kubectl is needed to apply the workflow's JSON patches (kubectl patch --local)"
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fake_knative_kubectl.py"}" "$@"\n')
+    (bin_dir / "kubectl").chmod(0o755)
+    # A wrapper, not a symlink: a venv's python finds its packages only when run by its own path.
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    [ksvc] = [d for d in kustomize_build(K8S / "overlays" / "production")
+              if d["kind"] == "Service" and d["apiVersion"] == "serving.knative.dev/v1"]
+    ksvc["metadata"]["namespace"] = NAMESPACE
+    state = tmp / "ksvc.json"
+    state.write_text(json.dumps(ksvc))
+    for name in ("github_env", "summary", "kubectl.log"):
+        (tmp / name).write_text("")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SNAP2CAPTION_", "GITHUB_"))},
+        "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+        # The job's env block, with its expressions evaluated for this run:
+        "KSVC": "snap2caption", "NAMESPACE": NAMESPACE, "IMAGE": IMAGE, "STEPS": steps, "WAIT_SECONDS": "0",
+        "MAX_RETRIES": max_retries, "RETRY_SECONDS": "0",
+        "SNAP2CAPTION_PROMETHEUS_URL": lab["prometheus"], "SNAP2CAPTION_PROMETHEUS_TOKEN": "",
+        "SNAP2CAPTION_API_KEY": "", "SNAP2CAPTION_CANARY_WINDOW": "5m",
+        "SNAP2CAPTION_CANARY_CONFIG": job["env"]["SNAP2CAPTION_CANARY_CONFIG"],
+        # Step-level env (secrets), and GitHub's own:
+        "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n", "ENVIRONMENT": "production",
+        "GITHUB_ENV": str(tmp / "github_env"), "GITHUB_STEP_SUMMARY": str(tmp / "summary"),
+        "RUNNER_TEMP": str(tmp), "GITHUB_RUN_NUMBER": str(run_number), "GITHUB_RUN_ATTEMPT": "1",
+        # The lab's thresholds on top of the shipped file (env beats the file):
+        "SNAP2CAPTION_CANARY_MIN_REQUESTS": "40", "SNAP2CAPTION_CANARY_MAX_P95_SECONDS": "8",
+        "SNAP2CAPTION_CANARY_MAX_P95_RATIO": "2",
+        # The fake cluster: the candidate's tag URL is the healthy service (the smoke test must
+        # pass for every scenario; the analysis judges the candidate's own metrics).
+        "REAL_KUBECTL": real_kubectl, "FAKE_KSVC_STATE": str(state), "FAKE_KUBECTL_LOG": str(tmp / "kubectl.log"),
+        "FAKE_INITIAL_REVISION": STABLE, "FAKE_TAG_URLS": json.dumps({"candidate": lab["services"][GOOD].url}),
+    }
+    assert set(job["env"]) <= set(env), f"job env not provided by the test: {set(job['env']) - set(env)}"
+    ran, failed = [], False
+    for step in job["steps"]:
+        if "run" not in step or step["name"].startswith("Install"):
+            continue  # actions, and pip install of what this venv already has
+        assert "${{" not in step["run"], f"{step['name']}: inputs reach scripts through env, never inline"
+        if "if" in step:
+            assert step["if"] == ROLLBACK_IF, step["if"]
+            deployed = any(name.startswith("Deploy") for name, _, _ in ran)
+            if not (failed and deployed):
+                continue
+        elif failed:
+            continue
+        for line in (tmp / "github_env").read_text().splitlines():
+            key, _, value = line.partition("=")
+            env[key] = value
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env,
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        ran.append((step["name"], r.returncode, r.stdout + r.stderr))
+        failed = failed or r.returncode != 0
+    patches = [json.loads(c[c.index("-p") + 1]) for c in map(json.loads, (tmp / "kubectl.log").read_text().splitlines())
+               if c[2] == "patch"]
+    return ran, json.loads(state.read_text()), (tmp / "summary").read_text(), patches
+
+
+def _percents(patches):
+    return [[(t["revisionName"], t["percent"], t["tag"]) for op in p if op["path"] == "/spec/traffic"
+             for t in op["value"]] for p in patches]
+
+
+def test_canary_workflow_promotes_the_healthy_candidate(lab, tmp_path):
+    from test_k8s_manifests import validate_object
+
+    ran, ksvc, summary, patches = run_canary_workflow(lab, tmp_path, run_number=2)
+    assert [(name, rc) for name, rc, _ in ran if rc != 0] == [], "\n\n".join(out for _, _, out in ran)
+    assert [name for name, _, _ in ran][-1] == "Promote the candidate to stable"  # no rollback ran
+    assert "smoke_test: PASS" in dict((n, o) for n, _, o in ran)["Smoke-test the candidate on its tag URL"]
+    assert _percents(patches) == [
+        [(STABLE, 100 - p, "stable"), (GOOD, p, "candidate")] for p in (0, 10, 25, 50, 100)
+    ] + [[(GOOD, 100, "stable"), (STABLE, 0, "previous")]]
+    assert ksvc["spec"]["template"]["metadata"]["name"] == GOOD
+    assert ksvc["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE
+    assert validate_object(ksvc) == []  # still a valid Knative Service after every patch
+    assert summary.count(" %: promote\n") == 4 and f"promoted {GOOD}" in summary
+
+
+def test_canary_workflow_rolls_back_a_failing_candidate_and_fails(lab, tmp_path):
+    ran, ksvc, summary, patches = run_canary_workflow(lab, tmp_path, run_number=3)
+    results = {name: (rc, out) for name, rc, out in ran}
+    rc, out = results["Shift traffic step by step, with analysis at each step"]
+    assert rc == 1 and "verdict: ROLLBACK" in out and "10 %: analysis says roll back" in out, out
+    assert results["Roll back to the stable revision"][0] == 1  # the job fails
+    assert "Promote the candidate to stable" not in results
+    assert _percents(patches)[-2:] == [[(STABLE, 90, "stable"), (ERRORS, 10, "candidate")],
+                                       [(STABLE, 100, "stable"), (ERRORS, 0, "candidate")]]
+    assert ksvc["spec"]["traffic"][0] == {"revisionName": STABLE, "percent": 100, "tag": "stable"}
+    assert "ROLLED BACK" in summary
+
+
+def test_canary_workflow_gives_up_on_a_candidate_without_traffic(lab, tmp_path):
+    """Run 9's revision is never scraped: hold (exit 3) until the retries run out, then roll back."""
+    ran, ksvc, summary, _ = run_canary_workflow(lab, tmp_path, run_number=9, steps="10 100", max_retries="2")
+    results = {name: (rc, out) for name, rc, out in ran}
+    rc, out = results["Shift traffic step by step, with analysis at each step"]
+    assert rc == 1 and out.count("verdict: HOLD") == 3 and "no verdict after 2 retries" in out, out
+    assert results["Roll back to the stable revision"][0] == 1
+    assert ksvc["spec"]["traffic"][0]["revisionName"] == STABLE and ksvc["spec"]["traffic"][0]["percent"] == 100

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -117,6 +118,8 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
         thresholds = load_thresholds(args.config, overrides)
     except ValueError as exc:
         parser.error(str(exc))
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per query drowns the verdict
     try:
         verdict, cand, stab = analyze(args.prometheus_url, args.candidate, args.stable, args.window, thresholds,
                                       revision_label=args.revision_label, extra_selector=args.selector,

@@ -7,6 +7,7 @@ Test modules import the fixtures they use by name (``from stream_support import 
 
 from __future__ import annotations
 
+import atexit
 import base64
 import http.server
 import json
@@ -30,22 +31,94 @@ from conftest import REPO, free_port, png_bytes
 KAFKA_SH = REPO / "infra" / "kafka.sh"
 START_TIMEOUT_S = 600  # a cold start downloads Kafka's jars through Maven first
 
+# Which broker the tests use: SNAP2CAPTION_KAFKA=auto (default: KAFKA_BOOTSTRAP_SERVERS if set,
+# else infra/kafka.sh), script (always infra/kafka.sh) or testcontainers (a Kafka container
+# through a Docker engine; the image is SNAP2CAPTION_KAFKA_IMAGE).
+BROKER_CHOICE_ENV = "SNAP2CAPTION_KAFKA"
+BROKER_CHOICES = ("auto", "script", "testcontainers")
+KAFKA_IMAGE_ENV = "SNAP2CAPTION_KAFKA_IMAGE"
+DEFAULT_KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9 in KRaft mode
+_container = None  # the one Kafka container of this test process, when testcontainers is chosen
 
-def ensure_broker(env: dict | None = None) -> str:
-    """KAFKA_BOOTSTRAP_SERVERS if set, else infra/kafka.sh start. Fails (never skips) without one."""
-    from_env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if from_env and env is None:
-        return from_env
+
+class BrokerError(RuntimeError):
+    """No broker as configured; the message says what to change."""
+
+
+def broker_source(environ) -> str:
+    """'external' (KAFKA_BOOTSTRAP_SERVERS), 'script' (infra/kafka.sh) or 'testcontainers'."""
+    choice = environ.get(BROKER_CHOICE_ENV, "").strip().lower() or "auto"
+    if choice not in BROKER_CHOICES:
+        raise BrokerError(f"{BROKER_CHOICE_ENV}={choice!r}: expected one of {', '.join(BROKER_CHOICES)}")
+    if choice == "auto":
+        return "external" if environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() else "script"
+    return choice  # an explicit choice wins over an exported KAFKA_BOOTSTRAP_SERVERS
+
+
+def start_kafka_container(image: str | None = None, timeout: int = 180) -> str:
+    """Start (once per process) testcontainers' Kafka module in KRaft mode; returns host:port.
+    Raises BrokerError naming the cause when there is no Docker engine or the broker fails."""
+    global _container
+    if _container is not None:
+        return _container.get_bootstrap_server()
+    image = image or os.environ.get(KAFKA_IMAGE_ENV) or DEFAULT_KAFKA_IMAGE
+    from docker.errors import DockerException
+
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:  # testcontainers < 4.10 keeps it at the old place
+        from testcontainers.kafka import KafkaContainer
+    try:
+        container = KafkaContainer(image).with_kraft()
+        # The module leaves these at Kafka's defaults (3 and 2), which a single broker cannot
+        # satisfy: transactional producers would never find their coordinator.
+        container.with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        container.with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        container.start(timeout=timeout)
+    except DockerException as exc:
+        raise BrokerError(
+            f"{BROKER_CHOICE_ENV}=testcontainers needs a Docker engine, and none answered "
+            f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {exc}. Start Docker, or unset "
+            f"{BROKER_CHOICE_ENV} to use infra/kafka.sh, or set KAFKA_BOOTSTRAP_SERVERS.") from None
+    except Exception as exc:
+        raise BrokerError(f"the Kafka container ({image}) did not start: {type(exc).__name__}: {exc}") from None
+    _container = container
+    atexit.register(container.stop)
+    return container.get_bootstrap_server()
+
+
+def run_kafka_script(env: dict | None = None) -> str:
+    """infra/kafka.sh start (a no-op when its broker already runs); returns host:port."""
     try:
         proc = subprocess.run(["bash", str(KAFKA_SH), "start"], capture_output=True, text=True,
                               timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"infra/kafka.sh start timed out\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
+        raise BrokerError(f"infra/kafka.sh start timed out\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}") from None
     match = re.search(r"^KAFKA_BOOTSTRAP_SERVERS=(\S+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not match:
-        pytest.fail(f"infra/kafka.sh start failed (exit {proc.returncode})\n"
-                    f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise BrokerError(f"infra/kafka.sh start failed (exit {proc.returncode})\n"
+                          f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return match.group(1)
+
+
+def ensure_broker(env: dict | None = None) -> str:
+    """The tests' broker (see broker_source); fails the test, never skips it, without one.
+
+    ``env`` (KAFKA_PORT, KAFKA_DATA_DIR, ...) asks for a broker of the test's own from
+    infra/kafka.sh, whatever is configured: the tests that stop and restart their broker
+    (chaos, feedback spool) need one they control."""
+    try:
+        if env is not None:
+            return run_kafka_script(env)
+        source = broker_source(os.environ)
+        if source == "external":
+            return os.environ["KAFKA_BOOTSTRAP_SERVERS"].strip()
+        if source == "testcontainers":
+            return start_kafka_container()
+        return run_kafka_script()
+    except BrokerError as exc:
+        error = exc
+    pytest.fail(f"no Kafka broker: {error}", pytrace=False)  # outside `except`: one message, not two
 
 
 @pytest.fixture(scope="session")

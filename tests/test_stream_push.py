@@ -96,3 +96,51 @@ def test_events_needs_the_api_key_like_every_other_route(auth_service):
     r = httpx.post(auth_service.url + "/events", json=_data("push-auth"), timeout=120,
                    headers={**_kafka_source_headers("o", "push-auth"), "Authorization": "Bearer key-one"})
     assert r.status_code == 200, r.text
+
+
+CLUSTER_LOCAL_HOST = "snap2caption.snap2caption-prod.svc.cluster.local"
+
+
+@pytest.fixture(scope="module")
+def cluster_local_events_service(tmp_path_factory, tiny_model_dir):
+    """API keys on, SNAP2CAPTION_EVENTS_AUTH=cluster-local (what k8s/base configures)."""
+    from conftest import start_service, stop_service
+
+    svc = start_service(tmp_path_factory.mktemp("svc-events-auth"), tiny_model_dir,
+                        {"SNAP2CAPTION_API_KEYS": "key-one", "SNAP2CAPTION_EVENTS_AUTH": "cluster-local"})
+    yield svc
+    stop_service(svc.proc)
+
+
+def test_events_from_the_cluster_local_address_need_no_key(cluster_local_events_service):
+    """What a Knative Sequence/KafkaSource delivery looks like: the Service's cluster-local
+    host, no Authorization header (a KafkaSource cannot send one)."""
+    url = cluster_local_events_service.url
+    r = httpx.post(url + "/events", json=_data("push-local"), timeout=120,
+                   headers={**_kafka_source_headers("o", "push-local"), "Host": CLUSTER_LOCAL_HOST})
+    assert r.status_code == 200, r.text
+    assert r.json()["media_id"] == "push-local"
+    # Short in-cluster form and an explicit port are the same address.
+    r = httpx.post(url + "/events", json=_data("push-local-2"), timeout=120,
+                   headers={**_kafka_source_headers("o", "push-local-2"), "Host": "snap2caption.prod.svc:80"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("host", ["snap2caption.snap2caption-prod.example.com", "127.0.0.1",
+                                  "svc.cluster.local", "snap2caption.svc.cluster.local.evil.example"])
+def test_events_through_any_other_host_still_need_the_key(cluster_local_events_service, host):
+    url = cluster_local_events_service.url
+    headers = {**_kafka_source_headers("o", "push-public"), "Host": host}
+    r = httpx.post(url + "/events", json=_data("push-public"), headers=headers, timeout=60)
+    assert r.status_code == 401, r.text
+    r = httpx.post(url + "/events", json=_data("push-public"), timeout=120,
+                   headers={**headers, "Authorization": "Bearer key-one"})
+    assert r.status_code == 200, r.text
+
+
+def test_cluster_local_host_opens_only_events(cluster_local_events_service):
+    with httpx.Client(base_url=cluster_local_events_service.url, timeout=60,
+                      headers={"Host": CLUSTER_LOCAL_HOST}) as c:
+        assert c.post("/generate-caption", json={"image": inline()["inline_base64"]}).status_code == 401
+        assert c.post("/feedback", json={"request_id": "x", "rating": "up"}).status_code == 401
+        assert c.post("/events/", json=_data("p"), headers=_kafka_source_headers("o", "p")).status_code == 401

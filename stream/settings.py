@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,8 +50,12 @@ class StreamSettings(BaseSettings):
                     "membership id and the suffix of the transactional id, so a restarted instance "
                     "fences its old self and resumes its partitions without a rebalance.")
     session_timeout_ms: int = Field(30000, ge=6000, description="Group session timeout.")
-    max_in_flight: int = Field(64, ge=1, description="Upload events being fetched/captioned at once; "
-                                                     "partitions are paused when this many are pending.")
+    max_in_flight: int = Field(64, ge=1, description="Upload events being fetched/captioned at once (the "
+                                                     "requests the service sees, like that many HTTP clients).")
+    max_pending: int = Field(256, ge=1, description="Most polled events not yet committed (in flight, or "
+                                                    "finished and waiting for their transaction or for an "
+                                                    "earlier offset); partitions pause at this many. At "
+                                                    "least max_in_flight.")
     commit_interval_ms: int = Field(200, ge=1, description="Most time a finished event waits for its transaction.")
     commit_max_records: int = Field(500, ge=1, description="Most events per transaction.")
     retries: int = Field(5, ge=0, description="Retries of one transient failure (503, timeout, S3 5xx) in a row.")
@@ -73,6 +78,16 @@ class StreamSettings(BaseSettings):
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image fetched (S3, URL, inline).")
     fetch_timeout_s: float = Field(10.0, gt=0, description="Whole download of one URL or S3 object.")
     fetch_max_redirects: int = Field(3, ge=0)
+
+    events_auth: Literal["bearer", "cluster-local", "none"] = Field(
+        "bearer", description="How POST /events (Knative push mode) is authenticated when "
+                              "SNAP2CAPTION_API_KEYS is set: bearer = the API key like every route; "
+                              "cluster-local = no key when the request's Host is the Service's "
+                              "cluster-local name (what Knative Eventing delivers to), the key "
+                              "otherwise; none = never a key (only for a Service that is private "
+                              "as a whole). See snap2caption_service/auth.py.")
+    cluster_domain: str = Field("cluster.local", description="The Kubernetes cluster domain, for "
+                                                             "events_auth=cluster-local.")
 
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics; 0 = off.")
     metrics_host: str = Field("0.0.0.0")

@@ -402,3 +402,126 @@ def test_a_transaction_with_unknown_outcome_is_checked_against_committed_offsets
         lost.bounded(_time.sleep, 5)
     with pytest.raises(ZeroDivisionError):
         lost.bounded(lambda: 1 / 0)
+
+
+# --- /events authentication (snap2caption_service/auth.py) -------------------------------
+
+@pytest.mark.parametrize("host,local", [
+    ("snap2caption.prod.svc.cluster.local", True), ("snap2caption.prod.svc.cluster.local:80", True),
+    ("snap2caption.prod.svc", True), ("SNAP2CAPTION.Prod.SVC.Cluster.Local.", True),
+    ("snap2caption.prod", False), ("snap2caption.prod.example.com", False), ("svc.cluster.local", False),
+    ("prod.svc.cluster.local.evil.example", False), ("..svc", False), ("127.0.0.1:3000", False),
+    ("[::1]:3000", False), ("", False)])
+def test_cluster_local_host_names(host, local):
+    from snap2caption_service.auth import is_cluster_local_host
+
+    assert is_cluster_local_host(host) is local
+    assert is_cluster_local_host("a.b.svc.corp.internal", "corp.internal")
+    assert not is_cluster_local_host("a.b.svc.cluster.local", "corp.internal")
+
+
+def _asgi_status(mode: str, path: str, host: str, auth: str | None = None) -> int:
+    import asyncio
+
+    from snap2caption_service.auth import ApiKeyMiddleware
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"host", host.encode())] + ([(b"authorization", auth.encode())] if auth else [])
+    mw = ApiKeyMiddleware(app, ["k1"], events_auth=mode, cluster_domain="cluster.local")
+    asyncio.run(mw({"type": "http", "path": path, "headers": headers}, None, send))
+    return sent[0]["status"]
+
+
+@pytest.mark.parametrize("mode,path,host,auth,status", [
+    ("bearer", "/events", "a.b.svc.cluster.local", None, 401),
+    ("bearer", "/events", "a.b.svc.cluster.local", "Bearer k1", 200),
+    ("cluster-local", "/events", "a.b.svc.cluster.local", None, 200),
+    ("cluster-local", "/events", "a.b.example.com", None, 401),
+    ("cluster-local", "/events", "a.b.example.com", "Bearer k1", 200),
+    ("cluster-local", "/generate-caption", "a.b.svc.cluster.local", None, 401),
+    ("none", "/events", "a.b.example.com", None, 200),
+    ("none", "/feedback", "a.b.example.com", None, 401),
+    ("none", "/readyz", "a.b.example.com", None, 200),
+])
+def test_events_auth_modes(mode, path, host, auth, status):
+    assert _asgi_status(mode, path, host, auth) == status
+
+
+def test_events_auth_setting_is_validated():
+    from snap2caption_service.auth import ApiKeyMiddleware
+
+    with pytest.raises(ValidationError, match="events_auth"):
+        settings(events_auth="open")
+    with pytest.raises(ValueError, match="SNAP2CAPTION_EVENTS_AUTH"):
+        ApiKeyMiddleware(None, ["k"], events_auth="open", cluster_domain="cluster.local")
+    assert settings().events_auth == "bearer"  # nothing is opened unless asked for
+
+
+# --- which broker the tests use (tests/stream_support.py) --------------------------------
+
+@pytest.mark.parametrize("environ,source", [
+    ({}, "script"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}, "external"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "  "}, "script"),
+    ({"SNAP2CAPTION_KAFKA": "auto", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "external"),
+    ({"SNAP2CAPTION_KAFKA": "script", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "script"),
+    ({"SNAP2CAPTION_KAFKA": "testcontainers"}, "testcontainers"),
+    ({"SNAP2CAPTION_KAFKA": " TestContainers ", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "testcontainers"),
+])
+def test_broker_selection(environ, source):
+    from stream_support import broker_source
+
+    assert broker_source(environ) == source
+
+
+def test_an_unknown_broker_choice_is_an_error():
+    from stream_support import BrokerError, broker_source
+
+    with pytest.raises(BrokerError, match="SNAP2CAPTION_KAFKA='docker'.*auto, script, testcontainers"):
+        broker_source({"SNAP2CAPTION_KAFKA": "docker"})
+
+
+def test_testcontainers_without_a_docker_engine_fails_the_kafka_tests_with_a_clear_message(tmp_path):
+    """Selected but unusable, the testcontainers broker fails the tests that need a broker
+    (never skips them), and says why and what to do instead."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "test_needs_broker.py").write_text(
+        "from stream_support import bootstrap  # noqa: F401\n\n"
+        "def test_needs_a_broker(bootstrap):\n    assert bootstrap\n")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "SNAP2CAPTION_KAFKA": "testcontainers",
+           # No Docker engine here; pointing at a socket that cannot exist keeps the test
+           # meaningful on a machine that has one.
+           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q",
+                           "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_needs_broker.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 error" in out and "skipped" not in out, out
+    assert "no Kafka broker: SNAP2CAPTION_KAFKA=testcontainers needs a Docker engine" in out, out
+    assert "unset SNAP2CAPTION_KAFKA to use infra/kafka.sh" in out, out
+
+
+def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
+    """The KafkaSource -> Sequence -> Service path cannot send a key: the base config must
+    say so, with a value the service accepts."""
+    from conftest import REPO
+
+    env = dict(line.split("=", 1) for line in (REPO / "k8s/base/config/common.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["SNAP2CAPTION_EVENTS_AUTH"] == "cluster-local"
+    assert settings(events_auth=env["SNAP2CAPTION_EVENTS_AUTH"]).events_auth == "cluster-local"

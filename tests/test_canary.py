@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, free_port
 from snap2caption_service.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, RevisionStats,
                                          Thresholds, build_queries, check_window, decide, load_thresholds,
-                                         revision_selector)
+                                         revision_selector, traffic_patch)
 
 T = Thresholds()
 
@@ -157,3 +157,35 @@ def test_canary_command_imports_neither_torch_nor_bentoml():
     assert r.returncode == 0, r.stderr
     assert "exit codes" in r.stdout
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+DIGEST_IMAGE = "ghcr.io/acme/snap2caption@sha256:" + "0a" * 32
+
+
+def test_traffic_patch_deploys_steps_and_promotes():
+    deploy = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 0, image=DIGEST_IMAGE)
+    assert deploy[0] == {"op": "test", "path": "/spec/template/spec/containers/0/name", "value": "snap2caption"}
+    assert {"op": "add", "path": "/spec/template/metadata/name", "value": "snap2caption-canary-7-1"} in deploy
+    assert deploy[-1]["value"] == [{"revisionName": "snap2caption-00006", "percent": 100, "tag": "stable"},
+                                   {"revisionName": "snap2caption-canary-7-1", "percent": 0, "tag": "candidate"}]
+    step = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 25)
+    assert [op["path"] for op in step] == ["/spec/traffic"]  # a step never touches the template
+    assert [t["percent"] for t in step[0]["value"]] == [75, 25]
+    promote = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 100, promote=True)
+    assert promote[0]["value"] == [{"revisionName": "snap2caption-canary-7-1", "percent": 100, "tag": "stable"},
+                                   {"revisionName": "snap2caption-00006", "percent": 0, "tag": "previous"}]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"candidate": "other-00007"}, "must be a DNS label starting with 'snap2caption-'"),
+    ({"candidate": "snap2caption-Canary"}, "DNS label"),
+    ({"candidate": "snap2caption-00006"}, "the same revision"),
+    ({"percent": 101}, "0-100"),
+    ({"percent": 50, "promote": True}, "only at 100"),
+    ({"image": "ghcr.io/acme/snap2caption:0.2.0"}, "pinned by digest"),
+])
+def test_traffic_patch_refuses_what_knative_or_the_rollout_would_regret(kwargs, message):
+    args = {"service": "snap2caption", "stable": "snap2caption-00006", "candidate": "snap2caption-canary-7-1",
+            "percent": 10, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        traffic_patch(**args)

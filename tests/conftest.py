@@ -101,14 +101,37 @@ def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, tim
     raise RuntimeError(f"service not ready after {timeout}s:\n{log_path.read_text()[-4000:]}")
 
 
-def stop_service(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+def stop_services(procs: list[subprocess.Popen], grace: float = 20) -> None:
+    """SIGTERM each service's process group, then SIGKILL whatever is left after ``grace`` s,
+    BentoML's workers included: they run in process groups of their own, so a group kill alone
+    would orphan them (still loaded, still using CPU) once the arbiter is gone."""
+    import psutil
+
+    family = []
+    for p in procs:
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    for p in procs:
+        p.wait()
+
+
+def stop_service(proc: subprocess.Popen) -> None:
+    stop_services([proc])
 
 
 @pytest.fixture(scope="session")

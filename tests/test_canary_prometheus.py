@@ -25,7 +25,7 @@ import time
 import httpx
 import pytest
 
-from conftest import REPO, free_port, png_bytes, start_service
+from conftest import REPO, free_port, png_bytes, start_service, stop_services
 from observability_support import knative_pod, kubernetes_config_as_static
 from snap2caption_service.canary import EXIT_HOLD, EXIT_PROMOTE, EXIT_ROLLBACK
 
@@ -99,29 +99,7 @@ def promql(prom: str, expr: str) -> list:
 
 
 def stop_all(procs: list[subprocess.Popen], grace: float = 10) -> None:
-    """Stop every lab service at once: SIGTERM, then SIGKILL whatever is left after `grace` s,
-    BentoML's workers included (they run in process groups of their own, so a group kill alone
-    would orphan them once the arbiter is gone)."""
-    import psutil
-
-    family = []
-    for p in procs:
-        try:
-            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    for p in procs:
-        p.wait()
+    stop_services(procs, grace)
 
 
 def wait_for(prom: str, expr: str, expected: float, what: str, timeout: float = 60) -> None:

@@ -5,7 +5,7 @@ PY = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 PORT ?= 3000
 
-.PHONY: serve test test-chaos test-fast demo-model quality bench bench-cold-start bento image prove-loop env help
+.PHONY: serve test test-chaos test-fast demo-model quality bench bench-kafka bench-cold-start bento image prove-loop env help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,6 +36,10 @@ quality:  ## the demo model's quality bar on 300 held-out scenes
 
 bench:  ## serving benchmark: service vs seed-style server vs raw batched generate
 	$(PY) benchmarks/serving.py
+
+bench-kafka:  ## 1,000 upload events through Kafka vs HTTP at saturation, same service, one run
+	$(PY) -m snap2caption_service demo-model > /dev/null
+	$(PY) benchmarks/kafka_vs_http.py $(BENCH_ARGS)
 
 # The release path (README "The Bento"). MODEL/ADAPTER pick the weights (default: the demo
 # model); BENTOML_HOME (default ~/bentoml) holds the model store and the built Bentos.

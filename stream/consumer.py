@@ -2,7 +2,8 @@
 
 The loop, as ``Consumer.run`` spells it out:
 
-    poll      only partitions with room in the in-flight window (backpressure = pause)
+    poll      while fewer than max_in_flight records are being captioned and fewer than
+              max_pending are uncommitted; otherwise the partitions are paused (backpressure)
     submit    each record to the worker pool: decode -> validate -> fetch -> POST /generate-caption
               (transient failures retried with bounded backoff inside the worker)
     collect   finished records; per partition only the finished *prefix* in offset order
@@ -15,18 +16,29 @@ Readers of media.captioned use isolation_level=read_committed. A crash anywhere 
 COMMIT aborts the transaction (the restarted instance, sharing the transactional id, fences
 and aborts it) and the records are consumed again; a crash after COMMIT finds their offsets
 committed. Many workers keep many requests in flight, so the service's adaptive batcher
-forms real batches.
+forms real batches. A finished record gives its worker back at once, not when its
+transaction commits: the service sees max_in_flight requests all the time, as it would from
+that many HTTP clients, while finished records wait (up to max_pending) for the next commit.
 
 Poison events (the event's fault) are dead-lettered and committed like any result.
 Transient failures are never dead-lettered: when the retries run out the record stays
 uncommitted, its partition pauses for ``retry_later_s``, and the record is tried again.
 SIGTERM: stop polling, let in-flight work finish, commit it, exit 0.
+
+While another transaction holds this group's offsets (KIP-447: UNSTABLE_OFFSET_COMMIT, e.g. a
+killed instance's transaction before its successor's init aborts it, or a broker restart
+mid-commit), kafka-python retries the offset fetch inside poll() and nothing can be consumed;
+the loop just goes on polling. Should events wait on its partitions for stall_timeout_s
+with nothing polled and nothing in flight, the consumer exits with status 70 (EXIT_STALLED)
+for its supervisor to restart it: crash-only recovery, and a restart's InitProducerId aborts
+whatever transaction of this instance was still open.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import random
 import signal
 import threading
@@ -52,6 +64,7 @@ from .settings import StreamSettings
 from .topics import ensure_topics
 
 log = logging.getLogger("snap2caption.consumer")
+EXIT_STALLED = 70  # EX_SOFTWARE: events wait, none can be consumed; restart me
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -83,8 +96,21 @@ class TransactionStuck(Exception):
 
 
 def _close_quietly(producer: KafkaProducer) -> None:
-    # close() itself can hang on a producer whose request was lost; never wait for it.
-    threading.Thread(target=producer.close, kwargs={"timeout": 0}, daemon=True).start()
+    """Stop a producer that is being replaced, without waiting for it."""
+
+    def close():
+        try:
+            producer.close(timeout=0)
+        except KafkaError:
+            # kafka-python's close() gives up in flush() when batches are still pending (the
+            # transaction whose request was lost) and never stops the I/O thread, which then goes
+            # on retrying the old transaction's requests for the life of the process. Stop it.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+
+    # close() can also block on a lost request; never wait for it on the loop's thread.
+    threading.Thread(target=close, daemon=True, name="kafka-producer-close").start()
 
 
 # --- outcomes of one record --------------------------------------------------------------
@@ -270,10 +296,17 @@ class Consumer(ConsumerRebalanceListener):
         self.handler = Handler(self.s, fetcher or ImageFetcher(self.s), service or ServiceClient(self.s),
                                self.stopping)
         self.pool = ThreadPoolExecutor(self.s.max_in_flight, thread_name_prefix="caption")
+        self.max_pending = max(self.s.max_pending, self.s.max_in_flight)
+        # Futures not finished yet, including those of revoked partitions that still hold a
+        # worker: this, not the window, is what the service sees in flight.
+        self.active: set[Future] = set()
+        self.wakeup = threading.Event()  # set whenever a worker finishes a record
         self.consumer: KafkaConsumer | None = None
         self.producer: KafkaProducer | None = None
         self.last_commit = time.monotonic()
         self.last_lag = 0.0
+        self.last_progress = time.monotonic()  # a record polled or a transaction committed
+        self.last_stall_check = 0.0
         self.committed_next: dict[TopicPartition, int] = {}
         self.outcome_unknown = False  # a transaction got no answer; check offsets before producing
         self.totals = {"captioned": 0, "dead_lettered": 0}
@@ -298,9 +331,18 @@ class Consumer(ConsumerRebalanceListener):
     def run(self) -> int:
         self.start()
         while not self.stopping.is_set():
-            self.throttle()                              # backpressure: pause full / retry-waiting partitions
-            free = max(1, self.s.max_in_flight - len(self.window))
-            for tp, records in self.consumer.poll(timeout_ms=100, max_records=free).items():
+            room = self.throttle()                       # backpressure: pause when full / retry-waiting
+            if room:
+                polled = self.consumer.poll(timeout_ms=self.idle_ms(), max_records=room)
+            else:
+                # Nothing may be polled now: wait for a worker to finish (or a commit to fall
+                # due) instead of blocking in poll(), so a freed slot is refilled at once.
+                polled = self.consumer.poll(timeout_ms=0)
+                self.wakeup.wait(self.idle_ms() / 1000)
+            self.wakeup.clear()
+            if polled:
+                self.last_progress = time.monotonic()
+            for tp, records in polled.items():
                 for record in records:
                     pending = Pending(record, time.perf_counter())
                     self.window.add(tp, pending)
@@ -311,9 +353,23 @@ class Consumer(ConsumerRebalanceListener):
             self.report()
         return self.shutdown()
 
+    def idle_ms(self) -> int:
+        """How long the loop may wait for records: until the next commit falls due, at most 100 ms."""
+        if not self.window.finished_prefixes():
+            return 100
+        due = self.last_commit + self.s.commit_interval_ms / 1000 - time.monotonic()
+        return max(0, min(100, int(due * 1000)))
+
     def submit(self, pending: Pending) -> None:
         pending.retry_at = None
-        pending.future = self.pool.submit(self.handler, pending.record, pending.polled_at)
+        future = self.pool.submit(self.handler, pending.record, pending.polled_at)
+        self.active.add(future)
+        future.add_done_callback(self.finished)
+        pending.future = future
+
+    def finished(self, future: Future) -> None:  # on the worker thread
+        self.active.discard(future)
+        self.wakeup.set()
 
     def collect(self) -> None:
         now = time.monotonic()
@@ -333,9 +389,11 @@ class Consumer(ConsumerRebalanceListener):
                     self.submit(p)
         self.m.in_flight.set(len(self.window))
 
-    def throttle(self) -> None:
+    def throttle(self) -> int:
+        """Pause what must not be polled now; returns how many records may be polled."""
         assigned = self.consumer.assignment()
-        if len(self.window) >= self.s.max_in_flight:
+        room = min(self.s.max_in_flight - len(self.active), self.max_pending - len(self.window))
+        if room <= 0:
             want = set(assigned)
         else:
             want = self.window.waiting_retry() & assigned
@@ -344,6 +402,7 @@ class Consumer(ConsumerRebalanceListener):
             self.consumer.pause(*(want - paused))
         if (paused - want) & assigned:
             self.consumer.resume(*((paused - want) & assigned))
+        return max(0, room) if assigned - want or not assigned else 0
 
     def commit_due(self) -> bool:
         ready = self.window.finished_prefixes()
@@ -354,7 +413,10 @@ class Consumer(ConsumerRebalanceListener):
     def commit(self) -> None:
         """Produce the results of every finished prefix and commit their offsets, atomically."""
         ready = self.window.finished_prefixes()
-        if not ready or not self.producer_ready(ready):
+        if not ready:
+            return
+        if not self.producer_ready(ready):
+            self.last_commit = time.monotonic()  # try again after a commit interval, not at once
             return
         t0 = time.perf_counter()
         s = self.s
@@ -396,7 +458,7 @@ class Consumer(ConsumerRebalanceListener):
 
     def committed(self, ready: dict[TopicPartition, list[Pending]], t0: float) -> None:
         self.window.remove(ready)
-        self.last_commit = time.monotonic()
+        self.last_commit = self.last_progress = time.monotonic()
         self.m.transactions.labels("committed").inc()
         self.m.stage.labels("produce").observe(time.perf_counter() - t0)
         for tp, run in ready.items():
@@ -503,6 +565,7 @@ class Consumer(ConsumerRebalanceListener):
         self.forget(lost)  # no longer the owner: a commit would be fenced anyway
 
     def on_partitions_assigned(self, assigned) -> None:
+        self.last_progress = time.monotonic()  # the stall clock starts with the assignment
         log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 
     def forget(self, tps) -> None:
@@ -532,6 +595,39 @@ class Consumer(ConsumerRebalanceListener):
                 nxt = self.committed_next.get(tp)
             if high is not None and nxt is not None:
                 self.m.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - nxt))
+        self.check_stalled()
+
+    def check_stalled(self, every_s: float = 10.0) -> None:
+        """Exit (for a restart) when events wait on our partitions and none can be consumed."""
+        now = time.monotonic()
+        if len(self.window) or now - self.last_progress < self.s.stall_timeout_s or now - self.last_stall_check < every_s:
+            return
+        self.last_stall_check = now
+        assigned = self.consumer.assignment() - self.consumer.paused()
+        if not assigned:
+            return
+        try:
+            end = self.consumer.end_offsets(sorted(assigned), timeout_ms=10_000)
+        except KafkaError:
+            return  # the broker is away: everybody waits, a restart would not help
+        waiting = {}
+        for tp in sorted(assigned):
+            name = f"{tp.topic}-{tp.partition}"
+            try:
+                done = self.consumer.committed(tp, timeout_ms=5000) or 0
+            except KafkaError as exc:  # still unreadable after kafka-python's retries (UnstableOffsetCommitError ...)
+                waiting[name] = f"committed offset unreadable ({type(exc).__name__}), end offset {end.get(tp)}"
+                continue
+            if end.get(tp, 0) > done:
+                waiting[name] = f"{end[tp] - done} events"
+        if not waiting:
+            self.last_progress = now  # idle: nothing to consume
+            return
+        log.error("stalled: nothing polled or committed for %.0fs while %s; exiting with status %d for a "
+                  "restart. Threads:", now - self.last_progress, "; ".join(f"{k}: {v}" for k, v in waiting.items()),
+                  EXIT_STALLED)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(EXIT_STALLED)  # not sys.exit: the stuck calls would keep a clean exit waiting
 
     def stop(self, *_args) -> None:
         self.stopping.set()

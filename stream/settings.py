@@ -67,6 +67,11 @@ class StreamSettings(BaseSettings):
                                               "(send offsets, commit, abort, init) may take before the "
                                               "producer is replaced.")
     drain_timeout_s: float = Field(120.0, gt=0, description="On SIGTERM: most time to finish in-flight events.")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="Most time upload events may wait on this consumer's partitions while it "
+                                 "polls none and has none in flight (committed offsets that stay unreadable, "
+                                 "a fetch that never answers). Then it exits with status 70 so that its "
+                                 "supervisor restarts it; the restart aborts any transaction it left open.")
 
     aws_endpoint_url_s3: str = Field(
         "", validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),

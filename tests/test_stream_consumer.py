@@ -187,3 +187,111 @@ def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstra
     finally:
         consumer.terminate()
         proxy.close()
+
+
+class CountingProxy(LoopbackServer):
+    """Forwards to the service and records the most requests it ever had open at once."""
+
+    def __init__(self, target: str):
+        self.open = self.peak = self.total = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the consumer's pooled client expects
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    proxy.open += 1
+                    proxy.total += 1
+                    proxy.peak = max(proxy.peak, proxy.open)
+                try:
+                    resp = httpx.post(target + self.path, content=body, timeout=120,
+                                      headers={"Content-Type": "application/json"})
+                finally:
+                    with lock:
+                        proxy.open -= 1
+                self.send_response(resp.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(resp.content)))
+                self.end_headers()
+                self.wfile.write(resp.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.start(Handler)
+
+
+def test_the_service_sees_max_in_flight_requests_never_more(bootstrap, service, tmp_path):
+    """Backpressure: at most max_in_flight requests reach the service at once, and the consumer
+    keeps it that busy (a finished event frees its slot before its transaction commits)."""
+    topics = topic_env("inflight")
+    create_topics(bootstrap, topics)
+    events = [upload_event(f"f-{i}", inline((i * 7 % 256, 60, 200))) for i in range(40)]
+    proxy = CountingProxy(service.url)
+    env = consumer_env(bootstrap, proxy.url, topics, SNAP2CAPTION_MAX_IN_FLIGHT=6, SNAP2CAPTION_MAX_PENDING=12,
+                       SNAP2CAPTION_COMMIT_INTERVAL_MS=1000)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
+        out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(events), timeout=180, settle=1)
+        assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events)
+    finally:
+        assert consumer.terminate() == 0, consumer.log()[-3000:]
+        proxy.close()
+    assert proxy.total == len(events)
+    assert proxy.peak == 6, f"peak {proxy.peak} requests in flight, max_in_flight 6"
+
+
+def _hold_offsets_in_an_open_transaction(bootstrap: str, group: str, topic: str, offset: int):
+    """Another transactional producer commits ``offset`` for ``group`` inside a transaction it
+    leaves open: the group's committed offset is then UNSTABLE_OFFSET_COMMIT for every
+    read_committed consumer until that transaction ends (what a killed instance leaves behind)."""
+    from kafka import KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    blocker = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{group}-blocker",
+                            enable_idempotence=True, transaction_timeout_ms=900_000)
+    blocker.init_transactions()
+    blocker.begin_transaction()
+    blocker.send_offsets_to_transaction({TopicPartition(topic, 0): OffsetAndMetadata(offset, "", -1)}, group)
+    return blocker
+
+
+def test_offsets_held_by_an_open_transaction_are_waited_for_and_a_stall_exits_for_a_restart(
+        bootstrap, service, tmp_path):
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    topics = topic_env("unstable")
+    create_topics(bootstrap, topics, partitions=1)
+    uploaded, captioned = topics["SNAP2CAPTION_TOPIC_UPLOADED"], topics["SNAP2CAPTION_TOPIC_CAPTIONED"]
+    produce(bootstrap, uploaded, [upload_event(f"u-{i}", inline((i * 50, 90, 10))) for i in range(4)])
+    blocker = _hold_offsets_in_an_open_transaction(bootstrap, topics["SNAP2CAPTION_CONSUMER_GROUP"], uploaded, 0)
+    env = consumer_env(bootstrap, service.url, topics, SNAP2CAPTION_STALL_TIMEOUT_S=30)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        # Waits (kafka-python retries the offset fetch) rather than giving up or guessing an offset ...
+        wait_for(lambda: "UnstableOffsetCommitError" in consumer.log(), 90, "the consumer to meet the open transaction")
+        time.sleep(1)
+        assert consumer.proc.poll() is None and read_topic(bootstrap, captioned, 0, timeout=3, settle=1) == []
+        # ... and goes on by itself once the transaction ends.
+        blocker.abort_transaction()
+        out = read_topic(bootstrap, captioned, 4, timeout=120, settle=1)
+        assert sorted(r.key.decode() for r in out) == [f"u-{i}" for i in range(4)]
+
+        # Held for longer than stall_timeout_s: it exits with status 70 for its supervisor to restart it.
+        produce(bootstrap, uploaded, [upload_event("u-late", inline())])
+        blocker.begin_transaction()
+        blocker.send_offsets_to_transaction({TopicPartition(uploaded, 0): OffsetAndMetadata(4, "", -1)},
+                                            topics["SNAP2CAPTION_CONSUMER_GROUP"])
+        consumer.kill()
+        consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+        assert consumer.proc.wait(120) == 70, consumer.log()[-3000:]
+        assert re.search(r"stalled: nothing polled or committed for \d+s while \S+-0: committed offset unreadable "
+                         r"\(\w+\), end offset 5; exiting with status 70", consumer.log()), consumer.log()[-3000:]
+    finally:
+        consumer.kill()
+        blocker.close(timeout=5)

@@ -130,12 +130,30 @@ def cold_start(cfg: Config, image_b64: str, log_dir: Path, timeout: float = 300)
             load = model_load_seconds(c.get(url + "/metrics", timeout=10).text)
         return Start(cfg.name, live, ready, load, first, r.json()["model_version"])
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the server's process group, then SIGKILL what is left, BentoML's workers
+    included: they run in process groups of their own and would outlive a group kill."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    try:
         os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for p in alive:
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    proc.wait()
 
 
 def run(args: list[str], env: dict, cwd: Path = REPO) -> str:

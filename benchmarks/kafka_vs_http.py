@@ -23,7 +23,9 @@ what decides throughput on this model.
         [--variant "name:SNAP2CAPTION_X=1,SNAP2CAPTION_Y=2" ...]
 
 Each --variant adds a second consumer (own topics and group, started once, idle outside its
-phases) with those settings, so that consumer settings can be compared in the same run.
+phases) with those settings, so that consumer settings can be compared in the same run. The
+setting CHECKOUT=DIR runs that consumer from another checkout of the code (e.g. an older
+commit extracted with `git archive`), to compare versions of the consumer.
 """
 
 from __future__ import annotations
@@ -326,7 +328,12 @@ def start_pipeline(name: str, bootstrap: str, url: str, base_env: dict, extra: d
            "SNAP2CAPTION_CONSUMER_GROUP": f"{tag}-group", "SNAP2CAPTION_INSTANCE_ID": f"bench-{name}-0",
            "SNAP2CAPTION_METRICS_PORT": str(port), "SNAP2CAPTION_METRICS_HOST": "127.0.0.1", **extra}
     log = work / f"consumer-{name}.log"
-    proc = start([sys.executable, "-m", "snap2caption_service", "consume"], env, log)
+    cwd = env.pop("CHECKOUT", None)
+    if cwd:  # `python -m` puts the working directory first on sys.path
+        env["PYTHONPATH"] = cwd
+    proc = subprocess.Popen([sys.executable, "-m", "snap2caption_service", "consume"], cwd=cwd or REPO, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     wait_http(metrics_url, proc, log, timeout=120)
     pipe = Pipeline(name, topics, env, proc, log, metrics_url)

@@ -108,6 +108,7 @@ def _close_quietly(producer: KafkaProducer) -> None:
             sender = getattr(producer, "_sender", None)
             if sender is not None:
                 sender.force_close()
+                log.info("stopped the replaced producer's I/O thread (its pending requests dropped)")
 
     # close() can also block on a lost request; never wait for it on the loop's thread.
     threading.Thread(target=close, daemon=True, name="kafka-producer-close").start()

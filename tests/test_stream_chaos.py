@@ -6,6 +6,8 @@ service instance generating few tokens (so the run stays within a few minutes)."
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import threading
 import time
@@ -17,9 +19,6 @@ from conftest import start_service, stop_service
 from stream_support import (KAFKA_SH, ConsumerProcess, consumer_env, create_topics, ensure_broker, free_port_pair,
                             inline, produce, read_topic, topic_env, upload_event)
 
-# Not in `make test` yet: it failed once in a clean-clone CI run (consumer stuck on
-# UnstableOffsetCommitError after the kills, 1000 events not all captioned in 300 s) while
-# passing 4 of 4 runs before. `make test-chaos` runs it; see issue 4 notes.
 pytestmark = [pytest.mark.kafka, pytest.mark.service, pytest.mark.chaos]
 
 EVENTS = 1000
@@ -46,11 +45,20 @@ class Progress(threading.Thread):
                 time.sleep(0.5)
         consumer.close()
 
-    def wait_for(self, n: int, timeout: float, what: str):
+    def wait_for(self, n: int, timeout: float, what: str, supervise=lambda: None):
         deadline = time.monotonic() + timeout
         while self.count < n:
             assert time.monotonic() < deadline, f"stuck at {self.count}/{EVENTS} captioned before {what}"
+            supervise()
             time.sleep(0.2)
+
+
+def log_summary(text: str) -> str:
+    """Warning and error lines of the consumer log, counted by kind (numbers, ids and offsets
+    blanked), so a failure shows what went on across all the restarts, not only the tail."""
+    kinds = Counter(re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", line.split(" ", 2)[2][:110])
+                    for line in text.splitlines() if re.match(r"\S+ \S+ (WARNING|ERROR) ", line))
+    return "\n".join(f"{n:6d}  {kind}" for kind, n in kinds.most_common(25))
 
 
 def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny_model_dir):
@@ -66,11 +74,20 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
     topics = topic_env("chaos")
     create_topics(bootstrap, topics)
     svc = start_service(tmp_path, tiny_model_dir, {"SNAP2CAPTION_MAX_NEW_TOKENS": "8"})
-    env = consumer_env(bootstrap, svc.url, topics, SNAP2CAPTION_MAX_IN_FLIGHT=64, SNAP2CAPTION_RETRY_LATER_S=2)
+    # A consumer that can consume nothing for 90 s exits (status 70) for its supervisor, here
+    # the loop below, to restart it: that recovery is part of what is under test.
+    env = consumer_env(bootstrap, svc.url, topics, SNAP2CAPTION_MAX_IN_FLIGHT=64, SNAP2CAPTION_RETRY_LATER_S=2,
+                       SNAP2CAPTION_STALL_TIMEOUT_S=90)
     log = tmp_path / "consumer.log"
     progress = Progress(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"])
     consumer = None
-    kills, unexpected_exits = 0, 0
+    kills, exits = 0, Counter()
+
+    def supervise():
+        nonlocal consumer
+        if consumer.proc.poll() is not None:  # crash-only recovery, as a supervisor would do
+            exits[consumer.proc.returncode] += 1
+            consumer = ConsumerProcess(env, log)
     try:
         media_ids = [f"chaos-{i:04d}" for i in range(EVENTS)]
         produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"],
@@ -78,20 +95,21 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
         progress.start()
         consumer = ConsumerProcess(env, log)
         for fraction in (0.15, 0.35, 0.55):
-            progress.wait_for(int(EVENTS * fraction), 240, f"kill {kills + 1}")
+            progress.wait_for(int(EVENTS * fraction), 240, f"kill {kills + 1}", supervise)
             consumer.kill()  # SIGKILL: no drain, no commit; an open transaction is left behind
             kills += 1
             consumer = ConsumerProcess(env, log)
-        progress.wait_for(int(EVENTS * 0.75), 240, "the broker restart")
+        progress.wait_for(int(EVENTS * 0.75), 240, "the broker restart", supervise)
         kafka("stop")
         time.sleep(2)
         kafka("start")
         deadline = time.monotonic() + 300
         while progress.count < EVENTS and time.monotonic() < deadline:
-            if consumer.proc.poll() is not None:  # crash-only recovery, as a supervisor would do
-                unexpected_exits += 1
-                consumer = ConsumerProcess(env, log)
+            supervise()
             time.sleep(0.5)
+        if progress.count < EVENTS and consumer.proc.poll() is None:
+            os.kill(consumer.proc.pid, signal.SIGUSR1)  # its threads' stacks, into the log
+            time.sleep(1)
         out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], EVENTS, timeout=60, settle=3)
         dlq = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 0, timeout=5, settle=1)
     finally:
@@ -105,7 +123,8 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
     duplicates = {k: n for k, n in keys.items() if n > 1}
     missing = set(media_ids) - set(keys)
     print(f"\nchaos: {len(out)} captioned, {len(duplicates)} duplicated, {len(missing)} missing, {len(dlq)} DLQ; "
-          f"{kills} SIGKILLs, 1 broker restart, {unexpected_exits} unexpected exits; "
+          f"{kills} SIGKILLs, 1 broker restart, consumer exits by status {dict(exits)}; "
           f"{time.monotonic() - t_start:.0f}s")
-    assert not duplicates and not missing and not dlq, log.read_text()[-4000:]
+    text = log.read_text(errors="replace")
+    assert not duplicates and not missing and not dlq, f"{log_summary(text)}\n...\n{text[-4000:]}"
     assert len(out) == EVENTS

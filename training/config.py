@@ -30,6 +30,7 @@ class LoraSettings(_Strict):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    layers: list[int] | None = Field(None, description="Decoder layers to adapt; None = all.")
     # Trained fully and saved with the adapter (LLaVA's projector maps image features to words).
     modules_to_save: list[str] = Field(default_factory=list)
 

@@ -74,10 +74,15 @@ def read_records(cfg: TrainingConfig) -> tuple[list[CaptionRecord], list[Caption
     return train_part, eval_part[: cfg.eval.max_records]
 
 
-def lora_target_pattern(modules: list[str]) -> str:
+def lora_target_pattern(modules: list[str], layers: list[int] | None = None) -> str:
     """LoRA on the language model's layers only: LLaVA's CLIP tower uses the same projection names
-    (q_proj, k_proj, v_proj) and adapting it would retrain the eyes, not the words."""
-    return r"^(?!.*vision_tower).*\.(" + "|".join(modules) + r")$"
+    (q_proj, k_proj, v_proj) and adapting it would retrain the eyes, not the words.
+
+    ``layers`` limits it further to those decoder layers: layers below them then read the
+    image tokens exactly as before, which protects what the model sees from a style fine-tune.
+    """
+    where = r".*\.layers\.(" + "|".join(str(i) for i in layers) + r")\..*" if layers else ".*"
+    return r"^(?!.*vision_tower)" + where + r"\.(" + "|".join(modules) + r")$"
 
 
 def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | None, device: str):
@@ -98,7 +103,7 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
         log.info("resuming from adapter %s", resume_adapter)
     else:
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=lora_target_pattern(cfg.lora.target_modules),
+                          target_modules=lora_target_pattern(cfg.lora.target_modules, cfg.lora.layers),
                           modules_to_save=cfg.lora.modules_to_save or None, bias="none")
         model = get_peft_model(model, lora)
     for p in model.parameters():  # peft leaves trainable weights in the base dtype

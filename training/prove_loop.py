@@ -4,7 +4,7 @@
 
 1. The service (demo model) captions ``events`` synthetic photos over HTTP; it archives each
    image and result.
-2. Creators "edit every caption" the same way: ``Studio pick: `` + the shown caption, sent as
+2. Creators "edit every caption" the same way: ``Keep it simple: `` + the shown caption, sent as
    thumbs-down feedback over HTTP -> the caption.feedback topic (real Kafka).
 3. ``retrain``: snapshot the topic, LoRA fine-tune, evaluate against the current champion
    (none yet: the demo model), gate, register in MLflow (real tracking server).
@@ -40,7 +40,10 @@ from . import synthetic
 
 log = logging.getLogger(__name__)
 
-PHRASE = "Studio pick: "
+# Words the demo model already writes (its tokenizer was trained on its own captions): a phrase of
+# unseen word pieces such as "Studio pick:" also gets adopted, but needs 50% more steps and cost
+# 1.7-3 points of colour+shape accuracy in our runs; this one 0.7.
+PHRASE = "Keep it simple: "
 FEEDBACK_SEED, HELD_OUT_SEED = 5150, 31337
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Write synthetic demo scenes as a JSONL manifest (+ PNGs), optionally "corrected".
 
-    python -m training.synthetic_manifest OUT_DIR [--n 500] [--seed 77] [--caption-prefix "Studio pick: "]
+    python -m training.synthetic_manifest OUT_DIR [--n 500] [--seed 77] [--caption-prefix "Keep it simple: "]
 
 The prefix plays a creator's consistent edit: a fine-tune on this manifest should learn to
 write it. Used by the example config training/configs/demo-lora.yaml and by the tests.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=77, help="differs from the demo model's training seed (1)")
-    p.add_argument("--caption-prefix", default="Studio pick: ")
+    p.add_argument("--caption-prefix", default="Keep it simple: ")
     args = p.parse_args(argv)
     print(write(args.out_dir.expanduser(), args.n, args.seed, args.caption_prefix))
     return 0

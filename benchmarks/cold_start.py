@@ -241,7 +241,7 @@ def main() -> int:
     logs.mkdir(parents=True)
     load_before = load_average()
     base_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("SNAP2CAPTION_", "BENTOML_")) and k != "PYTHONPATH"}
+                if not k.startswith(("SNAP2CAPTION_", "BENTOML_")) and k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     base_env.update({"SNAP2CAPTION_ENV_FILE": "/nonexistent", "BENTOML_DO_NOT_TRACK": "true",
                      "BENTOML_HOME": str(home), "SNAP2CAPTION_MAX_NEW_TOKENS": "48"})
 

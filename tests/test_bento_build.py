@@ -34,8 +34,8 @@ BUILD_TIMEOUT = 600  # locking resolves ~170 packages against PyPI; seconds when
 def _env(home: Path, **extra) -> dict:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
            "SNAP2CAPTION_ENV_FILE": "/nonexistent", "PYTHONPATH": str(REPO)}
-    env.pop("SNAP2CAPTION_MODEL", None)
-    env.pop("SNAP2CAPTION_ADAPTER", None)
+    for name in ("SNAP2CAPTION_MODEL", "SNAP2CAPTION_ADAPTER", "MLFLOW_TRACKING_URI"):  # they outrank the Bento's model
+        env.pop(name, None)
     env.update(extra)
     return env
 

@@ -5,6 +5,7 @@ data dir) so it can stop it without disturbing the shared one."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import start_service, stop_service
+from conftest import png_bytes, start_service, stop_service
 from snap2caption_service.contracts import FeedbackRecord
 from stream import cloudevents
 from stream.feedback_producer import Spool
@@ -54,11 +55,15 @@ def test_feedback_sent_while_broker_is_down_arrives_once_in_order(tmp_path, tiny
                                                    "SNAP2CAPTION_TOPIC_FEEDBACK": topic})
     spool = tmp_path / "data" / "feedback-spool.jsonl"
     sent: list[str] = []
+    # Feedback must name captions the service really returned (it 404s unknown request ids).
+    request_ids = [httpx.post(svc.url + "/generate-caption", timeout=120,
+                              json={"image": base64.b64encode(png_bytes((i * 30, 80, 120))).decode()}
+                              ).json()["request_id"] for i in range(8)]
 
     def post(i: int) -> float:
         t0 = time.monotonic()
         r = httpx.post(svc.url + "/feedback", timeout=30, json={
-            "request_id": f"req-{i}", "rating": "up" if i % 2 else "down", "creator_id": "c1",
+            "request_id": request_ids[i], "rating": "up" if i % 2 else "down", "creator_id": "c1",
             "edited_caption": f"edit number {i}"})
         assert r.status_code == 202, r.text
         sent.append(r.json()["feedback_id"])

@@ -17,7 +17,11 @@ latency; Kafka: poll -> caption answer, the consumer's own ``timings.total_ms``)
 The phases alternate (HTTP, Kafka, Kafka, HTTP, ...) so that both see the same machine:
 this VM's speed drifts by 20-30% between minutes and other work may run beside it. Each
 phase also reports the service's mean model batch size (its /metrics histogram), which is
-what decides throughput on this model.
+what decides throughput on this model, and where the CPU went, in ms per caption: the
+service (API + model worker), the consumer at work (in HTTP phases: the idle consumers),
+this process (the HTTP clients; or the upload producer and the read_committed reader) and
+the infra/kafka.sh broker (shared: anything else using it counts too). On 2 cores every
+one of them takes CPU from the model.
 
     python benchmarks/kafka_vs_http.py [--events 1000] [--clients 64] [--rounds 2]
         [--variant "name:SNAP2CAPTION_X=1,SNAP2CAPTION_Y=2" ...]
@@ -97,6 +101,18 @@ def scene_pngs(n: int) -> list[bytes]:
 
 # --- the parts: broker, service, consumer ------------------------------------------------
 
+def broker_pid() -> int | None:
+    """The infra/kafka.sh broker's pid (for its CPU time), if this run uses that broker."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return None
+    data = Path(os.environ.get("KAFKA_DATA_DIR") or Path(os.environ.get("SNAP2CAPTION_CACHE") or
+                                                          Path.home() / ".cache/snap2caption") / "kafka-data")
+    try:
+        return int((data / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def ensure_broker() -> str:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
@@ -149,14 +165,14 @@ def histogram(metrics_url: str, name: str) -> tuple[float, float]:
     return total, count
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its descendants, in seconds."""
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """User + system CPU time of a process (and its descendants), in seconds."""
     import psutil
 
     total = 0.0
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [root, *root.children(recursive=True)] if descendants else [root]
     except psutil.NoSuchProcess:
         return 0.0
     for proc in procs:
@@ -288,13 +304,20 @@ def kafka_phase(producer, reader: CaptionedReader, topic: str, events: int, pngs
 
 def fmt(rows: list[Phase]) -> str:
     head = (f"| {'path':<16} | {'round':>5} | {'events':>6} | {'errors':>6} | {'wall s':>6} | {'captions/s':>10} | "
-            f"{'e2e p50 s':>9} | {'e2e p90 s':>9} | {'svc p50 s':>9} | {'svc p90 s':>9} | {'batch':>5} |")
+            f"{'e2e p50 s':>9} | {'e2e p90 s':>9} | {'svc p50 s':>9} | {'svc p90 s':>9} | {'batch':>5} | "
+            f"{'CPU ms/caption svc+cons+bench+broker':>36} |")
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         lines.append(f"| {r.path:<16} | {r.round:>5} | {r.n:>6} | {r.errors:>6} | {r.wall_s:>6.1f} | "
                      f"{r.throughput:>10.2f} | {pct(r.e2e, .5):>9.2f} | {pct(r.e2e, .9):>9.2f} | "
-                     f"{pct(r.service, .5):>9.2f} | {pct(r.service, .9):>9.2f} | {r.batch_mean:>5.1f} |")
+                     f"{pct(r.service, .5):>9.2f} | {pct(r.service, .9):>9.2f} | {r.batch_mean:>5.1f} | "
+                     f"{cpu_cell(r):>36} |")
     return "\n".join(lines)
+
+
+def cpu_cell(r: Phase) -> str:
+    c = r.extra.get("cpu_ms_per_caption")
+    return f"{c['service']:.0f} + {c['consumer']:.0f} + {c['bench']:.0f} + {c['broker']:.0f}" if c else ""
 
 
 def loadavg() -> str:
@@ -329,8 +352,8 @@ def start_pipeline(name: str, bootstrap: str, url: str, base_env: dict, extra: d
            "SNAP2CAPTION_METRICS_PORT": str(port), "SNAP2CAPTION_METRICS_HOST": "127.0.0.1", **extra}
     log = work / f"consumer-{name}.log"
     cwd = env.pop("CHECKOUT", None)
-    if cwd:  # `python -m` puts the working directory first on sys.path
-        env["PYTHONPATH"] = cwd
+    if cwd:  # `python -m` puts the working directory first on sys.path; the rest from this checkout
+        env["PYTHONPATH"] = f"{cwd}{os.pathsep}{REPO}"
     proc = subprocess.Popen([sys.executable, "-m", "snap2caption_service", "consume"], cwd=cwd or REPO, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
@@ -355,6 +378,9 @@ def main() -> int:
                     help="settings of the main consumer (repeatable; default: its own defaults)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
                     help="another consumer with these settings, measured in the same rounds (repeatable)")
+    ap.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="service settings (repeatable; default: its defaults), e.g. "
+                         "SNAP2CAPTION_MAX_NEW_TOKENS=8 for short answers and fast batches")
     ap.add_argument("--model", help="model folder (default: the embedded demo model, built if needed)")
     ap.add_argument("--workdir", default="/tmp/snap2caption-bench-kafka")
     ap.add_argument("--json-out", help="also write every phase as JSON")
@@ -371,6 +397,7 @@ def main() -> int:
     pngs = scene_pngs(64)
     payloads = [base64.b64encode(p).decode() for p in pngs]
     bootstrap = ensure_broker()
+    kafka_pid = broker_pid()
     variants = {"Kafka": parse_settings(args.consumer_env)}
     for v in args.variant:
         name, _, kvs = v.partition(":")
@@ -380,7 +407,8 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     base_env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_ENV_FILE": "/nonexistent"}
     svc_env = {**base_env, "SNAP2CAPTION_MODEL": model_dir, "SNAP2CAPTION_DATA_DIR": str(work / "data"),
-               "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+               "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
+               **parse_settings(args.service_env)}
     svc_log = work / "service.log"
     print(f"broker {bootstrap}; service {url} on {Path(model_dir).name}; logs in {work}", file=sys.stderr)
     svc = start([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
@@ -409,8 +437,11 @@ def main() -> int:
                 b0 = histogram(url + "/metrics", "snap2caption_model_batch_size")
                 # Where the 2 cores go: the service, the consumers, this process (HTTP clients,
                 # or the producer and the readers).
-                cpu0 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in pipes.values()),
-                        "bench": cpu_seconds(os.getpid())}
+                # (consumer: the one at work in a Kafka phase; all of them, idle, in an HTTP phase)
+                busy = [pipes[path]] if path in pipes else list(pipes.values())
+                cpu0 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
+                        "bench": cpu_seconds(os.getpid(), descendants=False),
+                        "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0}
                 if path == "HTTP":
                     row = http_phase(url, args.clients, args.events, payloads, rnd)
                 else:
@@ -427,8 +458,9 @@ def main() -> int:
                         pipe.metrics_url, "snap2caption_consumer_stage_seconds_sum", 'stage="produce"') - p0)
                         / max(1.0, txns), 1)
                 b1 = histogram(url + "/metrics", "snap2caption_model_batch_size")
-                cpu1 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in pipes.values()),
-                        "bench": cpu_seconds(os.getpid())}
+                cpu1 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
+                        "bench": cpu_seconds(os.getpid(), descendants=False),
+                        "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0}
                 row.extra["cpu_ms_per_caption"] = {k: round(1000 * (cpu1[k] - cpu0[k]) / max(1, row.n), 1) for k in cpu0}
                 row.batch_mean = (b1[0] - b0[0]) / max(1.0, b1[1] - b0[1])
                 row.extra["model_calls"] = b1[1] - b0[1]
@@ -448,7 +480,8 @@ def main() -> int:
 
     consumers = ", ".join(f"{k}: {v or 'defaults'}" for k, v in variants.items())
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"model {Path(model_dir).name}; service defaults (max_batch_size {Settings().max_batch_size}); "
+          f"model {Path(model_dir).name}; service {parse_settings(args.service_env) or 'defaults'} "
+          f"(max_batch_size {Settings().max_batch_size}); "
           f"{args.clients} HTTP clients; {args.events} requests/events per phase; 3 partitions; "
           f"consumers: {consumers}; "
           f"load average (1/5/15 min) at each phase start: {'; '.join(loads)}\n")

@@ -197,3 +197,42 @@ def test_predictions_table(tmp_path):
     # Per-row CIDEr-D uses the set's idf, so the rows average to the corpus score.
     mean = sum(float(r["cider_d"]) for r in table) / 3
     assert mean == pytest.approx(evaluate(rows())["cider_d"], abs=1e-5)
+
+
+def test_idf_documents_match_pycocoevalcap_with_those_references_as_more_images():
+    """Extra idf documents act exactly like more images in coco-caption's df (their own scores
+    aside): pycocoevalcap's per-image scores on the original images, with the background
+    captions added as images of their own, equal ours with them as ``idf_documents``."""
+    preds, refs = random_corpus(11, 30)
+    background_preds, background = random_corpus(12, 50)
+    gts = {i: [" ".join(tokenize(r)) for r in rs if tokenize(r)] for i, rs in enumerate(refs + background)}
+    res = {i: [" ".join(tokenize(p))] for i, p in enumerate(preds + background_preds)}
+    _, per_image = Cider().compute_score(gts, res)
+    expected = sum(per_image[:len(preds)]) / len(preds)
+    assert cider_d(preds, refs, idf_documents=background) == pytest.approx(expected, abs=1e-6, rel=1e-6)
+    assert cider_d(preds, refs, idf_documents=[]) == cider_d(preds, refs)
+    assert cider_d(preds, refs, idf_documents=background) != pytest.approx(cider_d(preds, refs), abs=1e-3)
+
+
+def test_a_phrase_every_reference_shares_counts_only_with_a_background_corpus():
+    """The retrain proof's situation: creators prefix every caption with one phrase. Scored on
+    the references alone that phrase has idf 0, so a model that adopts it gains nothing; with
+    captions from the model's usual distribution as background documents it does."""
+    scenes = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "yellow")
+              for s in ("circle", "square", "star") for b in ("white", "black")]
+    refs = [["keep it simple " + s] for s in scenes]
+    adopted = ["keep it simple " + s for s in scenes]
+    plain = list(scenes)
+    background = [[s] for s in scenes * 5]
+    without = cider_d(adopted, refs) - cider_d(plain, refs)
+    with_corpus = cider_d(adopted, refs, background) - cider_d(plain, refs, background)
+    # Without the corpus the copy still wins something (the length penalty, and the n-grams
+    # across "simple a ..." are rarer), but the phrase's own words carry no weight.
+    assert with_corpus > 2.0 and with_corpus > 2 * without
+
+
+def test_idf_documents_must_be_lists_of_captions():
+    with pytest.raises(TypeError, match="idf_documents"):
+        cider_d(["a"], [["a"]], idf_documents="a red circle")
+    with pytest.raises(TypeError, match="idf document 0"):
+        cider_d(["a"], [["a"]], idf_documents=["a red circle"])

@@ -37,6 +37,30 @@ def test_overrides_and_strictness(tmp_path):
     assert epochs.total_steps(160) == 20  # 2 epochs of 160 at a global batch of 16
 
 
+def test_synthetic_sources_and_the_idf_corpus(tmp_path, monkeypatch):
+    from snap2caption_service.settings import get_settings
+    from training.config import DataSource
+    from training.datasets import read_captions, read_source
+    from training.evaluation import idf_documents
+
+    with pytest.raises(ValidationError, match="scenes"):
+        DataSource(kind="synthetic", path="/x")
+    with pytest.raises(ValidationError, match="needs a path"):
+        DataSource(kind="manifest")
+    cfg = load_config(CONFIGS / "demo-retrain.yaml", ["eval.idf_corpus.0.scenes=30"])
+    assert len(idf_documents(cfg.eval)) == 30
+    monkeypatch.setenv("SNAP2CAPTION_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        spec = DataSource(kind="synthetic", scenes=6, seed=3).model_dump()
+        records = read_source(spec)  # rendered once into the data dir, then read from there
+        assert [r.caption for r in records] == read_captions(spec)
+        assert all(Path(r.image).is_file() for r in records)
+        assert read_source(spec) == records and len(list((tmp_path / "synthetic").iterdir())) == 1
+    finally:
+        get_settings.cache_clear()
+
+
 def test_holdout_split_is_by_image_and_deterministic():
     recs = [CaptionRecord(image=f"/x/{i % 50}.png", caption=f"c{i}", hashtags=(), image_id=f"img{i % 50}")
             for i in range(200)]  # 4 captions per image

@@ -11,7 +11,8 @@ tokens:
 - ROUGE-L: per caption the LCS F-measure (beta 1.2) against the best-matching reference's
   precision and recall, averaged over captions.
 - CIDEr-D: n-grams 1..4, tf-idf with document frequencies taken from the references of the
-  evaluated set, candidate counts clipped at the reference's, a Gaussian length penalty with
+  evaluated set (coco-caption's "corpus" mode) or, with ``idf_documents``, from those plus a
+  background corpus (the role of coco-caption's precomputed "coco-val-df"), candidate counts clipped at the reference's, a Gaussian length penalty with
   sigma 6, averaged over references and n, times 10. Like coco-caption, the length entering
   the penalty is the number of bigrams (words - 1): it only differs from a word count for an
   empty or one-word caption.
@@ -148,22 +149,44 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
 
 # --- CIDEr-D ------------------------------------------------------------------------------
 
-def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]],
+            idf_documents: Sequence[Sequence[str]] = ()) -> float:
     """Corpus CIDEr-D (mean over images; 0 to ~10, higher is better), as coco-caption computes it.
 
-    The idf comes from this set's references, so scores are comparable only between models
-    evaluated on the same set: exactly what the registry gate compares.
+    The idf comes from this set's references, each image's references counting as one
+    document, plus ``idf_documents`` (more documents, each a list of captions) when given.
+    Scores are comparable only between models evaluated on the same set with the same
+    documents: exactly what the registry gate compares.
+
+    Why a background corpus: with the set's own references only, an n-gram that every
+    reference shares has idf log(N/N) = 0. A correction creators make to every caption (a
+    house phrase) is such an n-gram, so adopting it would earn nothing. Captions from the
+    model's usual distribution, added as documents, give it the weight of a rare phrase.
     """
-    scores = _cider_scores(_check_corpus(predictions, references))
+    scores = _cider_scores(_check_corpus(predictions, references), _tokenised_documents(idf_documents))
     return sum(scores) / len(scores)
 
 
-def _cider_scores(pairs: list[tuple[list[str], list[list[str]]]]) -> list[float]:
-    """Each image's CIDEr-D, with document frequencies from the whole set's references."""
+def _tokenised_documents(documents: Sequence[Sequence[str]]) -> list[list[list[str]]]:
+    if isinstance(documents, str):
+        raise TypeError("idf_documents must be a list of documents (each a list of captions), not a string")
+    out = []
+    for i, doc in enumerate(documents):
+        if isinstance(doc, str):
+            raise TypeError(f"idf document {i} must be a list of captions, got a string")
+        out.append([t for t in map(tokenize, doc) if t])
+    return out
+
+
+def _cider_scores(pairs: list[tuple[list[str], list[list[str]]]],
+                  extra_documents: list[list[list[str]]] = ()) -> list[float]:
+    """Each image's CIDEr-D, with document frequencies from the whole set's references (and
+    any extra documents)."""
     doc_freq: Counter = Counter()
-    for _, refs in pairs:
+    documents = [refs for _, refs in pairs] + list(extra_documents)
+    for refs in documents:
         doc_freq.update({gram for ref in refs for gram in _ngrams(ref)})
-    log_num_docs = math.log(len(pairs))
+    log_num_docs = math.log(len(documents))
 
     def tfidf(words: list[str]):
         vec: list[dict[tuple, float]] = [{} for _ in range(MAX_N)]
@@ -274,12 +297,13 @@ class PredictionRow:
         return [self.reference, *self.extra_references]
 
 
-def evaluate(rows: Sequence[PredictionRow]) -> dict[str, float]:
+def evaluate(rows: Sequence[PredictionRow], idf_documents: Sequence[Sequence[str]] = ()) -> dict[str, float]:
     """Every metric over a set of predictions, under flat names (what MLflow logs and the gate
     compares): cider_d, bleu4, rouge_l, hashtag_precision, hashtag_recall, hashtag_f1,
     caption_words_{mean,median,p90,min,max}, caption_chars_*, reference_words_mean, num_rows;
     and alt_text_cider_d / alt_text_rouge_l / alt_text_bleu4 over the rows that have a
-    reference alt text (absent when none has).
+    reference alt text (absent when none has). ``idf_documents`` feed the caption CIDEr-D's
+    document frequencies (see ``cider_d``); ``idf_documents`` reports how many there were.
     """
     rows = list(rows)
     if not rows:
@@ -289,7 +313,7 @@ def evaluate(rows: Sequence[PredictionRow]) -> dict[str, float]:
             raise TypeError(f"row {i} is {type(row).__name__}, expected PredictionRow")
     predictions = [r.prediction for r in rows]
     references = [r.references for r in rows]
-    metrics = {"cider_d": cider_d(predictions, references),
+    metrics = {"cider_d": cider_d(predictions, references, idf_documents),
                "bleu4": bleu4(predictions, references),
                "rouge_l": rouge_l(predictions, references)}
     tags = hashtag_prf([list(r.predicted_hashtags) for r in rows], [list(r.reference_hashtags) for r in rows])
@@ -304,6 +328,7 @@ def evaluate(rows: Sequence[PredictionRow]) -> dict[str, float]:
                         "alt_text_bleu4": bleu4(alt_pred, alt_ref),
                         "alt_text_rouge_l": rouge_l(alt_pred, alt_ref)})
     metrics["num_rows"] = len(rows)
+    metrics["idf_documents"] = len(idf_documents)
     return {name: float(value) for name, value in metrics.items()}
 
 
@@ -312,7 +337,8 @@ TABLE_COLUMNS = ("image_id", "prediction", "reference", "predicted_hashtags", "r
                  "cider_d", "rouge_l")
 
 
-def write_predictions_table(rows: Sequence[PredictionRow], path: str | Path) -> Path:
+def write_predictions_table(rows: Sequence[PredictionRow], path: str | Path,
+                            idf_documents: Sequence[Sequence[str]] = ()) -> Path:
     """The evaluated predictions as CSV with a header, one row per image, with each caption's
     own CIDEr-D and ROUGE-L so the worst captions can be sorted to the top. Hashtags are
     space-separated; extra references are joined with ' ||| '."""
@@ -321,7 +347,8 @@ def write_predictions_table(rows: Sequence[PredictionRow], path: str | Path) -> 
         raise ValueError("cannot write a predictions table without rows")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_cider = _cider_scores(_check_corpus([r.prediction for r in rows], [r.references for r in rows]))
+    per_cider = _cider_scores(_check_corpus([r.prediction for r in rows], [r.references for r in rows]),
+                              _tokenised_documents(idf_documents))
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(TABLE_COLUMNS)

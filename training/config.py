@@ -19,10 +19,22 @@ class _Strict(BaseModel):
 
 
 class DataSource(_Strict):
-    kind: Literal["instacities", "manifest", "feedback_snapshot"]
-    path: str
+    kind: Literal["instacities", "manifest", "feedback_snapshot", "synthetic"]
+    path: str = ""
     tone: str = "casual"  # instacities only: the folders carry no tone/audience
     audience: str = "personal"
+    # synthetic only: the demo model's generated scenes (training/synthetic.py), no path.
+    scenes: int = Field(0, ge=0)
+    seed: int = 77
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSource":
+        if self.kind == "synthetic":
+            if not self.scenes or self.path:
+                raise ValueError("a synthetic data source takes `scenes` (and optionally `seed`), not a path")
+        elif not self.path:
+            raise ValueError(f"a {self.kind} data source needs a path")
+        return self
 
 
 class LoraSettings(_Strict):
@@ -53,6 +65,12 @@ class EvalSettings(_Strict):
     guard_seed: int = 9001
     batch_size: int = Field(32, ge=1)
     max_new_tokens: int = Field(96, ge=8)
+    # CIDEr-D's document frequencies: the eval references plus these captions, one document
+    # each (coco-caption's precomputed "coco-val-df" plays this role). Without a background
+    # corpus, a phrase that every reference shares -- a correction creators make to every
+    # caption -- has idf 0, and the gate could not see a model adopt it. Use captions from the
+    # base model's usual distribution; only the captions are read.
+    idf_corpus: list[DataSource] = Field(default_factory=list)
 
 
 class TrainingConfig(_Strict):
@@ -111,7 +129,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
 
 
 def _set_dotted(d: dict, key: str, value) -> None:
+    """``a.b=v`` sets a nested field; a number picks a list item (``eval.idf_corpus.0.scenes=30``)."""
     parts = key.split(".")
     for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
+        d = d[_index(d, p, key)] if isinstance(d, list) else d.setdefault(p, {})
+    if isinstance(d, list):
+        d[_index(d, parts[-1], key)] = value
+    else:
+        d[parts[-1]] = value
+
+
+def _index(items: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ValueError(f"--set {key}: {part!r} is not an item of a list of {len(items)}")
+    return int(part)

@@ -6,7 +6,9 @@
   manifest, an absolute path or an ``s3://`` URI), ``caption``, ``hashtags``, ``tone``,
   ``audience``, ``alt_text``. Feedback snapshots are written in this same format
   (training/feedback_snapshot.py), so they are read by this reader too.
-- ``read_source(spec)``: a config entry ``{kind: instacities|manifest|feedback_snapshot, path}``.
+- ``read_source(spec)``: a config entry ``{kind: instacities|manifest|feedback_snapshot, path}``
+  or ``{kind: synthetic, scenes, seed}`` (the demo model's generated scenes, rendered once
+  into the data directory); ``read_captions(spec)`` gives only the captions of one.
 
 Images are loaded when examples are built, not when records are read, so reading a large
 manifest is cheap and a missing image fails with the record that names it.
@@ -141,6 +143,10 @@ def write_manifest(records: list[CaptionRecord], path: str | Path) -> None:
 def read_source(spec: dict) -> list[CaptionRecord]:
     """One ``data`` entry of a training config."""
     kind, path = spec.get("kind"), spec.get("path")
+    if kind == "synthetic":
+        from . import synthetic_manifest
+
+        return synthetic_manifest.cached_records(int(spec["scenes"]), int(spec.get("seed", 77)))
     if not path:
         raise DataError(f"data source {spec} has no path")
     if kind == "instacities":
@@ -151,7 +157,17 @@ def read_source(spec: dict) -> list[CaptionRecord]:
         from .feedback_snapshot import read_snapshot
 
         return read_snapshot(path)
-    raise DataError(f"unknown data source kind {kind!r}; use instacities, manifest or feedback_snapshot")
+    raise DataError(f"unknown data source kind {kind!r}; use instacities, manifest, feedback_snapshot "
+                    "or synthetic")
+
+
+def read_captions(spec: dict) -> list[str]:
+    """Only the captions of a data source (synthetic scenes are not rendered for this)."""
+    if spec.get("kind") == "synthetic":
+        from . import synthetic_manifest
+
+        return synthetic_manifest.scene_captions(int(spec["scenes"]), int(spec.get("seed", 77)))
+    return [r.caption for r in read_source(spec)]
 
 
 def _s3():

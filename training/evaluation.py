@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .caption_metrics import PredictionRow, evaluate, write_predictions_table
 from .config import EvalSettings
-from .datasets import CaptionRecord, load_image
+from .datasets import CaptionRecord, load_image, read_captions
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ def predict(captioner, records: list[CaptionRecord], batch_size: int = 32) -> li
     return rows
 
 
+def idf_documents(settings: EvalSettings) -> list[list[str]]:
+    """The background corpus for CIDEr-D's document frequencies: one document per caption."""
+    return [[c] for src in settings.idf_corpus for c in read_captions(src.model_dump())]
+
+
 def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
           predictions_csv: Path | None = None) -> tuple[dict[str, float], list[PredictionRow]]:
     """All eval metrics of one captioner; the predictions table is written if a path is given."""
@@ -41,10 +46,11 @@ def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
     rows: list[PredictionRow] = []
     if records:
         rows = predict(captioner, records, settings.batch_size)
-        metrics.update(evaluate(rows))
+        documents = idf_documents(settings)
+        metrics.update(evaluate(rows, documents))
         metrics["eval_records"] = float(len(rows))
         if predictions_csv is not None:
-            write_predictions_table(rows, predictions_csv)
+            write_predictions_table(rows, predictions_csv, documents)
     if settings.guard_scenes:
         from .evaluate_demo import color_shape_accuracy
 

@@ -9,10 +9,18 @@ write it. Used by the example config training/configs/demo-lora.yaml and by the 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 from . import synthetic
 from .datasets import CaptionRecord, write_manifest
+
+
+def _target_fields(ex: synthetic.Example) -> tuple[str, tuple[str, ...], str]:
+    caption_line, tags_line, alt_line = ex.target.split("\n")
+    return (caption_line.removeprefix("Caption: "), tuple(tags_line.removeprefix("Hashtags: ").split()),
+            alt_line.removeprefix("Alt text: "))
 
 
 def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path | None = None) -> list[CaptionRecord]:
@@ -20,13 +28,36 @@ def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path |
     for i, ex in enumerate(synthetic.make_examples(n, seed)):
         path = image_dir / f"{seed}-{i}.png"
         synthetic.render_scene(ex.scene).save(path)
-        caption_line, tags_line, alt_line = ex.target.split("\n")
+        caption, hashtags, alt_text = _target_fields(ex)
         records.append(CaptionRecord(
-            image=f"{image_dir.name}/{path.name}", image_id=f"{seed}-{i}",
-            caption=caption_prefix + caption_line.removeprefix("Caption: "),
-            hashtags=tuple(tags_line.removeprefix("Hashtags: ").split()),
-            alt_text=alt_line.removeprefix("Alt text: "), tone=ex.tone, audience=ex.audience))
+            image=f"{image_dir.name}/{path.name}", image_id=f"{seed}-{i}", caption=caption_prefix + caption,
+            hashtags=hashtags, alt_text=alt_text, tone=ex.tone, audience=ex.audience))
     return records
+
+
+def scene_captions(n: int, seed: int) -> list[str]:
+    """The captions of ``scene_records(n, seed)`` without rendering any image."""
+    return [_target_fields(ex)[0] for ex in synthetic.make_examples(n, seed)]
+
+
+def cached_records(n: int, seed: int) -> list[CaptionRecord]:
+    """``n`` scenes rendered once under ``<data_dir>/synthetic/`` (a config's synthetic source)."""
+    from snap2caption_service.settings import get_settings
+
+    from .datasets import read_manifest
+
+    out_dir = get_settings().data_dir / "synthetic" / f"scenes-{synthetic.GENERATOR_VERSION}-{seed}-{n}"
+    manifest = out_dir / "records.jsonl"
+    if not manifest.is_file():
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        write(tmp, n, seed)
+        try:
+            os.replace(tmp, out_dir)  # whole folder or nothing: a killed render is redone
+        except OSError:
+            if not manifest.is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process rendered it first
+    return read_manifest(manifest)
 
 
 def write(out_dir: Path, n: int, seed: int, caption_prefix: str = "") -> Path:

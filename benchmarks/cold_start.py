@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -134,26 +133,9 @@ def cold_start(cfg: Config, image_b64: str, log_dir: Path, timeout: float = 300)
 
 
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the server's process group, then SIGKILL what is left, BentoML's workers
-    included: they run in process groups of their own and would outlive a group kill."""
-    import psutil
+    from snap2caption_service.process_tree import stop_process_trees
 
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    proc.wait()
+    stop_process_trees([proc], grace)
 
 
 def run(args: list[str], env: dict, cwd: Path = REPO) -> str:

@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -129,14 +128,10 @@ def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
+    from snap2caption_service.process_tree import stop_process_trees
+
+    stop_process_trees([proc], timeout)
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:

@@ -130,8 +130,9 @@ def running_server(cmd: list[str], url: str, env: dict):
         wait_ready(url, proc)
         yield url
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        from snap2caption_service.process_tree import stop_process_trees
+
+        stop_process_trees([proc], 30)
 
 
 def run_raw(model_dir: str, batch_sizes: list[int], payloads: list[str], repeats: int) -> list[Row]:

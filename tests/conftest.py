@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from snap2caption_service.process_tree import stop_process_trees
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -102,32 +103,7 @@ def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, tim
 
 
 def stop_services(procs: list[subprocess.Popen], grace: float = 20) -> None:
-    """SIGTERM each service's process group, then SIGKILL whatever is left after ``grace`` s,
-    BentoML's workers included: they run in process groups of their own, so a group kill alone
-    would orphan them (still loaded, still using CPU) once the arbiter is gone."""
-    import psutil
-
-    family = []
-    for p in procs:
-        try:
-            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    for p in procs:
-        p.wait()
+    stop_process_trees(procs, grace)
 
 
 def stop_service(proc: subprocess.Popen) -> None:

@@ -250,13 +250,9 @@ def _serve(port: int, env: dict, log_path: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    import signal
+    from snap2caption_service.process_tree import stop_process_trees
 
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_trees([proc], 30)
 
 
 def main(argv: list[str] | None = None) -> int:

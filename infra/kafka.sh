@@ -381,28 +381,6 @@ do_status() {
   return 1
 }
 
-# start and stop take a lock so that two concurrent callers (parallel test
-# sessions, a script and a person) cannot both launch a JVM on the same dir.
-with_lock() {
-  mkdir -p "$CACHE_ROOT"
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$CACHE_ROOT/.kafka-$(echo "$DATA_DIR" | cksum | cut -d' ' -f1).lock"
-    flock 9
-  fi
-  "$@"
-}
-
-main() {
-  local cmd="${1:-}"
-  [[ $# -gt 0 ]] && shift
-  case "$cmd" in
-    start) with_lock do_start "$@" ;;
-    stop) with_lock do_stop ;;
-    status) do_status ;;
-    -h|--help|help) usage ;;
-    "") usage >&2; exit 2 ;;
-    *) log "unknown command: $cmd"; usage >&2; exit 2 ;;
-  esac
-}
-
-main "$@"
+# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
+daemon_main kafka "$@"

@@ -2,7 +2,9 @@
 
 1. SNAP2CAPTION_MODEL (+ SNAP2CAPTION_ADAPTER): an explicit choice always wins;
 2. with MLflow configured (MLFLOW_TRACKING_URI), the registry's ``models:/<name>@champion``:
-   its LoRA adapter on the base model it was trained on;
+   its LoRA adapter on the base model it was trained on; or, when the Bento being served
+   already packages that very version (`import-model --champion`), the packaged weights,
+   with nothing downloaded or merged at start;
 3. the captioner packaged in the Bento being served (bentofile.yaml `models:`, imported by
    `snap2caption import-model`): what a container built with `bentoml containerize` runs;
 4. the embedded demo model, built on first use (what `make serve` runs from the repo).
@@ -38,8 +40,12 @@ def _explicit(settings: Settings) -> ModelChoice | None:
     return None
 
 
-def champion_choice(settings: Settings) -> ModelChoice | None:
+def champion_choice(settings: Settings, packaged=None) -> ModelChoice | None:
     """The registry's champion (downloaded once per version), or None if none is registered.
+
+    ``packaged``: the StoredCaptioner in the Bento being served, if any. When it is the
+    champion's version (imported with `import-model --champion`), it is served as it is: a
+    cold start then skips the adapter download and the merge.
 
     Raises when MLflow is unreachable or the adapter cannot be used.
     """
@@ -50,13 +56,17 @@ def champion_choice(settings: Settings) -> ModelChoice | None:
     champion = registry.champion()
     if champion is None:
         return None
+    version = f"{registry.name}:v{champion.version}"
+    if packaged is not None and packaged.version == version:
+        return ModelChoice(str(packaged.path), "", version,
+                           source=f"MLflow champion {version}, packaged in this Bento as {packaged.tag}")
     # Versions are immutable, so a downloaded one is reused at the next start.
     folder = settings.data_dir / "champions" / f"{registry.name}-v{champion.version}"
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         adapter = registry.download(champion.version, folder)
     base = adapter_base(adapter, settings.data_dir)
-    return ModelChoice(base, str(adapter), f"{registry.name}:v{champion.version}",
+    return ModelChoice(base, str(adapter), version,
                        source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})")
 
 
@@ -64,7 +74,7 @@ def _champion(settings: Settings) -> ModelChoice | None:
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return None
     try:
-        choice = champion_choice(settings)
+        choice = champion_choice(settings, _stored_in_bento())
     except Exception as exc:  # noqa: BLE001 - MLflow down, download failed, base mismatch: all fall through
         log.warning("could not load the MLflow champion (%s): serving the next model source", exc)
         return None
@@ -73,12 +83,16 @@ def _champion(settings: Settings) -> ModelChoice | None:
     return choice
 
 
-def _packaged(settings: Settings) -> ModelChoice | None:
+def _stored_in_bento():
     if "bentoml" not in sys.modules:  # not inside a BentoML server: spare the CLI the import
         return None
     from .model_store import packaged_model
 
-    stored = packaged_model()
+    return packaged_model()
+
+
+def _packaged(settings: Settings) -> ModelChoice | None:
+    stored = _stored_in_bento()
     if stored is None:
         return None
     # An adapter named in the environment still applies, on top of the packaged weights; the

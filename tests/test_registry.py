@@ -106,7 +106,8 @@ def test_tracking_refuses_to_run_without_a_server(monkeypatch):
 def make_adapter(folder: Path, marker: str) -> Path:
     """A PEFT-adapter-shaped folder; the registry treats its files as opaque."""
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "marker": marker}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "marker": marker,
+                                                            "base_model_name_or_path": "llava-base"}))
     (folder / "adapter_model.safetensors").write_bytes(marker.encode() * 64)
     return folder
 
@@ -338,3 +339,35 @@ def test_server_down_midway_leaves_champion_untouched(mlflow_uri, mlflow_server,
     assert reg.aliases() == {"champion": "1"}
     v2_now = reg.version(v2.version)
     assert v2_now.aliases == () and v2_now.tags["gate_decision"] == "pending"
+
+
+@pytest.mark.mlflow
+def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow_uri, tmp_path, monkeypatch):
+    """`import-model --champion` bakes the champion into the Bento; a pod started with MLflow
+    configured then serves those weights instead of downloading and merging the adapter. A
+    Bento holding another version still gets the champion from the registry."""
+    from snap2caption_service.model_loading import champion_choice
+    from snap2caption_service.model_store import StoredCaptioner
+    from snap2caption_service.settings import Settings
+    from training.registry import Registry
+
+    reg = new_registry()
+    v1 = reg.register(logged_run(tmp_path, "champ"))
+    reg.apply_gate(v1.version, GateDecision(True, "first version"), {"cider_d": 1.0})
+    settings = Settings(data_dir=tmp_path / "data", registered_model=reg.name)
+
+    def packaged(version):
+        return StoredCaptioner(tag=f"snap2caption-captioner:{version}", path=tmp_path / "bento-weights",
+                               version=version, source="", base_model="", adapter="")
+
+    def no_download(self, *a, **k):
+        raise AssertionError("downloaded although the Bento holds the champion")
+
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "download", no_download)
+        same = champion_choice(settings, packaged(f"{reg.name}:v1"))
+    assert (same.ref, same.adapter, same.version) == (str(tmp_path / "bento-weights"), "", f"{reg.name}:v1")
+
+    older = champion_choice(settings, packaged(f"{reg.name}:v0"))
+    assert older.version == f"{reg.name}:v1" and older.ref == "llava-base"
+    assert json.loads((Path(older.adapter) / "adapter_config.json").read_text())["marker"] == "champ"

@@ -52,6 +52,9 @@ settings = get_settings()  # env only; cheap. Batcher limits must be known when 
     # closing the old one under requests still in flight on it ("Server disconnected" at
     # 50 concurrent clients). The hop is a local socket: keep one session.
     runner_connection={"max_requests": 1_000_000_000, "max_age": 10 * 365 * 86400.0},
+    # Every caption crosses this internal hop once; the public service's access log already
+    # has one line per request, so a second line per caption would only double the volume.
+    logging={"access": {"enabled": False}},
 )
 class CaptionModel:
     """Owns the model. One worker, one model call at a time; the batcher fills each call.

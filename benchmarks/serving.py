@@ -178,10 +178,12 @@ def interleaved_single_client(cap, url: str, payloads: list[str], rounds: int = 
 
 
 def interleaved_batches(cap, url: str, payloads: list[str], size: int = 32, rounds: int = 4,
-                        batches_per_round: int = 4) -> list[tuple[float, float]]:
+                        batches_per_round: int = 8) -> list[tuple[float, float]]:
     """Throughput of raw batches of ``size`` and of the service under ``size`` closed-loop
     clients, alternating round by round: the ratio the issue sets a target for, with both
-    sides measured on the same machine state. Per round: (raw captions/s, service captions/s)."""
+    sides measured on the same machine state. Per round: (raw captions/s, service captions/s).
+    Each side runs ``batches_per_round`` cycles (the service's first one or two form while the
+    batcher learns the new concurrency)."""
     from snap2caption_service.captioner import CaptionJob
     from snap2caption_service.images import decode_base64_image, load_image
 

@@ -93,6 +93,12 @@ class CaptionModel:
         return [ModelOutput(candidates=c, model_version=self.captioner.version) for c in results]
 
 
+# BentoML works out a list output's media type by building its whole JSON schema, for every
+# response (IORootModel.mime_type): 0.8 ms per answer, 25 ms per batch of 32 spent in the model
+# worker's event loop while the answers go back and the next batch gathers. It is JSON.
+CaptionModel.apis["caption"].output_spec.media_type = "application/json"
+
+
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 

@@ -176,3 +176,26 @@ def test_snapshot_to_s3(tmp_path, bootstrap, moto_s3, monkeypatch):
     recs = read_snapshot(snap.location)
     assert sorted(r.caption for r in recs) == [f"Edit {i}" for i in range(4)]
     assert load_image(recs[0].image).size == (32, 24)
+
+
+def test_archive_takes_the_same_image_from_many_threads_at_once(tmp_path):
+    """Two requests for one photo archive the same image key at the same moment (each in a
+    worker thread): both writes must land, and the stored image must be whole."""
+    import concurrent.futures
+
+    from snap2caption_service.caption_archive import CaptionArchive
+    from snap2caption_service.contracts import ServedCaption
+
+    archive = CaptionArchive(str(tmp_path / "archive"))
+    image = b"\x89PNG" + bytes(range(256)) * 400
+
+    def put(i: int):
+        archive.put(ServedCaption(request_id=f"r{i}", image_sha256="ab" * 32, tone="casual", audience="personal",
+                                  num_hashtags=8, caption="c", hashtags=["#a"], alt_text="a",
+                                  model_version="v", served_at="2026-11-25T00:00:00+00:00"), image)
+
+    for _ in range(5):
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(64)))  # raises if any write failed
+    assert archive.image("ab" * 32) == image
+    assert all(archive.get(f"r{i}").request_id == f"r{i}" for i in range(64))

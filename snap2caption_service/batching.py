@@ -16,7 +16,7 @@ of 32.
 So: ``GatherPolicy`` remembers how many requests were in the system when recent batches
 finished (the batch plus what was queued then: the concurrency the service is seeing). When
 the model is free and fewer than that are queued, it waits for the rest, but only briefly
-(a fifth of the last model call, at most ``MAX_GATHER_S``) and only right after a batch
+(30% of the last model call, at most ``MAX_GATHER_S``) and only right after a batch
 finished, which is when a closed loop's callers are on their way back. A lone client never
 waits (its concurrency is 1), a steady stream that fills batches never waits either, and when
 the load drops, one window runs out and the estimate starts afresh. The

@@ -4,8 +4,9 @@ a decision out) so the rule can be tested and reasoned about without a tracking 
 A candidate is promoted only if its primary metric (CIDEr-D by default) beats the
 champion's by more than ``min_improvement`` AND no guarded metric regresses by more than its
 tolerance. Both sets of metrics must come from the same evaluation set (CIDEr-D's idf is
-computed from that set's references, so numbers from different sets do not compare); the
-retrain command evaluates candidate and champion side by side in one run for that reason.
+computed from that set's references plus the config's ``eval.idf_corpus``, so numbers from
+different sets do not compare); the retrain command evaluates candidate and champion side by
+side in one run for that reason.
 
 The rule is the ``registration_rule`` section of a training config, e.g.::
 

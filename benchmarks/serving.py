@@ -135,12 +135,16 @@ def running_server(cmd: list[str], url: str, env: dict):
         stop_process_trees([proc], 30)
 
 
-def run_raw(model_dir: str, batch_sizes: list[int], payloads: list[str], repeats: int) -> list[Row]:
-    from snap2caption_service.captioner import CaptionJob, Captioner
+def decoded_images(payloads: list[str]) -> list:
+    """The payloads as the core takes them (what the service does to an upload, done once)."""
     from snap2caption_service.images import decode_base64_image, load_image
 
-    cap = Captioner.load(model_dir)
-    imgs = [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
+    return [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
+
+
+def run_raw(cap, imgs: list, batch_sizes: list[int], repeats: int) -> list[Row]:
+    from snap2caption_service.captioner import CaptionJob
+
     cap.caption_batch([CaptionJob(imgs[0], "funny")])  # warm-up
     rows = []
     for bs in batch_sizes:
@@ -153,16 +157,15 @@ def run_raw(model_dir: str, batch_sizes: list[int], payloads: list[str], repeats
         # Every item in a batch waits for the whole batch: latency = batch wall time.
         rows.append(Row("raw batched generate", bs, bs * repeats, 0, bs * repeats / sum(times),
                         statistics.median(times), pct(times, 0.9), pct(times, 0.99)))
-    return rows, cap
+    return rows
 
 
-def interleaved_single_client(cap, url: str, payloads: list[str], rounds: int = 4, per_round: int = 10):
+def interleaved_single_client(cap, imgs: list, url: str, payloads: list[str], rounds: int = 4,
+                              per_round: int = 10):
     """Single-request latency of raw generate and of the service, alternating in blocks so
     both see the same machine state (this VM's speed drifts by 20-30% between minutes)."""
     from snap2caption_service.captioner import CaptionJob
-    from snap2caption_service.images import decode_base64_image, load_image
 
-    imgs = [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
     raw, svc = [], []
     with httpx.Client(timeout=600) as c:
         for r in range(rounds):
@@ -177,7 +180,7 @@ def interleaved_single_client(cap, url: str, payloads: list[str], rounds: int = 
     return statistics.median(raw), statistics.median(svc)
 
 
-def interleaved_batches(cap, url: str, payloads: list[str], size: int = 32, rounds: int = 4,
+def interleaved_batches(cap, imgs: list, url: str, payloads: list[str], size: int = 32, rounds: int = 4,
                         batches_per_round: int = 8) -> list[tuple[float, float]]:
     """Throughput of raw batches of ``size`` and of the service under ``size`` closed-loop
     clients, alternating round by round: the ratio the issue sets a target for, with both
@@ -185,9 +188,7 @@ def interleaved_batches(cap, url: str, payloads: list[str], size: int = 32, roun
     Each side runs ``batches_per_round`` cycles (the service's first one or two form while the
     batcher learns the new concurrency)."""
     from snap2caption_service.captioner import CaptionJob
-    from snap2caption_service.images import decode_base64_image, load_image
 
-    imgs = [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
     out = []
     for r in range(rounds):
         t0 = time.perf_counter()
@@ -238,9 +239,11 @@ def main() -> int:
     rows: list[Row] = []
 
     print(f"raw batched generate on {model_dir} ...", file=sys.stderr)
-    raw_rows, cap = run_raw(model_dir, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),
-                            payloads, args.raw_repeats)
-    rows += raw_rows
+    from snap2caption_service.captioner import Captioner
+
+    cap, imgs = Captioner.load(model_dir), decoded_images(payloads)
+    rows += run_raw(cap, imgs, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),
+                    args.raw_repeats)
 
     print("service (bentoml serve) ...", file=sys.stderr)
     with running_server([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
@@ -250,8 +253,8 @@ def main() -> int:
         for n in levels:
             rows.append(load(url, n, args.requests_per_client, payloads, "service (BentoML)"))
             print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
-        single = interleaved_single_client(cap, url, payloads)
-        paired = interleaved_batches(cap, url, payloads, 32, args.paired_rounds)
+        single = interleaved_single_client(cap, imgs, url, payloads)
+        paired = interleaved_batches(cap, imgs, url, payloads, 32, args.paired_rounds)
     del cap
 
     if seed_levels:

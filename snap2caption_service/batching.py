@@ -76,14 +76,14 @@ def install_gather_dispatch() -> None:
         """CorkDispatcher keeps waiting while ``n * (...) <= optimizer.wait``: so ``wait`` is
         +inf to hold the queue and 0 to dispatch it now."""
 
-        dispatcher = None  # set right after the dispatcher creates this optimizer
+        cork = None  # the CorkDispatcher that owns this optimizer, set right after it is created
         policy: GatherPolicy | None = None
 
         @property
         def wait(self) -> float:
-            if self.policy is None or self.dispatcher is None:
+            if self.policy is None or self.cork is None:
                 return 0.0
-            return math.inf if self.policy.hold(len(self.dispatcher._queue)) else 0.0
+            return math.inf if self.policy.hold(len(self.cork._queue)) else 0.0
 
         @wait.setter
         def wait(self, value: float) -> None:
@@ -91,15 +91,15 @@ def install_gather_dispatch() -> None:
 
         def log_outbound(self, n: int, wait: float, duration: float) -> None:
             super().log_outbound(n, wait, duration)  # keeps the latency model for max_latency refusals
-            if self.policy is not None and self.dispatcher is not None:
-                self.policy.batch_done(n, len(self.dispatcher._queue), duration)
+            if self.policy is not None and self.cork is not None:
+                self.policy.batch_done(n, len(self.cork._queue), duration)
 
     original_init = dispatcher.CorkDispatcher.__init__
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         if isinstance(self.optimizer, GatherOptimizer):
-            self.optimizer.dispatcher = self
+            self.optimizer.cork = self
             self.optimizer.policy = GatherPolicy(self.max_batch_size)
 
     # CorkDispatcher looks Optimizer up in its module when it is created, after this runs.

@@ -32,6 +32,7 @@ Environment (defaults in brackets):
   KAFKA_START_TIMEOUT    seconds to wait for readiness [90]
   KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL [30]
   KAFKA_FRESH            1 = same as start --fresh [0]
+  KAFKA_CLUSTER_ID       cluster id when formatting new storage [random]
   JAVA                   java binary [java on PATH, or \$JAVA_HOME/bin/java]
   MVN                    maven binary [mvn]
 
@@ -229,10 +230,12 @@ format_storage() {
   local java="$1" cluster_id
   # Kafka cluster ids are base64url-encoded 16-byte UUIDs (22 chars); making
   # one here saves a JVM start for `kafka-storage random-uuid`.
-  cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)"
+  cluster_id="${KAFKA_CLUSTER_ID:-$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)}"
   log "formatting KRaft storage in $LOG_DIRS (cluster id $cluster_id)"
+  # --cluster-id=ID, not "--cluster-id ID": one id in 64 starts with '-', and the
+  # tool's argument parser would then read it as an option.
   java_cmd "$java" kafka.tools.StorageTool format \
-    --config "$PROPS_FILE" --cluster-id "$cluster_id" --ignore-formatted
+    --config "$PROPS_FILE" --cluster-id="$cluster_id" --ignore-formatted
   "${JAVA_CMD[@]}" </dev/null >>"$LOG_FILE" 2>&1 9>&- \
     || { tail -n 40 "$LOG_FILE" >&2; die "kafka-storage format failed"; }
 }

@@ -147,3 +147,23 @@ def test_aborted_transaction_invisible_to_read_committed(bootstrap_servers: str)
     # Sanity check of the check: the aborted records are in the log.
     uncommitted = _read_all(bootstrap_servers, topic, "read_uncommitted", expect=3)
     assert uncommitted == [b"aborted-0", b"aborted-1", b"kept"]
+
+
+def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
+    """One random cluster id in 64 begins with '-'; the storage tool must not read it as an
+    option (it did once, failing a CI run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KAFKA_DATA_DIR": str(tmp_path / "kafka"), "KAFKA_PORT": str(port),
+           "KAFKA_CONTROLLER_PORT": str(port + 1), "KAFKA_CLUSTER_ID": "-_ijx7MjssWeUGnarWCXyQ"}
+    try:
+        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], capture_output=True, text=True,
+                              timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        meta = next((tmp_path / "kafka").rglob("meta.properties")).read_text()
+        assert "cluster.id=-_ijx7MjssWeUGnarWCXyQ" in meta
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "stop"], capture_output=True, timeout=120, env=env)

@@ -133,7 +133,7 @@ def cold_start(cfg: Config, image_b64: str, log_dir: Path, timeout: float = 300)
 
 
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
-    from snap2caption_service.process_tree import stop_process_trees
+    from snap2caption_service.core.process_tree import stop_process_trees
 
     stop_process_trees([proc], grace)
 
@@ -170,7 +170,7 @@ imp = time.perf_counter() - t
 t = time.perf_counter()
 import peft
 imp_peft = time.perf_counter() - t
-from snap2caption_service.captioner import Captioner
+from snap2caption_service.core.captioner import Captioner
 out = {"import torch+transformers": imp, "import peft": imp_peft}
 t = time.perf_counter(); Captioner.load(sys.argv[1], version="x"); out["load demo weights"] = time.perf_counter() - t
 t = time.perf_counter(); Captioner.load(sys.argv[1], sys.argv[2], version="x")
@@ -214,7 +214,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary BentoML home and logs")
     args = ap.parse_args()
 
-    from snap2caption_service.settings import Settings
+    from snap2caption_service.core.settings import Settings
     from training.build_demo import ensure_demo_model
 
     demo_dir = ensure_demo_model(Settings().data_dir)

@@ -129,7 +129,7 @@ def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
-    from snap2caption_service.process_tree import stop_process_trees
+    from snap2caption_service.core.process_tree import stop_process_trees
 
     stop_process_trees([proc], timeout)
 
@@ -260,8 +260,8 @@ class CaptionedReader(threading.Thread):
 
 
 def upload_records(prefix: str, pngs: list[bytes], n: int):
-    from snap2caption_service.contracts import EVENT_TYPE_UPLOADED
-    from stream import cloudevents
+    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
+    from snap2caption_service.core import cloudevents
 
     inline = [base64.b64encode(p).decode() for p in pngs]
     for i in range(n):
@@ -383,7 +383,7 @@ def main() -> int:
 
     from kafka import KafkaProducer
 
-    from snap2caption_service.settings import Settings
+    from snap2caption_service.core.settings import Settings
     from training.build_demo import ensure_demo_model
 
     work = Path(args.workdir)

@@ -12,9 +12,9 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from snap2caption_service.captioner import CaptionJob, Captioner
-from snap2caption_service.contracts import CaptionRequest
-from snap2caption_service.images import decode_base64_image, load_image
+from snap2caption_service.core.captioner import CaptionJob, Captioner
+from snap2caption_service.core.contracts import CaptionRequest
+from snap2caption_service.core.images import decode_base64_image, load_image
 
 
 def make_app(model_dir: str) -> FastAPI:

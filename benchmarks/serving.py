@@ -130,20 +130,20 @@ def running_server(cmd: list[str], url: str, env: dict):
         wait_ready(url, proc)
         yield url
     finally:
-        from snap2caption_service.process_tree import stop_process_trees
+        from snap2caption_service.core.process_tree import stop_process_trees
 
         stop_process_trees([proc], 30)
 
 
 def decoded_images(payloads: list[str]) -> list:
     """The payloads as the core takes them (what the service does to an upload, done once)."""
-    from snap2caption_service.images import decode_base64_image, load_image
+    from snap2caption_service.core.images import decode_base64_image, load_image
 
     return [load_image(decode_base64_image(p, 10 << 20), 10 << 20, 40_000_000) for p in payloads]
 
 
 def run_raw(cap, imgs: list, batch_sizes: list[int], repeats: int) -> list[Row]:
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     cap.caption_batch([CaptionJob(imgs[0], "funny")])  # warm-up
     rows = []
@@ -164,7 +164,7 @@ def interleaved_single_client(cap, imgs: list, url: str, payloads: list[str], ro
                               per_round: int = 10):
     """Single-request latency of raw generate and of the service, alternating in blocks so
     both see the same machine state (this VM's speed drifts by 20-30% between minutes)."""
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     raw, svc = [], []
     with httpx.Client(timeout=600) as c:
@@ -187,7 +187,7 @@ def interleaved_batches(cap, imgs: list, url: str, payloads: list[str], size: in
     sides measured on the same machine state. Per round: (raw captions/s, service captions/s).
     Each side runs ``batches_per_round`` cycles (the service's first one or two form while the
     batcher learns the new concurrency)."""
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     out = []
     for r in range(rounds):
@@ -228,7 +228,7 @@ def main() -> int:
     levels = [int(x) for x in args.clients.split(",")]
     seed_levels = [int(x) for x in args.seed_clients.split(",") if x]
 
-    from snap2caption_service.settings import Settings
+    from snap2caption_service.core.settings import Settings
     from training.build_demo import ensure_demo_model
 
     model_dir = args.model or str(ensure_demo_model(Settings().data_dir))
@@ -239,7 +239,7 @@ def main() -> int:
     rows: list[Row] = []
 
     print(f"raw batched generate on {model_dir} ...", file=sys.stderr)
-    from snap2caption_service.captioner import Captioner
+    from snap2caption_service.core.captioner import Captioner
 
     cap, imgs = Captioner.load(model_dir), decoded_images(payloads)
     rows += run_raw(cap, imgs, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),

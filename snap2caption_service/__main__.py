@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from snap2caption_service.cli import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MIN_CANDIDATES,
+from snap2caption_service.core.contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MIN_CANDIDATES,
                         MIN_HASHTAGS, CaptionOptions)
 
 SERVICE_TARGET = "snap2caption_service.service:Snap2Caption"
@@ -36,7 +36,7 @@ def _apply_flags_to_env(args: argparse.Namespace, names: list[str]) -> None:
         value = getattr(args, name, None)
         if value is not None:
             os.environ[f"SNAP2CAPTION_{name.upper()}"] = str(value)
-    from .settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     get_settings.cache_clear()
 
@@ -53,12 +53,14 @@ def _options_flags(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype", "api_keys",
                                "max_batch_size", "max_latency_ms"])
-    from .model_loading import resolve_model_ref
-    from .settings import get_settings
+    from training.build_demo import ensure_demo_model
+
+    from snap2caption_service.core.model_loading import choose_model
+    from snap2caption_service.core.settings import get_settings
 
     # Build the demo model here, in the foreground with a progress bar, rather than silently
     # inside a worker that /readyz would report as not ready for ten minutes.
-    ref = resolve_model_ref(get_settings(), progress=True)
+    ref = choose_model(get_settings(), ensure_demo_model, progress=True).ref
     print(f"serving {ref} on http://{args.host}:{args.port}", file=sys.stderr)
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(args.port),
            "--host", args.host]
@@ -72,11 +74,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
     from pydantic import ValidationError
 
-    from .captioner import CaptionJob
-    from .images import ImageError
-    from .model_loading import load_captioner
-    from .pipeline import ModelOutput, build_result, new_request_id, prepare_image
-    from .settings import get_settings
+    from snap2caption_service.core.captioner import CaptionJob
+    from snap2caption_service.core.images import ImageError
+    from snap2caption_service.core.model_loading import load_captioner
+    from snap2caption_service.serving.pipeline import ModelOutput, build_result, new_request_id, prepare_image
+    from snap2caption_service.core.settings import get_settings
 
     try:
         options = CaptionOptions(tone=args.tone, audience=args.audience, num_hashtags=args.num_hashtags,
@@ -94,7 +96,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(f"error: {path}: {getattr(exc, 'detail', exc)}", file=sys.stderr)
     if not prepared:
         return 1
-    captioner = load_captioner(settings)
+    from training.build_demo import ensure_demo_model
+
+    captioner = load_captioner(settings, ensure_demo_model)
     t0 = time.perf_counter()
     jobs = [CaptionJob(p.image, options.tone, options.audience, options.num_hashtags, options.num_candidates)
             for _, p in prepared]
@@ -120,7 +124,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["data_dir"])
     from training.build_demo import META_FILE, ensure_demo_model
 
-    from .settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     path = ensure_demo_model(get_settings().data_dir, progress=True)
     print(path)
@@ -131,14 +135,16 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 def cmd_import_model(args: argparse.Namespace) -> int:
     """Save the model to serve into BentoML's model store, where `bentoml build` finds it."""
     _apply_flags_to_env(args, ["data_dir"])
-    from .model_store import import_model
-    from .settings import get_settings
+    from snap2caption_service.core.model_store import import_model
+    from snap2caption_service.core.settings import get_settings
 
     model, adapter, version, source = args.model, args.adapter or "", args.version or "", args.source or ""
     if args.champion:
-        from .model_loading import champion_choice
+        from snap2caption_service.core.model_loading import champion_choice
 
-        choice = champion_choice(get_settings())  # MLFLOW_TRACKING_URI names the server
+        from training.build_demo import ensure_demo_model
+
+        choice = champion_choice(get_settings(), ensure_demo_model)  # MLFLOW_TRACKING_URI names the server
         if choice is None:
             print(f"error: MLflow model {get_settings().registered_model} has no champion", file=sys.stderr)
             return 2
@@ -262,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(func=cmd_evaluate_demo)
 
-    from .canary_cli import add_canary_parser
+    from snap2caption_service.release.canary_cli import add_canary_parser
 
     add_canary_parser(sub)
     return parser

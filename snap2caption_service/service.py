@@ -20,24 +20,25 @@ from typing import Annotated
 import anyio
 import bentoml
 from pydantic import Field
-from starlette.responses import JSONResponse
 
+from snap2caption_service.serving.push import PushHandler, PushRequest
 from stream.feedback_producer import FeedbackPublisher
-from stream.push import PushHandler, PushRequest
 
-from .auth import ApiKeyMiddleware
-from .batching import install_gather_dispatch
-from .captioner import BatchStats, CaptionJob
-from .contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
+from snap2caption_service.serving.auth import ApiKeyMiddleware
+from snap2caption_service.serving.batching import install_gather_dispatch
+from snap2caption_service.core.captioner import BatchStats, CaptionJob
+from snap2caption_service.core.contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
                         MIN_CANDIDATES, MIN_HASHTAGS, Audience, CaptionOptions, CaptionRequest,
                         CaptionedEvent, CaptionResult, FeedbackAccepted, FeedbackRequest, ServedCaption)
-from .caption_archive import CaptionArchive
-from .feedback_store import FeedbackStore
-from .images import ImageError, decode_base64_image, decode_png_base64
-from .metrics import get_metrics
-from .pipeline import ModelItem, ModelOutput, build_result, model_item, new_request_id, prepare_image
-from .settings import get_settings
-from .web_app import web_app
+from snap2caption_service.core.caption_archive import CaptionArchive
+from snap2caption_service.serving.feedback_store import FeedbackStore
+from snap2caption_service.core.errors import ErrorAnswer
+from snap2caption_service.core.images import ImageError, decode_base64_image, decode_png_base64
+from snap2caption_service.serving.metrics import get_metrics
+from snap2caption_service.serving.pipeline import ModelItem, ModelOutput, build_result, model_item, new_request_id, prepare_image
+from snap2caption_service.core.settings import get_settings
+from snap2caption_service.serving.responses import answer_error, error_response
+from snap2caption_service.serving.web_app import web_app
 
 log = logging.getLogger("snap2caption")
 install_gather_dispatch()
@@ -69,11 +70,12 @@ class CaptionModel:
     """
 
     def __init__(self) -> None:
-        from .model_loading import load_captioner
+        from snap2caption_service.core.model_loading import load_captioner
+        from training.build_demo import ensure_demo_model
 
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         t0 = time.perf_counter()
-        self.captioner = self._torch_thread.submit(load_captioner, get_settings(), progress=False).result()
+        self.captioner = self._torch_thread.submit(load_captioner, get_settings(), ensure_demo_model, progress=False).result()
         get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 
@@ -99,10 +101,6 @@ class CaptionModel:
 CaptionModel.apis["caption"].output_spec.media_type = "application/json"
 
 
-def _error(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
 @bentoml.service(
     name="snap2caption",
     traffic={"timeout": 300, "max_concurrency": settings.max_concurrency},
@@ -121,8 +119,14 @@ class Snap2Caption:
         self.archive = CaptionArchive(self.settings.archive_location)
         self.push = PushHandler()  # POST /events; fetch rules (S3 buckets, URL allowlist) as for `consume`
 
-    async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str):
-        """Decode, check, batch through the model worker, and shape the result (or a 4xx)."""
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        """Hand what is spooled to the publisher's thread one last time and stop it."""
+        if self.feedback_out is not None:
+            self.feedback_out.close()
+
+    async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str) -> CaptionResult:
+        """Decode, check, batch through the model worker, and shape the result; raises ErrorAnswer."""
         m = get_metrics()
         t0 = time.perf_counter()
         request_id = new_request_id()
@@ -138,13 +142,13 @@ class Snap2Caption:
         except ImageError as exc:
             m.captions.labels("bad_input", source).inc()
             log.info("request %s rejected: %s (%s)", request_id, exc.code, exc.detail)
-            return _error(exc.status, exc.code, exc.detail)
+            raise
         if s.fault_latency_ms:
             await asyncio.sleep(s.fault_latency_ms / 1000)
         if s.fault_error_rate and random.random() < s.fault_error_rate:
             m.injected_faults.inc()
             m.captions.labels("error", source).inc()
-            return _error(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
+            raise ErrorAnswer(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
         item = model_item(prepared, options)
         outputs = await self._call_model(item)
         output = outputs[0]
@@ -186,7 +190,10 @@ class Snap2Caption:
     async def generate_caption(self, **fields) -> CaptionResult:
         """Caption a photo sent as base64 or a data URL in a flat JSON body."""
         request = CaptionRequest.model_construct(**fields)
-        return await self._caption(request.image, request, "http")
+        try:
+            return await self._caption(request.image, request, "http")
+        except ErrorAnswer as exc:
+            return answer_error(exc)
 
     @bentoml.api(route="/generate-caption/upload")
     async def generate_caption_upload(
@@ -202,9 +209,12 @@ class Snap2Caption:
                                  num_candidates=num_candidates)
         size = image.stat().st_size
         if size > self.settings.max_image_bytes:
-            return _error(413, "image_too_large",
-                          f"The image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes.")
-        return await self._caption(image.read_bytes(), options, "upload")
+            return error_response(413, "image_too_large",
+                                  f"The image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes.")
+        try:
+            return await self._caption(image.read_bytes(), options, "upload")
+        except ErrorAnswer as exc:
+            return answer_error(exc)
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, ctx: bentoml.Context, **fields) -> FeedbackAccepted:
@@ -213,7 +223,7 @@ class Snap2Caption:
         served = await anyio.to_thread.run_sync(self.archive.get, request.request_id)
         if served is None:
             ctx.response.status_code = 404  # BentoML applies the context's status to a returned Response too
-            return _error(404, "unknown_request",
+            return error_response(404, "unknown_request",
                           f"No caption with request_id {request.request_id!r} is on record: feedback must name "
                           "the request_id of a caption this service returned.")
         record = await anyio.to_thread.run_sync(self.feedback_store.append, request, served)

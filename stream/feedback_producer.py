@@ -21,10 +21,10 @@ import os
 import threading
 from pathlib import Path
 
-from snap2caption_service.contracts import EVENT_TYPE_FEEDBACK, FeedbackRecord
+from snap2caption_service.core.contracts import EVENT_TYPE_FEEDBACK, FeedbackRecord
 
-from . import cloudevents
-from .settings import StreamSettings
+from snap2caption_service.core import cloudevents
+from stream.settings import FeedbackPublisherSettings
 
 log = logging.getLogger("snap2caption.feedback")
 SOURCE = "urn:snap2caption:service:feedback"
@@ -105,7 +105,7 @@ class Spool:
 
 
 class FeedbackPublisher:
-    def __init__(self, settings: StreamSettings, spool_path: Path, fsync: bool = True):
+    def __init__(self, settings: FeedbackPublisherSettings, spool_path: Path, fsync: bool = True):
         self.s = settings
         self.spool = Spool(spool_path, fsync=fsync)
         self.wake = threading.Event()
@@ -118,9 +118,9 @@ class FeedbackPublisher:
     @classmethod
     def from_env(cls, data_dir: Path, fsync: bool = True) -> "FeedbackPublisher | None":
         """A publisher when Kafka is configured (KAFKA_BOOTSTRAP_SERVERS set), else None."""
-        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip():
+        settings = FeedbackPublisherSettings()
+        if not settings.kafka_configured:
             return None
-        settings = StreamSettings()
         return cls(settings, Path(settings.feedback_spool or Path(data_dir) / "feedback-spool.jsonl"), fsync)
 
     def publish(self, record: FeedbackRecord) -> None:
@@ -160,7 +160,7 @@ class FeedbackPublisher:
                 enable_idempotence=True, max_in_flight_requests_per_connection=5, linger_ms=5,
                 max_block_ms=10_000, request_timeout_ms=10_000, delivery_timeout_ms=60_000)
         if not self.topic_ready:
-            from .topics import ensure_topics
+            from stream.topics import ensure_topics
 
             ensure_topics(self.s, [self.s.topic_feedback])
             self.topic_ready = True

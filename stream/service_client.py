@@ -2,7 +2,7 @@
 
 Going through the HTTP API (rather than loading a model here) means Kafka traffic shares
 the service's adaptive batcher, auth, limits and metrics with every other caller. Answers
-are classified: a 4xx about the image is Poison (DLQ, reason = the service's error code);
+are classified by core/events.py: a 4xx about the image is Poison (DLQ, reason = the service's error code);
 429, 5xx, timeouts and connection errors are Transient (retry). 401/403/404 mean this
 consumer is misconfigured (key, URL), which is not the event's fault either: Transient.
 """
@@ -14,13 +14,13 @@ import re
 
 import httpx
 
-from snap2caption_service.contracts import CaptionOptions, CaptionRequest, CaptionResult
+from snap2caption_service.core.contracts import CaptionOptions, CaptionRequest, CaptionResult
 
-from .errors import Poison, Transient
-from .settings import StreamSettings
+from snap2caption_service.core.errors import Transient
+from snap2caption_service.core.events import classify_answer
+from stream.settings import StreamSettings
 
 STAGE = "caption"
-POISON_STATUSES = frozenset({400, 413, 415, 422})
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
@@ -44,10 +44,7 @@ class ServiceClient:
             raise Transient("service_unavailable", STAGE, f"{type(exc).__name__}: {exc}") from None
         if resp.status_code == 200:
             return CaptionResult.model_validate_json(resp.content)
-        code, detail = _error_body(resp)
-        if resp.status_code in POISON_STATUSES:
-            raise Poison(code or f"service_rejected_{resp.status_code}", STAGE, detail)
-        raise Transient(code or f"service_http_{resp.status_code}", STAGE, f"{resp.status_code}: {detail}")
+        raise classify_answer(resp.status_code, *_error_body(resp), STAGE)
 
     def close(self) -> None:
         self.client.close()

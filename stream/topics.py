@@ -8,12 +8,12 @@ import time
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from .settings import StreamSettings
+from snap2caption_service.core.settings import KafkaSettings
 
 log = logging.getLogger("snap2caption.stream")
 
 
-def ensure_topics(settings: StreamSettings, names: list[str], timeout_s: float = 60.0) -> None:
+def ensure_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 60.0) -> None:
     """Create each topic in ``names`` that does not exist yet, and wait until all are visible."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="snap2caption-admin",
                              request_timeout_ms=30000)

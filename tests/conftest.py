@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from snap2caption_service.process_tree import stop_process_trees
+from snap2caption_service.core.process_tree import stop_process_trees
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -49,7 +49,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """Where the demo model is cached: the same place the README's commands use."""
-    from snap2caption_service.settings import Settings
+    from snap2caption_service.core.settings import Settings
 
     return Settings().data_dir
 

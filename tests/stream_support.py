@@ -270,8 +270,8 @@ def image_site():
 
 def upload_event(media_id: str, image: dict, **extra) -> tuple[bytes, bytes, list]:
     """(key, value, headers) of a media.uploaded record in CloudEvents binary mode."""
-    from snap2caption_service.contracts import EVENT_TYPE_UPLOADED
-    from stream import cloudevents
+    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
+    from snap2caption_service.core import cloudevents
 
     data = {"media_id": media_id, "creator_id": "creator-1", "image": image,
             "uploaded_at": cloudevents.now_rfc3339(), **extra}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 
-from snap2caption_service.batching import MAX_GATHER_S, GatherPolicy, install_gather_dispatch
+from snap2caption_service.serving.batching import MAX_GATHER_S, GatherPolicy, install_gather_dispatch
 
 
 class Clock:

@@ -90,8 +90,8 @@ def test_bento_yaml_names_service_model_and_config(built):
 def test_bento_source_tree_has_the_code_and_nothing_else(built):
     src = built.path / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    for needed in ("snap2caption_service/service.py", "snap2caption_service/model_store.py",
-                   "snap2caption_service/web/index.html", "stream/consumer.py", "training/build_demo.py",
+    for needed in ("snap2caption_service/service.py", "snap2caption_service/core/model_store.py",
+                   "snap2caption_service/serving/web/index.html", "stream/consumer.py", "training/build_demo.py",
                    "bentofile.yaml"):
         assert needed in files, f"{needed} missing from the Bento"
     unwanted = [f for f in files if f.startswith(("tests/", "test-artifacts/", "bentos/", "benchmarks/", "k8s/"))
@@ -222,7 +222,7 @@ def test_import_model_merges_the_adapter(tmp_path, tiny_model_dir):
     from safetensors import safe_open
     from transformers import LlavaForConditionalGeneration
 
-    from snap2caption_service.captioner import Captioner
+    from snap2caption_service.core.captioner import Captioner
 
     base = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO, free_port
-from snap2caption_service.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, RevisionStats,
+from snap2caption_service.release.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, RevisionStats,
                                          Thresholds, build_queries, check_window, decide, load_thresholds,
                                          revision_selector, traffic_patch)
 

@@ -27,7 +27,7 @@ import pytest
 
 from conftest import REPO, free_port, png_bytes, start_service, stop_services
 from observability_support import knative_pod, kubernetes_config_as_static
-from snap2caption_service.canary import EXIT_HOLD, EXIT_PROMOTE, EXIT_ROLLBACK
+from snap2caption_service.release.canary import EXIT_HOLD, EXIT_PROMOTE, EXIT_ROLLBACK
 
 pytestmark = [pytest.mark.service, pytest.mark.prometheus]
 

@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from snap2caption_service.captioner import CaptionJob, Captioner, GenerationSettings, describe_version
+from snap2caption_service.core.captioner import CaptionJob, Captioner, GenerationSettings
+from snap2caption_service.core.versions import model_version
 
 
 @pytest.fixture(scope="module")
@@ -52,5 +53,5 @@ def test_lora_adapter_is_merged_at_load(tiny_model_dir, tmp_path):
 
 def test_version_of_demo_style_folder(tmp_path):
     (tmp_path / "snap2caption_demo.json").write_text('{"version": "demo-abc"}')
-    assert describe_version(str(tmp_path)) == "demo-abc"
-    assert describe_version("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"
+    assert model_version(str(tmp_path)) == "demo-abc"
+    assert model_version("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from PIL import Image
 
-from snap2caption_service.caption_archive import CaptionArchive
-from snap2caption_service.contracts import FeedbackRecord, ServedCaption
+from snap2caption_service.core.caption_archive import CaptionArchive
+from snap2caption_service.core.contracts import FeedbackRecord, ServedCaption
 from stream.settings import StreamSettings
 from stream.topics import ensure_topics
 from stream_support import bootstrap, moto_s3, produce  # noqa: F401  (fixtures)
@@ -183,8 +183,8 @@ def test_archive_takes_the_same_image_from_many_threads_at_once(tmp_path):
     worker thread): both writes must land, and the stored image must be whole."""
     import concurrent.futures
 
-    from snap2caption_service.caption_archive import CaptionArchive
-    from snap2caption_service.contracts import ServedCaption
+    from snap2caption_service.core.caption_archive import CaptionArchive
+    from snap2caption_service.core.contracts import ServedCaption
 
     archive = CaptionArchive(str(tmp_path / "archive"))
     image = b"\x89PNG" + bytes(range(256)) * 400

@@ -1,4 +1,4 @@
-from snap2caption_service.hashtags import finalize_hashtags, keywords, normalize_hashtag
+from snap2caption_service.core.hashtags import finalize_hashtags, keywords, normalize_hashtag
 
 
 def test_normalize_lowercases_and_strips_punctuation():

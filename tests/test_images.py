@@ -1,4 +1,4 @@
-"""Unit tests for snap2caption_service.images; every input is generated here with Pillow."""
+"""Unit tests for snap2caption_service.core.images; every input is generated here with Pillow."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import zlib
 import pytest
 from PIL import Image, ImageFile
 
-from snap2caption_service import images
-from snap2caption_service.images import (
+from snap2caption_service.core.errors import ErrorAnswer
+from snap2caption_service.core import images
+from snap2caption_service.core.images import (
     ImageError,
     decode_base64_image,
     decode_png_base64,
@@ -84,7 +85,7 @@ def test_error_codes_and_statuses_are_stable():
     err = ImageError("too_many_pixels", "Too big.")
     assert isinstance(err, ValueError)
     assert (err.code, err.status, err.detail) == ("too_many_pixels", 413, "Too big.")
-    assert err.as_body() == {"error": "too_many_pixels", "detail": "Too big."}
+    assert isinstance(err, ErrorAnswer)  # answered like every other refusal (serving/responses.py)
     with pytest.raises(KeyError):
         ImageError("no_such_code", "x")
 

@@ -1,4 +1,4 @@
-from snap2caption_service.prompting import IMAGE_TOKEN, build_prompt, clean_tone, parse_output
+from snap2caption_service.core.prompting import IMAGE_TOKEN, build_prompt, clean_tone, parse_output
 
 GOOD = ("Caption: Weekend vibes with a red circle.\n"
         "Hashtags: #red #circle #redcircle #vibes #aesthetic #dailypic #mood #shapes #design #art\n"

@@ -6,7 +6,7 @@ pytestmark = pytest.mark.quality
 
 
 def test_demo_model_meets_quality_bar(demo_model_dir):
-    from snap2caption_service.captioner import Captioner
+    from snap2caption_service.core.captioner import Captioner
     from training.evaluate_demo import THRESHOLDS, evaluate
 
     report = evaluate(Captioner.load(str(demo_model_dir)), num_scenes=300, seed=9001)
@@ -18,7 +18,7 @@ def test_demo_model_meets_quality_bar(demo_model_dir):
 
 def test_demo_model_left_padded_batch_matches_single(demo_model_dir):
     """Batching must not change answers: each item captioned alone equals it in a batch."""
-    from snap2caption_service.captioner import CaptionJob, Captioner
+    from snap2caption_service.core.captioner import CaptionJob, Captioner
     from training import synthetic
 
     cap = Captioner.load(str(demo_model_dir))

@@ -342,14 +342,18 @@ def test_server_down_midway_leaves_champion_untouched(mlflow_uri, mlflow_server,
 
 
 @pytest.mark.mlflow
+def _no_demo(data_dir, progress):
+    raise AssertionError("the demo model is not needed here")
+
+
 def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow_uri, tmp_path, monkeypatch):
     """`import-model --champion` bakes the champion into the Bento; a pod started with MLflow
     configured then serves those weights instead of downloading and merging the adapter. A
     Bento holding another version still gets the champion from the registry."""
-    from snap2caption_service.model_loading import champion_choice
-    from snap2caption_service.model_store import StoredCaptioner
-    from snap2caption_service.settings import Settings
-    from training.registry import Registry
+    from snap2caption_service.core.model_loading import champion_choice
+    from snap2caption_service.core.model_store import StoredCaptioner
+    from snap2caption_service.core.settings import Settings
+    from snap2caption_service.core.registry import RegistryReader
 
     reg = new_registry()
     v1 = reg.register(logged_run(tmp_path, "champ"))
@@ -364,10 +368,10 @@ def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow
         raise AssertionError("downloaded although the Bento holds the champion")
 
     with monkeypatch.context() as m:
-        m.setattr(Registry, "download", no_download)
-        same = champion_choice(settings, packaged(f"{reg.name}:v1"))
+        m.setattr(RegistryReader, "download", no_download)
+        same = champion_choice(settings, _no_demo, packaged(f"{reg.name}:v1"))
     assert (same.ref, same.adapter, same.version) == (str(tmp_path / "bento-weights"), "", f"{reg.name}:v1")
 
-    older = champion_choice(settings, packaged(f"{reg.name}:v0"))
+    older = champion_choice(settings, _no_demo, packaged(f"{reg.name}:v0"))
     assert older.version == f"{reg.name}:v1" and older.ref == "llava-base"
     assert json.loads((Path(older.adapter) / "adapter_config.json").read_text())["marker"] == "champ"

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.service, pytest.mark.quality, pytes
 
 
 def test_feedback_retrain_promote_serve_and_refuse(tmp_path, bootstrap, mlflow_uri, demo_model_dir, monkeypatch):
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     tag = uuid.uuid4().hex[:8]
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SNAP2CAPTION_TOPIC_FEEDBACK": f"loop-{tag}.feedback",

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from conftest import png_bytes
-from snap2caption_service.caption_archive import CaptionArchive
+from snap2caption_service.core.caption_archive import CaptionArchive
 
 pytestmark = pytest.mark.service
 

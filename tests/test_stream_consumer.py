@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import png_bytes
-from stream import cloudevents
+from snap2caption_service.core import cloudevents
 from stream_support import (ConsumerProcess, LoopbackServer, bootstrap, consumer_env, create_topics, data_of,  # noqa: F401
                             headers_dict, image_site, inline, moto_s3, produce, read_topic, topic_env,
                             upload_event, wait_for)

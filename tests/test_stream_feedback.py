@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from conftest import png_bytes, start_service, stop_service
-from snap2caption_service.contracts import FeedbackRecord
-from stream import cloudevents
+from snap2caption_service.core.contracts import FeedbackRecord
+from snap2caption_service.core import cloudevents
 from stream.feedback_producer import Spool
 from stream_support import KAFKA_SH, create_topics, ensure_broker, free_port_pair, read_topic, topic_env, wait_for
 

@@ -16,12 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import free_port, png_bytes
-from snap2caption_service.contracts import (EVENT_TYPE_UPLOADED, CaptionedEvent, CaptionOptions, CaptionResult,
+from snap2caption_service.core.contracts import (EVENT_TYPE_UPLOADED, CaptionedEvent, CaptionOptions, CaptionResult,
                                             ImageRef, UploadEvent)
-from stream import cloudevents
+from snap2caption_service.core import cloudevents
 from stream.consumer import Captioned, DeadLetter, Handler, RetryLater
-from stream.errors import Poison, Transient
-from stream.fetch import ImageFetcher, UrlPolicy, blocked_reason
+from snap2caption_service.core.errors import Poison, Transient
+from snap2caption_service.core.fetch import ImageFetcher, UrlPolicy, blocked_reason
 from stream.service_client import ServiceClient
 from stream.settings import StreamSettings
 from stream_support import image_site, inline, moto_s3, upload_event  # noqa: F401  (fixtures)
@@ -404,7 +404,7 @@ def test_a_transaction_with_unknown_outcome_is_checked_against_committed_offsets
         lost.bounded(lambda: 1 / 0)
 
 
-# --- /events authentication (snap2caption_service/auth.py) -------------------------------
+# --- /events authentication (snap2caption_service/serving/auth.py) -------------------------------
 
 @pytest.mark.parametrize("host,local", [
     ("snap2caption.prod.svc.cluster.local", True), ("snap2caption.prod.svc.cluster.local:80", True),
@@ -413,7 +413,7 @@ def test_a_transaction_with_unknown_outcome_is_checked_against_committed_offsets
     ("prod.svc.cluster.local.evil.example", False), ("..svc", False), ("127.0.0.1:3000", False),
     ("[::1]:3000", False), ("", False)])
 def test_cluster_local_host_names(host, local):
-    from snap2caption_service.auth import is_cluster_local_host
+    from snap2caption_service.serving.auth import is_cluster_local_host
 
     assert is_cluster_local_host(host) is local
     assert is_cluster_local_host("a.b.svc.corp.internal", "corp.internal")
@@ -423,7 +423,7 @@ def test_cluster_local_host_names(host, local):
 def _asgi_status(mode: str, path: str, host: str, auth: str | None = None) -> int:
     import asyncio
 
-    from snap2caption_service.auth import ApiKeyMiddleware
+    from snap2caption_service.serving.auth import ApiKeyMiddleware
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -456,13 +456,15 @@ def test_events_auth_modes(mode, path, host, auth, status):
 
 
 def test_events_auth_setting_is_validated():
-    from snap2caption_service.auth import ApiKeyMiddleware
+    from snap2caption_service.serving.auth import ApiKeyMiddleware
+
+    from snap2caption_service.core.settings import Settings
 
     with pytest.raises(ValidationError, match="events_auth"):
-        settings(events_auth="open")
+        Settings(_env_file=None, events_auth="open")
     with pytest.raises(ValueError, match="SNAP2CAPTION_EVENTS_AUTH"):
         ApiKeyMiddleware(None, ["k"], events_auth="open", cluster_domain="cluster.local")
-    assert settings().events_auth == "bearer"  # nothing is opened unless asked for
+    assert Settings(_env_file=None).events_auth == "bearer"  # nothing is opened unless asked for
 
 
 # --- which broker the tests use (tests/stream_support.py) --------------------------------
@@ -524,4 +526,6 @@ def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
     env = dict(line.split("=", 1) for line in (REPO / "k8s/base/config/common.env").read_text().splitlines()
                if line and not line.startswith("#"))
     assert env["SNAP2CAPTION_EVENTS_AUTH"] == "cluster-local"
-    assert settings(events_auth=env["SNAP2CAPTION_EVENTS_AUTH"]).events_auth == "cluster-local"
+    from snap2caption_service.core.settings import Settings
+
+    assert Settings(_env_file=None, events_auth=env["SNAP2CAPTION_EVENTS_AUTH"]).events_auth == "cluster-local"

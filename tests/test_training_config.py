@@ -38,7 +38,7 @@ def test_overrides_and_strictness(tmp_path):
 
 
 def test_synthetic_sources_and_the_idf_corpus(tmp_path, monkeypatch):
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
     from training.config import DataSource
     from training.datasets import read_captions, read_source
     from training.evaluation import idf_documents

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from snap2caption_service.canary import EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK
+from snap2caption_service.release.canary import EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK
 
 WORKFLOWS = REPO / ".github" / "workflows"
 INSTALL = REPO / "infra" / "install_actionlint.sh"

@@ -16,14 +16,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import synthetic
-from .demo_model import ARCHITECTURE_VERSION, DemoArchitecture, build_untrained
-from .loop import EncodedDataset, TrainConfig, TrainExample, train
+from snap2caption_service.core.versions import DEMO_META_FILE, demo_version
+from training import synthetic
+from training.demo_model import ARCHITECTURE_VERSION, DemoArchitecture, build_untrained
+from training.loop import EncodedDataset, TrainConfig, TrainExample, train
 
 log = logging.getLogger(__name__)
 
 TRAINER_VERSION = "2"
-META_FILE = "snap2caption_demo.json"
+META_FILE = DEMO_META_FILE
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def recipe_key(recipe: DemoRecipe, arch: DemoArchitecture) -> str:
 
 def demo_model_dir(data_dir: Path, recipe: DemoRecipe | None = None, arch: DemoArchitecture | None = None) -> Path:
     key = recipe_key(recipe or DemoRecipe(), arch or DemoArchitecture())
-    return Path(data_dir) / "models" / f"demo-{key}"
+    return Path(data_dir) / "models" / demo_version(key)
 
 
 def is_built(path: Path) -> bool:
@@ -101,7 +102,7 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
 
     import random
 
-    from .vision_pretrain import SceneLabelDataset, held_out_accuracy, make_pretrainer, vision_tower_of
+    from training.vision_pretrain import SceneLabelDataset, held_out_accuracy, make_pretrainer, vision_tower_of
 
     t0 = time.perf_counter()
     model, processor = build_untrained(arch, seed=recipe.train_seed)
@@ -143,7 +144,7 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
     processor.save_pretrained(out_dir)
     return {
         "name": "snap2caption-demo",
-        "version": f"demo-{recipe_key(recipe, arch)}",
+        "version": demo_version(recipe_key(recipe, arch)),
         "recipe": asdict(recipe),
         "architecture": asdict(arch),
         "parameters": sum(p.numel() for p in model.parameters()),

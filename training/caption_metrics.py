@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from snap2caption_service.hashtags import normalize_hashtag
+from snap2caption_service.core.hashtags import normalize_hashtag
 
 MAX_N = 4
 CIDER_SIGMA = 6.0

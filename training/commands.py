@@ -59,9 +59,9 @@ def add_parsers(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .finetune import finetune, read_records
-    from .train_job import default_output_dir, run_job
+    from training.config import load_config
+    from training.finetune import finetune, read_records
+    from training.train_job import default_output_dir, run_job
 
     cfg = load_config(args.config, args.set)
     out = Path(args.output_dir) if args.output_dir else default_output_dir(cfg)
@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_records, eval_records = read_records(cfg)
         result = finetune(cfg, out, resume, train_records, eval_records)
         if result.adapter_dir is not None:
-            from .loop import distributed_from_env
+            from training.loop import distributed_from_env
 
             summary = {"adapter_dir": str(result.adapter_dir), "steps": result.steps,
                        "world_size": distributed_from_env().world_size,
@@ -90,9 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
-    from .retrain import RetrainSettings, retrain, watch
+    from training.retrain import RetrainSettings, retrain, watch
 
     if args.archive:
         os.environ["SNAP2CAPTION_ARCHIVE"] = args.archive
@@ -110,7 +110,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _champion_adapter(model_name: str, dst: Path) -> str | None:
-    from .registry import Registry
+    from training.registry import Registry
 
     registry = Registry(model_name)
     if registry.champion() is None:

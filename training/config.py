@@ -104,7 +104,7 @@ class TrainingConfig(_Strict):
         return self
 
     def gate_rule(self):
-        from .gate import GateRule
+        from training.gate import GateRule
 
         return GateRule.from_dict(self.registration_rule)
 

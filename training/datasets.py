@@ -24,9 +24,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from snap2caption_service.contracts import AUDIENCES
-from snap2caption_service.hashtags import finalize_hashtags, normalize_hashtag
-from snap2caption_service.prompting import format_target
+from snap2caption_service.core.contracts import AUDIENCES
+from snap2caption_service.core.hashtags import finalize_hashtags, normalize_hashtag
+from snap2caption_service.core.prompting import format_target
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def read_source(spec: dict) -> list[CaptionRecord]:
     """One ``data`` entry of a training config."""
     kind, path = spec.get("kind"), spec.get("path")
     if kind == "synthetic":
-        from . import synthetic_manifest
+        from training import synthetic_manifest
 
         return synthetic_manifest.cached_records(int(spec["scenes"]), int(spec.get("seed", 77)))
     if not path:
@@ -154,7 +154,7 @@ def read_source(spec: dict) -> list[CaptionRecord]:
     if kind == "manifest":
         return read_manifest(path)
     if kind == "feedback_snapshot":
-        from .feedback_snapshot import read_snapshot
+        from training.feedback_snapshot import read_snapshot
 
         return read_snapshot(path)
     raise DataError(f"unknown data source kind {kind!r}; use instacities, manifest, feedback_snapshot "
@@ -164,7 +164,7 @@ def read_source(spec: dict) -> list[CaptionRecord]:
 def read_captions(spec: dict) -> list[str]:
     """Only the captions of a data source (synthetic scenes are not rendered for this)."""
     if spec.get("kind") == "synthetic":
-        from . import synthetic_manifest
+        from training import synthetic_manifest
 
         return synthetic_manifest.scene_captions(int(spec["scenes"]), int(spec.get("seed", 77)))
     return [r.caption for r in read_source(spec)]

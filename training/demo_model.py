@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from snap2caption_service.prompting import IMAGE_TOKEN, build_prompt
+from snap2caption_service.core.prompting import IMAGE_TOKEN, build_prompt
 
-from . import synthetic
+from training import synthetic
 
 # Bump when the architecture or tokenizer recipe changes: the demo-model cache is keyed by it.
 ARCHITECTURE_VERSION = "2"

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 
-from . import synthetic
+from training import synthetic
 
 THRESHOLDS = {"caption_and_alt_correct": 0.95, "hashtags_have_color_and_shape": 0.95,
               "tone_changes_wording": 0.90}
@@ -70,7 +70,7 @@ class QualityReport:
 
 
 def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int = 50) -> QualityReport:
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     t0 = time.perf_counter()
     examples = synthetic.make_examples(num_scenes, seed)
@@ -104,7 +104,7 @@ def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int
 def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, batch_size: int = 50) -> dict:
     """The guard metrics a fine-tune of the demo model must not regress: each scene captioned once,
     in its own tone (cheaper than ``evaluate``, which captions twice to test tone changes)."""
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     examples = synthetic.make_examples(num_scenes, seed)
     ok = tags_ok = 0
@@ -119,10 +119,12 @@ def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, bat
 
 
 def main(num_scenes: int = 300, seed: int = 9001, batch_size: int = 50, json_out: str | None = None) -> int:
-    from snap2caption_service.model_loading import load_captioner
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.model_loading import load_captioner
+    from snap2caption_service.core.settings import get_settings
 
-    report = evaluate(load_captioner(get_settings()), num_scenes, seed, batch_size)
+    from training.build_demo import ensure_demo_model
+
+    report = evaluate(load_captioner(get_settings(), ensure_demo_model), num_scenes, seed, batch_size)
     print(report.table())
     if json_out:
         with open(json_out, "w") as f:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .caption_metrics import PredictionRow, evaluate, write_predictions_table
-from .config import EvalSettings
-from .datasets import CaptionRecord, load_image, read_captions
+from training.caption_metrics import PredictionRow, evaluate, write_predictions_table
+from training.config import EvalSettings
+from training.datasets import CaptionRecord, load_image, read_captions
 
 log = logging.getLogger(__name__)
 
 
 def predict(captioner, records: list[CaptionRecord], batch_size: int = 32) -> list[PredictionRow]:
-    from snap2caption_service.captioner import CaptionJob
+    from snap2caption_service.core.captioner import CaptionJob
 
     rows = []
     for start in range(0, len(records), batch_size):
@@ -52,7 +52,7 @@ def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
         if predictions_csv is not None:
             write_predictions_table(rows, predictions_csv, documents)
     if settings.guard_scenes:
-        from .evaluate_demo import color_shape_accuracy
+        from training.evaluate_demo import color_shape_accuracy
 
         metrics.update(color_shape_accuracy(captioner, settings.guard_scenes, settings.guard_seed,
                                             settings.batch_size))

@@ -34,10 +34,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from snap2caption_service.caption_archive import CaptionArchive
-from snap2caption_service.contracts import FeedbackRecord
+from snap2caption_service.core.caption_archive import CaptionArchive
+from snap2caption_service.core.contracts import FeedbackRecord
 
-from .datasets import CaptionRecord, read_manifest, write_manifest
+from training.datasets import CaptionRecord, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

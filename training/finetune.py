@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import TrainingConfig
-from .datasets import CaptionRecord, load_image, read_source
-from .loop import Distributed, EncodedDataset, TrainConfig, TrainExample, distributed_from_env, train
+from snap2caption_service.core.model_loading import ADAPTER_META, resolve_base
+from snap2caption_service.core.settings import get_settings
+from training.build_demo import ensure_demo_model
+from training.config import TrainingConfig
+from training.datasets import CaptionRecord, load_image, read_source
+from training.loop import Distributed, EncodedDataset, TrainConfig, TrainExample, distributed_from_env, train
 
 log = logging.getLogger(__name__)
 
-ADAPTER_META = "snap2caption_adapter.json"
 
 
 @dataclass
@@ -35,17 +37,6 @@ class FinetuneResult:
     train_records: int
     eval_records: list[CaptionRecord] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-
-
-def resolve_base(base_model: str, data_dir: Path | None = None) -> str:
-    """'demo' -> the embedded demo model's folder (built on first use); anything else as given."""
-    if base_model != "demo":
-        return base_model
-    from snap2caption_service.settings import get_settings
-
-    from .build_demo import ensure_demo_model
-
-    return str(ensure_demo_model(data_dir or get_settings().data_dir))
 
 
 def holdout_split(records: list[CaptionRecord], fraction: float, seed: int = 0
@@ -127,7 +118,7 @@ def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None =
     """Train an adapter; records default to the config's data (split into train and eval)."""
     import torch
 
-    from snap2caption_service.captioner import resolve_device
+    from snap2caption_service.core.captioner import resolve_device
 
     ddp = dist_info or distributed_from_env()
     if train_records is None:
@@ -139,7 +130,7 @@ def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None =
         import os
 
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    base_ref = resolve_base(cfg.base_model)
+    base_ref = resolve_base(cfg.base_model, get_settings().data_dir, ensure_demo_model)
     torch.manual_seed(cfg.seed)
     model, processor = load_trainable(base_ref, cfg, resume_adapter, device)
     data = EncodedDataset(processor, examples_of(train_records), progress=progress and ddp.is_main)
@@ -168,20 +159,4 @@ def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None =
     return FinetuneResult(adapter_dir, base_ref, result.steps, result.samples_per_s, result.wall_s,
                           result.final_loss, len(data), list(eval_records or []), result.losses)
 
-
-def adapter_base(adapter_dir: str | Path, data_dir: Path | None = None) -> str:
-    """The base model an adapter was trained on, as a loadable reference."""
-    meta_path = Path(adapter_dir) / ADAPTER_META
-    if not meta_path.is_file():
-        cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-        return cfg["base_model_name_or_path"]
-    meta = json.loads(meta_path.read_text())
-    trained_on = Path(meta.get("base_ref", ""))
-    if meta.get("base_version") and trained_on.name == meta["base_version"] and trained_on.is_dir():
-        return str(trained_on)  # the very demo model folder it was trained on is here
-    base = resolve_base(meta["base_model"], data_dir)
-    if meta.get("base_version") and Path(base).name != meta["base_version"]:
-        raise RuntimeError(f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "
-                           f"is {Path(base).name}: retrain it on this base")
-    return base
 

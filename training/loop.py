@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from snap2caption_service.prompting import build_prompt
+from snap2caption_service.core.prompting import build_prompt
 
 IGNORE_INDEX = -100
 

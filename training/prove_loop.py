@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from . import synthetic
+from training import synthetic
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def caption_and_correct(service_url: str, n: int, seed: int, shuffle: bool = Fal
 
 
 def wait_for_topic(snapshots: str, bootstrap: str, topic: str, at_least: int, timeout: float = 120) -> None:
-    from .feedback_snapshot import pending_events
+    from training.feedback_snapshot import pending_events
 
     deadline = time.monotonic() + timeout
     while (waiting := pending_events(snapshots, bootstrap, topic)) < at_least:
@@ -142,9 +142,9 @@ def wait_for_topic(snapshots: str, bootstrap: str, topic: str, at_least: int, ti
 
 def held_out_check(adapter_dir: Path | None, base_dir: str, n: int = 300) -> tuple[float, float]:
     """(phrase adoption, colour+shape accuracy) on held-out scenes; adapter None = the base model."""
-    from snap2caption_service.captioner import CaptionJob, Captioner
+    from snap2caption_service.core.captioner import CaptionJob, Captioner
 
-    from .evaluate_demo import first_color_and_shape, first_pair
+    from training.evaluate_demo import first_color_and_shape, first_pair
 
     captioner = Captioner.load(base_dir, str(adapter_dir) if adapter_dir else "")
     examples = synthetic.make_examples(n, HELD_OUT_SEED)
@@ -167,11 +167,11 @@ def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, event
     ``restart_service()`` -> new base URL: restarts the service with MLflow configured, to
     check it serves the champion (skipped when None).
     """
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
-    from .build_demo import ensure_demo_model
-    from .registry import Registry
-    from .retrain import RetrainSettings, retrain
+    from training.build_demo import ensure_demo_model
+    from training.registry import Registry
+    from training.retrain import RetrainSettings, retrain
 
     timings: dict[str, float] = {}
     snapshots = str(workdir / "snapshots")
@@ -250,7 +250,7 @@ def _serve(port: int, env: dict, log_path: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    from snap2caption_service.process_tree import stop_process_trees
+    from snap2caption_service.core.process_tree import stop_process_trees
 
     stop_process_trees([proc], 30)
 
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per caption and feedback otherwise
 
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.workdir or get_settings().data_dir / "prove-loop" / stamp

@@ -15,90 +15,26 @@ changed underneath), the previous champion keeps the alias.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
-from mlflow.tracking import MlflowClient
 
-from .gate import GateDecision, GateRule
-from .tracking import ADAPTER_ARTIFACT, tracking_uri
+from snap2caption_service.core.registry import (CHALLENGER, CHAMPION, DEFAULT_MODEL_NAME, RegistryReader,
+                                                VersionInfo, registered_model_name)
+from training.gate import GateDecision, GateRule
+from training.tracking import ADAPTER_ARTIFACT
 
-MODEL_NAME_ENV = "SNAP2CAPTION_REGISTERED_MODEL"
-DEFAULT_MODEL_NAME = "snap2caption-captioner"
-CHAMPION, CHALLENGER = "champion", "challenger"
 _UNSET = object()
-
-
-def registered_model_name(name: str | None = None) -> str:
-    return (name or os.environ.get(MODEL_NAME_ENV, "").strip() or DEFAULT_MODEL_NAME)
 
 
 class ChampionChanged(RuntimeError):
     """The champion is no longer the version the candidate was evaluated against."""
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    name: str
-    version: str
-    run_id: str | None
-    source: str
-    aliases: tuple[str, ...] = ()
-    tags: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-
-class Registry:
-    """One registered model on the tracking server (MLFLOW_TRACKING_URI)."""
-
-    def __init__(self, name: str | None = None, uri: str | None = None):
-        self.name = registered_model_name(name)
-        self.uri = tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-
-    # --- reading -----------------------------------------------------------------------
-
-    def version(self, version: str | int) -> VersionInfo:
-        return self._info(self.client.get_model_version(self.name, str(version)))
-
-    def aliases(self) -> dict[str, str]:
-        """alias -> version; {} when the model has never been registered."""
-        try:
-            model = self.client.get_registered_model(self.name)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise
-        return {alias: str(v) for alias, v in (model.aliases or {}).items()}
-
-    def by_alias(self, alias: str) -> VersionInfo | None:
-        version = self.aliases().get(alias)
-        return None if version is None else self.version(version)
-
-    def champion(self) -> VersionInfo | None:
-        return self.by_alias(CHAMPION)
-
-    def challenger(self) -> VersionInfo | None:
-        return self.by_alias(CHALLENGER)
-
-    def resolve(self, ref: str | int) -> VersionInfo:
-        """A version number or an alias ('champion', 'challenger')."""
-        ref = str(ref)
-        if ref.isdigit():
-            return self.version(ref)
-        info = self.by_alias(ref)
-        if info is None:
-            raise LookupError(f"registered model {self.name!r} has no version with alias {ref!r} "
-                              f"(aliases: {self.aliases() or 'none'})")
-        return info
+class Registry(RegistryReader):
+    """The registry with its write side: new versions and the gate's verdicts."""
 
     # --- writing -----------------------------------------------------------------------
 
@@ -202,19 +138,6 @@ class Registry:
                                   f"which version {version} was evaluated against; nothing promoted, "
                                   "re-run the evaluation")
 
-    # --- files -------------------------------------------------------------------------
 
-    def download(self, ref: str | int = CHAMPION, dst: str | Path = ".") -> Path:
-        """The adapter folder of a version or alias, downloaded into ``dst``; returns its path."""
-        info = self.resolve(ref)
-        dst = Path(dst)
-        dst.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dst),
-                                                         tracking_uri=self.uri))
-        if not (local / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{info.uri} ({info.source}) downloaded to {local} holds no adapter_config.json")
-        return local
-
-    def _info(self, mv) -> VersionInfo:
-        return VersionInfo(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source,
-                           aliases=tuple(mv.aliases or ()), tags=dict(mv.tags or {}))
+__all__ = ["Registry", "ChampionChanged", "VersionInfo", "CHAMPION", "CHALLENGER", "DEFAULT_MODEL_NAME",
+           "registered_model_name"]

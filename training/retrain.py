@@ -37,20 +37,20 @@ class RetrainSettings:
 
 
 def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
-    from snap2caption_service.caption_archive import CaptionArchive
-    from stream.settings import StreamSettings
+    from snap2caption_service.core.caption_archive import CaptionArchive
+    from snap2caption_service.core.settings import KafkaSettings
 
-    from .config import load_config
-    from .feedback_snapshot import build_snapshot, mark_consumed, pending_events, read_snapshot
-    from .finetune import holdout_split
-    from .registry import Registry
-    from .train_job import DatasetInput, run_job
-    from .tracking import tracking_uri
+    from training.config import load_config
+    from training.feedback_snapshot import build_snapshot, mark_consumed, pending_events, read_snapshot
+    from training.finetune import holdout_split
+    from training.registry import Registry
+    from training.train_job import DatasetInput, run_job
+    from training.tracking import tracking_uri
 
     t0 = time.perf_counter()
     cfg = load_config(rs.config, rs.overrides)
     tracking_uri()  # fail now, before reading Kafka and training, if MLflow is not configured
-    stream = StreamSettings()
+    stream = KafkaSettings()
     bootstrap, topic = stream.kafka_bootstrap_servers, stream.topic_feedback
     waiting = pending_events(rs.snapshots, bootstrap, topic)
     if waiting < rs.min_new_events:
@@ -122,6 +122,6 @@ def _headline(metrics: dict) -> dict:
 
 
 def _runs_dir() -> Path:
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     return get_settings().data_dir / "runs"

@@ -13,8 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from . import synthetic
-from .datasets import CaptionRecord, write_manifest
+from training import synthetic
+from training.datasets import CaptionRecord, write_manifest
 
 
 def _target_fields(ex: synthetic.Example) -> tuple[str, tuple[str, ...], str]:
@@ -42,9 +42,9 @@ def scene_captions(n: int, seed: int) -> list[str]:
 
 def cached_records(n: int, seed: int) -> list[CaptionRecord]:
     """``n`` scenes rendered once under ``<data_dir>/synthetic/`` (a config's synthetic source)."""
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
-    from .datasets import read_manifest
+    from training.datasets import read_manifest
 
     out_dir = get_settings().data_dir / "synthetic" / f"scenes-{synthetic.GENERATOR_VERSION}-{seed}-{n}"
     manifest = out_dir / "records.jsonl"

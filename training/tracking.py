@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,22 +25,11 @@ import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+from snap2caption_service.core.registry import tracking_uri
+
 ADAPTER_ARTIFACT = "adapter"
 # MLflow rejects longer param values; the whole config is logged as an artifact anyway.
 _MAX_PARAM_CHARS = 6000
-
-
-def tracking_uri(uri: str | None = None) -> str:
-    """The tracking server's URI: the argument, else MLFLOW_TRACKING_URI; an http(s) server only."""
-    uri = (uri or os.environ.get(TRACKING_URI_ENV, "")).strip()
-    if not uri:
-        raise RuntimeError(f"{TRACKING_URI_ENV} is not set. Start the tracking server with "
-                           "`infra/mlflow.sh start` and export the MLFLOW_TRACKING_URI=... line it prints.")
-    if not uri.startswith(("http://", "https://")):
-        raise RuntimeError(f"{TRACKING_URI_ENV}={uri!r} is not a tracking server URL (http://...); "
-                           "runs and the model registry must go through the server started by infra/mlflow.sh")
-    return uri
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import TrainingConfig
-from .datasets import CaptionRecord
-from .finetune import FinetuneResult, finetune, read_records
-from .gate import GateDecision, decide
+from training.config import TrainingConfig
+from training.datasets import CaptionRecord
+from training.finetune import FinetuneResult, finetune, read_records
+from training.gate import GateDecision, decide
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class JobOutcome:
 
 
 def default_output_dir(cfg: TrainingConfig) -> Path:
-    from snap2caption_service.settings import get_settings
+    from snap2caption_service.core.settings import get_settings
 
     if cfg.output_dir:
         return Path(cfg.output_dir)
@@ -78,7 +78,7 @@ def run_job(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = 
     ``expected_champion``: the champion version the baseline is (None: there was none); the
     registry refuses a promotion if the champion changed while this job ran.
     """
-    from .loop import distributed_from_env
+    from training.loop import distributed_from_env
 
     ddp = distributed_from_env()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run_job(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = 
         return _run(cfg, output_dir, resume_adapter, baseline_adapter, train_records, eval_records, None, progress,
                     ddp)
 
-    from . import tracking
+    from training import tracking
 
     params = {"resume_adapter": resume_adapter or "", "train_records": len(train_records),
               "eval_records": len(eval_records or []), "world_size": ddp.world_size}
@@ -115,9 +115,9 @@ def run_job(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = 
 
 def _run(cfg, output_dir, resume_adapter, baseline_adapter, train_records, eval_records, tracking, progress,
          ddp) -> JobOutcome:
-    from snap2caption_service.captioner import Captioner, GenerationSettings
+    from snap2caption_service.core.captioner import Captioner, GenerationSettings
 
-    from .evaluation import score
+    from training.evaluation import score
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def _run(cfg, output_dir, resume_adapter, baseline_adapter, train_records, eval_
 
 def _register(cfg: TrainingConfig, outcome: JobOutcome, artifact_path: str, expected_champion) -> None:
     """Register the adapter and apply the gate: the champion alias moves last, or not at all."""
-    from .registry import Registry
+    from training.registry import Registry
 
     registry = Registry(cfg.registered_model)
     info = registry.register(outcome.run_id, artifact_path, tags={"config": cfg.name, "base_model": cfg.base_model})

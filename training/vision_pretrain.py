@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Sequence
 
-from . import synthetic
+from training import synthetic
 
 COLORS = list(synthetic.COLORS)
 SHAPES = list(synthetic.SHAPES)

@@ -2,7 +2,7 @@
 
 ``/events`` (Knative push mode) is the one route whose caller may be unable to send a key: a
 KafkaSource, Sequence or Trigger delivers events without custom headers. How it is
-authenticated is SNAP2CAPTION_EVENTS_AUTH (stream/settings.py):
+authenticated is SNAP2CAPTION_EVENTS_AUTH (snap2caption_service/core/settings.py):
 
   bearer         the same key as every other route (the default: nothing is opened by accident)
   cluster-local  no key needed when the request names the Service by its cluster-local host
@@ -19,7 +19,7 @@ A valid key is accepted on /events in every mode.
 from __future__ import annotations
 
 import hmac
-import json
+from snap2caption_service.serving.responses import error_body
 
 # Health, metrics, docs and the web page's static shell stay open: probes and scrapers have
 # no key, and the page asks the creator for one before calling the API.
@@ -63,9 +63,9 @@ def is_cluster_local_host(host_header: str, cluster_domain: str = "cluster.local
 class ApiKeyMiddleware:
     def __init__(self, app, keys: list[str], events_auth: str | None = None, cluster_domain: str | None = None):
         if events_auth is None or cluster_domain is None:
-            from stream.settings import StreamSettings
+            from snap2caption_service.core.settings import get_settings
 
-            s = StreamSettings()
+            s = get_settings()
             events_auth = events_auth or s.events_auth
             cluster_domain = cluster_domain or s.cluster_domain
         if events_auth not in EVENTS_AUTH_MODES:
@@ -95,8 +95,7 @@ class ApiKeyMiddleware:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token and key_matches(token.strip(), self.keys):
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": "unauthorized",
-                           "detail": "Missing or wrong API key: send 'Authorization: Bearer <key>'."}).encode()
+        body = error_body("unauthorized", "Missing or wrong API key: send 'Authorization: Bearer <key>'.")
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"www-authenticate", b'Bearer realm="snap2caption"')]})

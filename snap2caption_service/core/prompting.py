@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .hashtags import finalize_hashtags
+from snap2caption_service.core.hashtags import finalize_hashtags
 
 IMAGE_TOKEN = "<image>"
 

@@ -7,15 +7,14 @@ imported inside functions so that importing this module stays cheap.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .contracts import Candidate
-from .prompting import build_prompt, parse_output
+from snap2caption_service.core.contracts import Candidate
+from snap2caption_service.core.prompting import build_prompt, parse_output
+from snap2caption_service.core.versions import model_version
 
 log = logging.getLogger(__name__)
 
@@ -70,30 +69,20 @@ def resolve_dtype(dtype: str, device: str):
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
 
 
-def _folder_hash(path: Path) -> str:
-    """Short content hash of an artifact folder's weights and configs, for versioning."""
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")):
-        if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:10]
+def load_merged(model_ref: str, adapter_ref: str = "", torch_dtype="auto"):
+    """(model, processor) of a LLaVA checkpoint, with a LoRA adapter merged in if given, in eval mode.
 
+    Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
+    """
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-def describe_version(model_ref: str, adapter_ref: str = "") -> str:
-    """A version string that changes whenever the weights served change."""
-    path = Path(model_ref)
-    meta = path / "snap2caption_demo.json"
-    if meta.is_file():
-        base = json.loads(meta.read_text())["version"]
-    elif path.is_dir():
-        base = f"{path.name}@{_folder_hash(path)}"
-    else:
-        base = model_ref
+    model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
+    processor = AutoProcessor.from_pretrained(model_ref)
     if adapter_ref:
-        apath = Path(adapter_ref)
-        base += f"+{apath.name}@{_folder_hash(apath)}" if apath.is_dir() else f"+{adapter_ref}"
-    return base
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
+    return model.eval(), processor
 
 
 class _PerRowTemperature:
@@ -125,21 +114,12 @@ class Captioner:
         ``version``: the model's known version; without it the folders are content-hashed,
         which reads every weight file once (seconds for a 7B checkpoint, at every cold start).
         """
-        import torch
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
         t0 = time.perf_counter()
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
-        model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(model_ref)
-        if adapter_ref:
-            from peft import PeftModel
-
-            # Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
-            model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
-        model.to(device).eval()
-        version = version or describe_version(model_ref, adapter_ref)
+        model, processor = load_merged(model_ref, adapter_ref, torch_dtype)
+        model.to(device)
+        version = version or model_version(model_ref, adapter_ref)
         log.info("loaded %s on %s (%s) in %.1fs", version, device, torch_dtype, time.perf_counter() - t0)
         return cls(model, processor, version, generation)
 

@@ -10,7 +10,8 @@ The reply is the captioned event in binary mode (``ce-*`` headers, JSON body), w
 Knative sink forwards as the reply event. A bad event gets a 4xx with ``{"error": reason,
 "stage": ..., "detail": ...}`` (Knative does not retry those: they go to the
 deadLetterSink); a transient failure gets 503 with Retry-After, which Knative retries. No
-retries happen here: the delivery spec's retry/backoff owns that.
+retries happen here: the delivery spec's retry/backoff owns that. Decoding the upload and
+classifying a refusal follow the consumer's rules (core/events.py).
 """
 
 from __future__ import annotations
@@ -23,24 +24,24 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import anyio
 import bentoml
-from pydantic import ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from snap2caption_service.contracts import (EVENT_TYPE_CAPTIONED, EVENT_TYPE_UPLOADED, CaptionedEvent,
-                                            CaptionOptions, CaptionResult, UploadEvent)
-from snap2caption_service.images import ERROR_STATUS
-
-from . import cloudevents
-from .errors import Poison, Transient
-from .fetch import ImageFetcher
-from .settings import StreamSettings
+from snap2caption_service.core import cloudevents
+from snap2caption_service.core.contracts import (EVENT_TYPE_CAPTIONED, EVENT_TYPE_UPLOADED, CaptionedEvent,
+                                                 CaptionOptions, CaptionResult, UploadEvent)
+from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
+from snap2caption_service.core.events import check_type, classify_answer, decode_upload
+from snap2caption_service.core.fetch import ImageFetcher
+from snap2caption_service.core.images import ERROR_STATUS
+from snap2caption_service.core.settings import FetchSettings
+from snap2caption_service.serving.responses import error_response
 
 KAFKA_SOURCE_TYPE = "dev.knative.kafka.event"
 SOURCE = "urn:snap2caption:service:events"
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
-# caption(image bytes, options) -> CaptionResult, or the service's error response
-CaptionFn = Callable[[bytes, CaptionOptions], Awaitable[CaptionResult | Response]]
+# caption(image bytes, options) -> CaptionResult; raises ErrorAnswer when the service refuses
+CaptionFn = Callable[[bytes, CaptionOptions], Awaitable[CaptionResult]]
 
 
 def kafka_headers(event: cloudevents.CloudEvent) -> dict[str, str]:
@@ -62,8 +63,8 @@ class PushRequest(bentoml.IODescriptor):
 
 
 class PushHandler:
-    def __init__(self, settings: StreamSettings | None = None):
-        self.s = settings or StreamSettings()
+    def __init__(self, settings: FetchSettings | None = None):
+        self.s = settings or FetchSettings()
         self.fetcher = ImageFetcher(self.s)
 
     def decode(self, headers: Mapping[str, str], data: Any) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
@@ -73,24 +74,18 @@ class PushHandler:
             raise Poison("empty_value", "decode", "the request has no body")
         try:
             event = cloudevents.from_http(body, dict(headers))
-            source_id = event.id
-            if event.type == KAFKA_SOURCE_TYPE:
-                original = kafka_headers(event)
-                original_type = original.get(_NOT_ALNUM.sub("", "ce_type"))
-                if original_type not in (None, EVENT_TYPE_UPLOADED):
-                    raise Poison("unexpected_event_type", "decode", f"Kafka record of type {original_type!r}")
-                source_id = original.get(_NOT_ALNUM.sub("", "ce_id")) or event.id
-            elif event.type != EVENT_TYPE_UPLOADED:
-                raise Poison("unexpected_event_type", "decode",
-                             f"type {event.type!r}; /events accepts {EVENT_TYPE_UPLOADED}")
-            payload = event.json()
         except cloudevents.CloudEventError as exc:
             raise Poison(exc.reason, "decode", exc.detail) from None
-        try:
-            return event, UploadEvent.model_validate(payload), source_id
-        except ValidationError as exc:
-            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'data'}: {e['msg']}" for e in exc.errors()[:5])
-            raise Poison("schema_violation", "validate", errors) from None
+        source_id = event.id
+        if event.type == KAFKA_SOURCE_TYPE:
+            original = kafka_headers(event)
+            original_type = original.get(_NOT_ALNUM.sub("", "ce_type"))
+            if original_type is not None:
+                check_type(original_type, "the Kafka record")
+            source_id = original.get(_NOT_ALNUM.sub("", "ce_id")) or event.id
+        else:
+            check_type(event.type, "/events")
+        return event, decode_upload(event), source_id
 
     async def handle(self, headers: Mapping[str, str], data: Any, caption: CaptionFn) -> Response:
         t0 = time.perf_counter()
@@ -98,14 +93,15 @@ class PushHandler:
             event, upload, source_id = self.decode(headers, data)
             image = await anyio.to_thread.run_sync(self.fetcher.fetch, upload.image)
             t1 = time.perf_counter()
-            result = await caption(image, upload.options())
-            if isinstance(result, Response):
-                raise _service_error(result)
+            try:
+                result = await caption(image, upload.options())
+            except ErrorAnswer as exc:
+                raise classify_answer(exc.status, exc.code, exc.detail) from None
             t2 = time.perf_counter()
         except Poison as exc:
-            return _error(_status(exc), exc)
+            return error_response(_status(exc), exc.reason, exc.detail, exc.stage)
         except Transient as exc:
-            return _error(503, exc, {"Retry-After": "5"})
+            return error_response(503, exc.reason, exc.detail, exc.stage, {"Retry-After": "5"})
         timings = {"fetch_ms": (t1 - t0) * 1000, "caption_ms": (t2 - t1) * 1000,
                    "total_ms": (time.perf_counter() - t0) * 1000}
         data_out = CaptionedEvent.from_result(result, upload, source_id, timings)
@@ -116,27 +112,9 @@ class PushHandler:
         return Response(body, status_code=200, headers=out_headers, media_type=out.datacontenttype)
 
 
-def _service_error(resp: Response) -> Poison | Transient:
-    try:
-        body = json.loads(resp.body)
-    except (ValueError, AttributeError):
-        body = {}
-    code, detail = str(body.get("error", f"service_http_{resp.status_code}")), str(body.get("detail", ""))
-    if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-        err = Poison(code, "caption", detail)
-        err.status = resp.status_code
-        return err
-    return Transient(code, "caption", detail)
-
-
 def _status(exc: Poison) -> int:
-    if getattr(exc, "status", None):
+    if exc.status:  # the service refused it: the same status as on /generate-caption
         return exc.status
-    if exc.reason in ERROR_STATUS:  # the same image errors answer as on /generate-caption
+    if exc.reason in ERROR_STATUS:  # an image the fetcher could not take: as on /generate-caption
         return ERROR_STATUS[exc.reason]
     return 400 if exc.stage in ("decode", "validate") else 422
-
-
-def _error(status: int, exc: Poison | Transient, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": exc.reason, "stage": exc.stage, "detail": exc.detail},
-                        status_code=status, headers=headers)

@@ -24,11 +24,11 @@ from urllib.parse import urljoin
 
 import httpx
 
-from snap2caption_service.contracts import ImageRef
-from snap2caption_service.images import ImageError, decode_base64_image
+from snap2caption_service.core.contracts import ImageRef
+from snap2caption_service.core.images import ImageError, decode_base64_image
 
-from .errors import Poison, Transient
-from .settings import StreamSettings
+from snap2caption_service.core.errors import Poison, Transient
+from snap2caption_service.core.settings import FetchSettings
 
 STAGE = "fetch"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -70,7 +70,7 @@ class UrlPolicy:
         self.names, self.nets = names, nets
 
     @classmethod
-    def from_settings(cls, settings: StreamSettings) -> "UrlPolicy":
+    def from_settings(cls, settings: FetchSettings) -> "UrlPolicy":
         return cls(*settings.url_allow())
 
     def host_allowlisted(self, host: str) -> bool:
@@ -124,8 +124,9 @@ class UrlPolicy:
 # --- fetchers ----------------------------------------------------------------------------
 
 class ImageFetcher:
-    def __init__(self, settings: StreamSettings, s3_client=None):
+    def __init__(self, settings: FetchSettings, s3_client=None, max_connections: int = 10):
         self.settings = settings
+        self.max_connections = max(10, max_connections)
         self.max_bytes = settings.fetch_max_bytes
         self.policy = UrlPolicy.from_settings(settings)
         self.buckets = settings.bucket_allowlist
@@ -163,7 +164,7 @@ class ImageFetcher:
             config=Config(connect_timeout=min(5.0, self.settings.fetch_timeout_s),
                           read_timeout=self.settings.fetch_timeout_s,
                           retries={"max_attempts": 1, "mode": "standard"},  # the consumer retries
-                          max_pool_connections=max(10, self.settings.max_in_flight)))
+                          max_pool_connections=self.max_connections))
         return self._s3
 
     def fetch_s3(self, uri: str) -> bytes:

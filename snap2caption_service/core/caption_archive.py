@@ -18,7 +18,7 @@ import os
 import threading
 from pathlib import Path
 
-from .contracts import ServedCaption
+from snap2caption_service.core.contracts import ServedCaption
 
 log = logging.getLogger(__name__)
 

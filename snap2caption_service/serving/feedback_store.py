@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .contracts import FeedbackRecord, FeedbackRequest, ServedCaption
+from snap2caption_service.core.contracts import FeedbackRecord, FeedbackRequest, ServedCaption
 
 
 class FeedbackStore:

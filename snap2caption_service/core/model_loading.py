@@ -8,6 +8,8 @@
 3. the captioner packaged in the Bento being served (bentofile.yaml `models:`, imported by
    `snap2caption import-model`): what a container built with `bentoml containerize` runs;
 4. the embedded demo model, built on first use (what `make serve` runs from the repo).
+   Building it is training's job: the entry point (the BentoML service, the CLI) passes
+   ``training.build_demo.ensure_demo_model`` in as ``demo``, so this module imports no training code.
 
 A source that is configured but unavailable (MLflow down, no champion yet) is logged and
 skipped: the service starts on the next one rather than not at all.
@@ -15,15 +17,49 @@ skipped: the service starts on the next one rather than not at all.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from .captioner import Captioner, GenerationSettings
-from .settings import Settings
+from snap2caption_service.core.captioner import Captioner, GenerationSettings
+from snap2caption_service.core.registry import RegistryReader
+from snap2caption_service.core.settings import Settings
+from snap2caption_service.core.versions import registered_version
 
 log = logging.getLogger(__name__)
+
+# An adapter's record of the base it was trained on, written next to adapter_config.json.
+ADAPTER_META = "snap2caption_adapter.json"
+# (data_dir, progress) -> the demo model's folder, built on first use.
+DemoBuilder = Callable[[Path, bool], Path]
+
+
+def resolve_base(base_model: str, data_dir: Path, demo: DemoBuilder) -> str:
+    """'demo' -> the embedded demo model's folder (built on first use); anything else as given."""
+    if base_model != "demo":
+        return base_model
+    return str(demo(data_dir, True))
+
+
+def adapter_base(adapter_dir: str | Path, data_dir: Path, demo: DemoBuilder) -> str:
+    """The base model an adapter was trained on, as a loadable reference."""
+    meta_path = Path(adapter_dir) / ADAPTER_META
+    if not meta_path.is_file():
+        cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+        return cfg["base_model_name_or_path"]
+    meta = json.loads(meta_path.read_text())
+    trained_on = Path(meta.get("base_ref", ""))
+    if meta.get("base_version") and trained_on.name == meta["base_version"] and trained_on.is_dir():
+        return str(trained_on)  # the very demo model folder it was trained on is here
+    base = resolve_base(meta["base_model"], data_dir, demo)
+    if meta.get("base_version") and Path(base).name != meta["base_version"]:
+        raise RuntimeError(f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "
+                           f"is {Path(base).name}: retrain it on this base")
+    return base
 
 
 @dataclass(frozen=True)
@@ -40,7 +76,7 @@ def _explicit(settings: Settings) -> ModelChoice | None:
     return None
 
 
-def champion_choice(settings: Settings, packaged=None) -> ModelChoice | None:
+def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> ModelChoice | None:
     """The registry's champion (downloaded once per version), or None if none is registered.
 
     ``packaged``: the StoredCaptioner in the Bento being served, if any. When it is the
@@ -49,14 +85,11 @@ def champion_choice(settings: Settings, packaged=None) -> ModelChoice | None:
 
     Raises when MLflow is unreachable or the adapter cannot be used.
     """
-    from training.finetune import adapter_base
-    from training.registry import Registry
-
-    registry = Registry(settings.registered_model or None)
+    registry = RegistryReader(settings.registered_model or None)
     champion = registry.champion()
     if champion is None:
         return None
-    version = f"{registry.name}:v{champion.version}"
+    version = registered_version(registry.name, champion.version)
     if packaged is not None and packaged.version == version:
         return ModelChoice(str(packaged.path), "", version,
                            source=f"MLflow champion {version}, packaged in this Bento as {packaged.tag}")
@@ -65,16 +98,16 @@ def champion_choice(settings: Settings, packaged=None) -> ModelChoice | None:
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         adapter = registry.download(champion.version, folder)
-    base = adapter_base(adapter, settings.data_dir)
+    base = adapter_base(adapter, settings.data_dir, demo)
     return ModelChoice(base, str(adapter), version,
                        source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})")
 
 
-def _champion(settings: Settings) -> ModelChoice | None:
+def _champion(settings: Settings, demo: DemoBuilder) -> ModelChoice | None:
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         return None
     try:
-        choice = champion_choice(settings, _stored_in_bento())
+        choice = champion_choice(settings, demo, _stored_in_bento())
     except Exception as exc:  # noqa: BLE001 - MLflow down, download failed, base mismatch: all fall through
         log.warning("could not load the MLflow champion (%s): serving the next model source", exc)
         return None
@@ -86,7 +119,7 @@ def _champion(settings: Settings) -> ModelChoice | None:
 def _stored_in_bento():
     if "bentoml" not in sys.modules:  # not inside a BentoML server: spare the CLI the import
         return None
-    from .model_store import packaged_model
+    from snap2caption_service.core.model_store import packaged_model
 
     return packaged_model()
 
@@ -101,26 +134,20 @@ def _packaged(settings: Settings) -> ModelChoice | None:
     return ModelChoice(str(stored.path), settings.adapter, version, source=f"Bento model {stored.tag}")
 
 
-def _demo(settings: Settings, progress: bool) -> ModelChoice:
-    from training.build_demo import ensure_demo_model
-
-    return ModelChoice(str(ensure_demo_model(settings.data_dir, progress=progress)), settings.adapter,
-                       source="demo model")
+def _demo(settings: Settings, demo: DemoBuilder, progress: bool) -> ModelChoice:
+    return ModelChoice(str(demo(settings.data_dir, progress)), settings.adapter, source="demo model")
 
 
-def choose_model(settings: Settings, progress: bool = True) -> ModelChoice:
-    return _explicit(settings) or _champion(settings) or _packaged(settings) or _demo(settings, progress)
+def choose_model(settings: Settings, demo: DemoBuilder, progress: bool = True) -> ModelChoice:
+    return (_explicit(settings) or _champion(settings, demo) or _packaged(settings)
+            or _demo(settings, demo, progress))
 
 
-def resolve_model_ref(settings: Settings, progress: bool = True) -> str:
-    return choose_model(settings, progress).ref
-
-
-def load_captioner(settings: Settings, progress: bool = True) -> Captioner:
+def load_captioner(settings: Settings, demo: DemoBuilder, progress: bool = True) -> Captioner:
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens,
                                     repetition_penalty=settings.repetition_penalty,
                                     top_p=settings.top_p, seed=settings.seed)
-    choice = choose_model(settings, progress=progress)
+    choice = choose_model(settings, demo, progress=progress)
     log.info("serving the %s: %s%s", choice.source, choice.ref, f" + {choice.adapter}" if choice.adapter else "")
     return Captioner.load(choice.ref, choice.adapter, device=settings.device, dtype=settings.dtype,
                           generation=generation, version=choice.version)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from . import images
-from .contracts import Candidate, CaptionOptions, CaptionResult
-from .settings import Settings
+from snap2caption_service.core import images
+from snap2caption_service.core.contracts import Candidate, CaptionOptions, CaptionResult
+from snap2caption_service.core.settings import Settings
 
 
 class ModelItem(BaseModel):

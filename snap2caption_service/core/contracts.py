@@ -116,11 +116,12 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: str
+    stage: str | None = Field(None, description="Event handling only (/events): where it failed.")
 
 
 # --- Events (Kafka and Knative push mode) ------------------------------------------------
 # The event *data* is modelled here, beside the HTTP contracts it reuses; the CloudEvents
-# envelope (ce_* headers) lives in stream/cloudevents.py.
+# envelope (ce_* headers) lives in snap2caption_service/core/cloudevents.py.
 
 EVENT_TYPE_UPLOADED = "com.snap2caption.media.uploaded"
 EVENT_TYPE_CAPTIONED = "com.snap2caption.media.captioned"

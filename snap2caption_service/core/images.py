@@ -13,6 +13,8 @@ import io
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from snap2caption_service.core.errors import ErrorAnswer
+
 # MPO is what Pillow calls many ordinary camera and phone JPEGs (they carry a preview frame),
 # so refusing it would refuse plain photos.
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
@@ -34,7 +36,7 @@ _ASCII_WHITESPACE = str.maketrans("", "", " \t\r\n\f\v")
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
-class ImageError(ValueError):
+class ImageError(ErrorAnswer, ValueError):
     """A problem with the uploaded image that the creator (not the service) has to fix.
 
     ``code`` is stable for clients to branch on, ``status`` is the HTTP status to answer with,
@@ -44,14 +46,7 @@ class ImageError(ValueError):
     def __init__(self, code: str, detail: str) -> None:
         if code not in ERROR_STATUS:
             raise KeyError(f"unknown image error code {code!r}")
-        super().__init__(detail)
-        self.code = code
-        self.status = ERROR_STATUS[code]
-        self.detail = detail
-
-    def as_body(self) -> dict[str, str]:
-        """The shape of ``contracts.ErrorBody``, without importing it here."""
-        return {"error": self.code, "detail": self.detail}
+        super().__init__(ERROR_STATUS[code], code, detail)
 
     def __repr__(self) -> str:
         return f"ImageError(code={self.code!r}, status={self.status}, detail={self.detail!r})"

@@ -25,6 +25,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from snap2caption_service.core.captioner import load_merged, resolve_dtype
+from snap2caption_service.core.versions import model_version
+
 log = logging.getLogger(__name__)
 
 STORE_MODEL_NAME = "snap2caption-captioner"
@@ -117,13 +120,11 @@ def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", so
     import bentoml
     from bentoml.exceptions import NotFound
 
-    from .captioner import describe_version
-
     if adapter_ref and not (Path(adapter_ref) / "adapter_config.json").is_file():
         raise ValueError(f"{adapter_ref} is not a PEFT adapter folder (no adapter_config.json)")
     if Path(model_ref).exists() and not (Path(model_ref) / "config.json").is_file():
         raise ValueError(f"{model_ref} is not a model folder (no config.json)")
-    version = version or describe_version(model_ref, adapter_ref)
+    version = version or model_version(model_ref, adapter_ref)
     tag = f"{STORE_MODEL_NAME}:{tag_version(version)}"
     try:
         existing = bentoml.models.get(tag)
@@ -136,7 +137,8 @@ def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", so
         bentoml.models.delete(tag)
 
     t0 = time.perf_counter()
-    model, processor = _load_merged(model_ref, adapter_ref, dtype)
+    torch_dtype = "auto" if dtype == "auto" else resolve_dtype(dtype, "cpu")
+    model, processor = load_merged(model_ref, adapter_ref, torch_dtype)
     load_s = time.perf_counter() - t0
     source = source or _default_source(model_ref)
     labels = {"version": version[:_TAG_MAX], "source": source[:_TAG_MAX],
@@ -156,18 +158,3 @@ def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", so
     log.info("imported %s as %s (%.1f MB, load+merge %.1fs, total %.1fs)", version, tag, size / 1e6, load_s,
              time.perf_counter() - t0)
     return get_stored(tag)
-
-
-def _load_merged(model_ref: str, adapter_ref: str, dtype: str):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    from .captioner import resolve_dtype
-
-    torch_dtype = "auto" if dtype == "auto" else resolve_dtype(dtype, "cpu")
-    model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
-    processor = AutoProcessor.from_pretrained(model_ref)
-    if adapter_ref:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
-    return model.eval(), processor

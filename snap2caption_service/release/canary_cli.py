@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, THRESHOLDS_ENV_PREFIX,
+from snap2caption_service.release.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, THRESHOLDS_ENV_PREFIX,
                      AnalysisError, Thresholds, analyze, check_window, load_thresholds, report, traffic_patch)
 
 EPILOG = f"""\

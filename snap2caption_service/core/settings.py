@@ -1,0 +1,163 @@
+"""Configuration shared below the entry points, env prefix SNAP2CAPTION_, documented defaults:
+
+- ``Settings``       the model and the HTTP service (``get_settings()``);
+- ``KafkaSettings``  the broker and topics, for every Kafka client;
+- ``FetchSettings``  images fetched by reference, for the consumer and ``/events``.
+
+The consumer's own loop settings extend the last two (stream/settings.py).
+
+Values come from (highest first) CLI flags (the CLI writes them into the environment),
+environment variables, then an env file named by SNAP2CAPTION_ENV_FILE (default
+``snap2caption.env`` in the working directory, if present).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snap2caption"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _config() -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix="SNAP2CAPTION_",
+                              env_file=os.environ.get("SNAP2CAPTION_ENV_FILE", "snap2caption.env"),
+                              extra="ignore", populate_by_name=True)
+
+
+class Settings(BaseSettings):
+    """The model and the HTTP service."""
+
+    model_config = _config()
+
+    model: str = Field("", description="HF LLaVA id or local folder; empty = the embedded demo model.")
+    adapter: str = Field("", description="PEFT LoRA adapter folder merged at load time; empty = none.")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Demo model cache, feedback store.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: str = Field("auto", description="auto (CUDA bf16/fp16, CPU fp32) | float32 | bfloat16 | float16")
+    max_new_tokens: int = Field(128, ge=8, le=1024)
+    repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seed: int = 0
+    registered_model: str = Field("snap2caption-captioner",
+                                  description="MLflow registered model whose @champion is served when "
+                                              "MLFLOW_TRACKING_URI is set.")
+
+    max_batch_size: int = Field(32, ge=1, le=512, description="Adaptive batcher: most items per model call.")
+    # BentoML's batcher refuses (503) requests it predicts will exceed this, and until it has
+    # measured the model it predicts pessimistically (~2 s per item): a small budget turns a
+    # burst right after start-up into errors. Overload is bounded by max_concurrency instead.
+    max_latency_ms: int = Field(300_000, ge=10, description="Adaptive batcher: latency budget per request.")
+    max_concurrency: int = Field(256, ge=1, description="Requests in flight before the API answers 503.")
+
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    model_image_side: int = Field(
+        448, ge=32, description="Images are shrunk to this long side before crossing to the model worker.")
+
+    api_keys: str = Field("", description="Comma-separated bearer keys; empty = auth off.")
+    feedback_path: Path | None = Field(None, description="Feedback store file; default <data_dir>/feedback.jsonl")
+    feedback_fsync: bool = True
+    archive: str = Field("", description="Where served images and results are kept for feedback: a folder or "
+                                         "s3://bucket/prefix; default <data_dir>/archive")
+
+    events_auth: Literal["bearer", "cluster-local", "none"] = Field(
+        "bearer", description="How POST /events (Knative push mode) is authenticated when "
+                              "SNAP2CAPTION_API_KEYS is set: bearer = the API key like every route; "
+                              "cluster-local = no key when the request's Host is the Service's "
+                              "cluster-local name (what Knative Eventing delivers to), the key "
+                              "otherwise; none = never a key (only for a Service that is private "
+                              "as a whole). See snap2caption_service/serving/auth.py.")
+    cluster_domain: str = Field("cluster.local", description="The Kubernetes cluster domain, for "
+                                                             "events_auth=cluster-local.")
+
+
+    # Fault injection for canary-analysis tests and drills; never set in production.
+    fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    fault_latency_ms: int = Field(0, ge=0)
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, v):
+        return Path(v).expanduser() if v else default_data_dir()
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def archive_location(self) -> str:
+        return self.archive or str(self.data_dir / "archive")
+
+    @property
+    def feedback_file(self) -> Path:
+        return self.feedback_path or self.data_dir / "feedback.jsonl"
+
+
+class KafkaSettings(BaseSettings):
+    """The broker and the topics, for every Kafka client (consumer, feedback publisher, retrain)."""
+
+    model_config = _config()
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="host:port[,host:port] [KAFKA_BOOTSTRAP_SERVERS]")
+    topic_uploaded: str = Field("media.uploaded", description="Upload events in.")
+    topic_captioned: str = Field("media.captioned", description="Captioned events out (key = media_id).")
+    topic_feedback: str = Field("caption.feedback", description="Creators' feedback: the training topic.")
+    topic_dlq: str = Field("media.uploaded.dlq", description="Poison upload events, original bytes + reason headers.")
+    topic_partitions: int = Field(3, ge=1, description="Partitions for topics this process creates.")
+    topic_replication_factor: int = Field(1, ge=1,
+                                          description="Replication for topics this process creates (3 in production).")
+
+    @property
+    def bootstrap(self) -> list[str]:
+        return _csv(self.kafka_bootstrap_servers)
+
+
+class FetchSettings(BaseSettings):
+    """Images by reference (s3://, https://, inline), for the consumer and the service's /events."""
+
+    model_config = _config()
+
+    aws_endpoint_url_s3: str = Field(
+        "", validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
+        description="S3 API endpoint (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]")
+    s3_buckets: str = Field("", description="Comma-separated buckets s3:// images may come from; empty = none.")
+    url_allowlist: str = Field(
+        "", description="Comma-separated hosts, IPs or CIDRs that https:// (and http://) images may come "
+                        "from even though they resolve to loopback/private/link-local addresses.")
+    fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image fetched (S3, URL, inline).")
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Whole download of one URL or S3 object.")
+    fetch_max_redirects: int = Field(3, ge=0)
+
+    @property
+    def bucket_allowlist(self) -> frozenset[str]:
+        return frozenset(_csv(self.s3_buckets))
+
+    def url_allow(self) -> tuple[frozenset[str], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+        """(host names, networks) from url_allowlist."""
+        names, nets = set(), []
+        for item in _csv(self.url_allowlist):
+            try:
+                nets.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+            except ValueError:
+                names.add(item.lower().rstrip("."))
+        return frozenset(names), tuple(nets)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

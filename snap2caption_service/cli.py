@@ -52,7 +52,7 @@ def _options_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype", "api_keys",
-                               "max_batch_size", "max_latency_ms"])
+                               "max_batch_size", "max_latency_ms", "host", "port"])
     from training.build_demo import ensure_demo_model
 
     from snap2caption_service.core.model_loading import choose_model
@@ -60,10 +60,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Build the demo model here, in the foreground with a progress bar, rather than silently
     # inside a worker that /readyz would report as not ready for ten minutes.
-    ref = choose_model(get_settings(), ensure_demo_model, progress=True).ref
-    print(f"serving {ref} on http://{args.host}:{args.port}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(args.port),
-           "--host", args.host]
+    settings = get_settings()
+    ref = choose_model(settings, ensure_demo_model, progress=True).ref
+    print(f"serving {ref} on http://{settings.host}:{settings.port}", file=sys.stderr)
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(settings.port),
+           "--host", settings.host]
     repo_root = Path(__file__).resolve().parent.parent
     os.chdir(repo_root)  # bentoml imports the service relative to the working directory
     os.execv(sys.executable, cmd)
@@ -204,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="start the HTTP service (BentoML) at http://127.0.0.1:3000")
-    p.add_argument("--port", type=int, default=int(os.environ.get("SNAP2CAPTION_PORT", 3000)))
-    p.add_argument("--host", default=os.environ.get("SNAP2CAPTION_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=None, help="port [SNAP2CAPTION_PORT, default 3000]")
+    p.add_argument("--host", default=None, help="address [SNAP2CAPTION_HOST, default 127.0.0.1]")
     p.add_argument("--api-keys", help="comma-separated bearer keys; empty = auth off [SNAP2CAPTION_API_KEYS]")
     p.add_argument("--max-batch-size", type=int, help="adaptive batcher limit [SNAP2CAPTION_MAX_BATCH_SIZE]")
     p.add_argument("--max-latency-ms", type=int, help="adaptive batcher budget [SNAP2CAPTION_MAX_LATENCY_MS]")

@@ -79,6 +79,10 @@ class CaptionModel:
         get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self._torch_thread.shutdown(wait=True, cancel_futures=True)
+
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     async def caption(self, items: list[ModelItem]) -> list[ModelOutput]:
         return await asyncio.get_running_loop().run_in_executor(self._torch_thread, self._caption_batch, items)

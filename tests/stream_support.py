@@ -266,6 +266,16 @@ def image_site():
     site.close()
 
 
+# --- settings ----------------------------------------------------------------------------
+
+def settings(**kw):
+    """StreamSettings from these values, with no .env file read: for the unit tests of the
+    fetcher, the service client and the consumer."""
+    from stream.settings import StreamSettings
+
+    return StreamSettings(_env_file=None, **kw)
+
+
 # --- events ------------------------------------------------------------------------------
 
 def upload_event(media_id: str, image: dict, **extra) -> tuple[bytes, bytes, list]:

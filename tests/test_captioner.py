@@ -4,7 +4,6 @@ import pytest
 from PIL import Image
 
 from snap2caption_service.core.captioner import CaptionJob, Captioner, GenerationSettings
-from snap2caption_service.core.versions import model_version
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,3 @@ def test_lora_adapter_is_merged_at_load(tiny_model_dir, tmp_path):
     name = next(n for n, _ in plain.model.named_parameters() if n.endswith("q_proj.weight"))
     diff = (dict(plain.model.named_parameters())[name] - dict(merged.model.named_parameters())[name]).abs().max()
     assert diff > 0
-
-
-def test_version_of_demo_style_folder(tmp_path):
-    (tmp_path / "snap2caption_demo.json").write_text('{"version": "demo-abc"}')
-    assert model_version(str(tmp_path)) == "demo-abc"
-    assert model_version("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

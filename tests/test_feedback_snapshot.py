@@ -1,10 +1,9 @@
-"""Training data: the readers, the feedback-snapshot rules, and snapshots built from a real
-Kafka topic into a local folder and into S3 (moto's server on loopback)."""
+"""training/feedback_snapshot.py: the feedback rules, and snapshots built from a real Kafka topic
+into a local folder and into S3 (moto's server on loopback). The readers: tests/test_datasets.py."""
 
 from __future__ import annotations
 
 import io
-import json
 import uuid
 
 import pytest
@@ -15,7 +14,7 @@ from snap2caption_service.core.contracts import FeedbackRecord, ServedCaption
 from stream.settings import StreamSettings
 from stream.topics import ensure_topics
 from stream_support import bootstrap, moto_s3, produce  # noqa: F401  (fixtures)
-from training.datasets import DataError, load_image, read_instacities, read_manifest, read_source
+from training.datasets import load_image
 from training.feedback_snapshot import (build_snapshot, load_latest, pending_events, read_snapshot,
                                         records_from_feedback, snapshot_info)
 
@@ -67,50 +66,6 @@ def test_feedback_rules(tmp_path):
     assert by_id["req-0"].tone == "funny" and by_id["req-0"].alt_text == "A red circle on white."
     assert "Caption: Studio pick: a red circle.\nHashtags: #red #circle" in by_id["req-0"].target()
     assert (tmp_path / f"{s[0].image_sha256}.png").read_bytes() == archive.image(s[0].image_sha256)
-
-
-# --- readers --------------------------------------------------------------------------------
-
-def test_instacities_reader(tmp_path):
-    for city, name, text in [("london", "1", "Rainy walk by the Thames #london #Rain"), ("paris", "a", "Croissant o'clock")]:
-        (tmp_path / city).mkdir(exist_ok=True)
-        Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / city / f"{name}.jpg")
-        (tmp_path / city / f"{name}.txt").write_text(text)
-    Image.new("RGB", (20, 20)).save(tmp_path / "paris" / "no-caption.jpg")  # skipped with a warning
-    recs = read_instacities(tmp_path)
-    assert [r.image_id for r in recs] == ["london/1", "paris/a"]
-    assert recs[0].caption == "Rainy walk by the Thames" and recs[0].hashtags[:3] == ("#london", "#rain", "#rainy")
-    assert "#paris" in recs[1].hashtags
-    assert load_image(recs[0].image).size == (20, 20)
-    with pytest.raises(DataError, match="no <city>"):
-        read_instacities(tmp_path / "london")
-
-
-def test_manifest_reader_local_and_s3(tmp_path, moto_s3, monkeypatch):
-    for k, v in moto_s3.env.items():
-        monkeypatch.setenv(k, v)
-    (tmp_path / "img").mkdir()
-    Image.new("RGB", (10, 10), (9, 9, 9)).save(tmp_path / "img" / "a.png")
-    uri = moto_s3.put("train/b.png", png((0, 200, 0)))
-    lines = [{"image": "img/a.png", "caption": "Local one", "hashtags": "#a #b", "tone": "funny",
-              "audience": "academic", "alt_text": "A grey square."},
-             {"image": uri, "caption": "From S3", "hashtags": ["#Green!"]}]
-    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
-    recs = read_source({"kind": "manifest", "path": str(tmp_path / "m.jsonl")})
-    assert recs[0].image == str(tmp_path / "img" / "a.png") and recs[0].audience == "academic"
-    assert recs[1].hashtags == ("#green",) and load_image(recs[1].image).getpixel((0, 0)) == (0, 200, 0)
-    # A manifest in S3 with relative image paths: they resolve beside it.
-    moto_s3.put("sets/v1/images/c.png", png((5, 5, 250)))
-    moto_s3.put("sets/v1/records.jsonl", json.dumps({"image": "images/c.png", "caption": "Blue"}).encode())
-    s3_recs = read_manifest(f"s3://{moto_s3.bucket}/sets/v1/records.jsonl")
-    assert load_image(s3_recs[0].image).getpixel((0, 0)) == (5, 5, 250)
-
-    (tmp_path / "bad.jsonl").write_text('{"image": "x.png", "caption": "ok"}\n{"image": "y.png"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2"):
-        read_manifest(tmp_path / "bad.jsonl")
-    with pytest.raises(DataError, match="audience"):
-        (tmp_path / "aud.jsonl").write_text('{"image": "x.png", "caption": "ok", "audience": "aliens"}\n')
-        read_manifest(tmp_path / "aud.jsonl")
 
 
 # --- snapshots from the real topic ----------------------------------------------------------
@@ -176,26 +131,3 @@ def test_snapshot_to_s3(tmp_path, bootstrap, moto_s3, monkeypatch):
     recs = read_snapshot(snap.location)
     assert sorted(r.caption for r in recs) == [f"Edit {i}" for i in range(4)]
     assert load_image(recs[0].image).size == (32, 24)
-
-
-def test_archive_takes_the_same_image_from_many_threads_at_once(tmp_path):
-    """Two requests for one photo archive the same image key at the same moment (each in a
-    worker thread): both writes must land, and the stored image must be whole."""
-    import concurrent.futures
-
-    from snap2caption_service.core.caption_archive import CaptionArchive
-    from snap2caption_service.core.contracts import ServedCaption
-
-    archive = CaptionArchive(str(tmp_path / "archive"))
-    image = b"\x89PNG" + bytes(range(256)) * 400
-
-    def put(i: int):
-        archive.put(ServedCaption(request_id=f"r{i}", image_sha256="ab" * 32, tone="casual", audience="personal",
-                                  num_hashtags=8, caption="c", hashtags=["#a"], alt_text="a",
-                                  model_version="v", served_at="2026-11-25T00:00:00+00:00"), image)
-
-    for _ in range(5):
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            list(pool.map(put, range(64)))  # raises if any write failed
-    assert archive.image("ab" * 32) == image
-    assert all(archive.get(f"r{i}").request_id == f"r{i}" for i in range(64))

@@ -650,6 +650,19 @@ def test_kafka_source_routes_uploads_to_the_service_and_replies_to_captioned(ren
     assert {s["spec"]["topic"] for s in r.all("KafkaSink")} == {"media.captioned", "media.uploaded.dlq"}
 
 
+def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
+    """The KafkaSource -> Sequence -> Service path cannot send a key: the base config must
+    say so, with a value the service accepts."""
+    from conftest import REPO
+
+    env = dict(line.split("=", 1) for line in (REPO / "k8s/base/config/common.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["SNAP2CAPTION_EVENTS_AUTH"] == "cluster-local"
+    from snap2caption_service.core.settings import Settings
+
+    assert Settings(_env_file=None, events_auth=env["SNAP2CAPTION_EVENTS_AUTH"]).events_auth == "cluster-local"
+
+
 # --------------------------------------------------------------------------------------
 # Consumer Deployment and its metrics Service
 # --------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ A broker started here is left running on purpose: the next test run (and
 other Kafka tests) reuse it in well under a second, and `infra/kafka.sh start`
 is idempotent. Stop it with `infra/kafka.sh stop`. Every test uses its own
 uniquely named topics and transactional ids, so reuse never mixes data.
+
+Also here, without a broker (so not marked kafka): which broker the stream tests
+use (tests/stream_support.py, SNAP2CAPTION_KAFKA), and how they fail when the
+chosen one cannot start.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ import pytest
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-
-pytestmark = pytest.mark.kafka
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO_ROOT / "infra" / "kafka.sh"
@@ -110,6 +112,7 @@ def _read_all(bootstrap: str, topic: str, isolation_level: str, expect: int) -> 
         consumer.close()
 
 
+@pytest.mark.kafka
 def test_transactional_produce_and_read_committed(bootstrap_servers: str) -> None:
     topic = _create_topic(bootstrap_servers)
     producer = _transactional_producer(bootstrap_servers)
@@ -125,6 +128,7 @@ def test_transactional_produce_and_read_committed(bootstrap_servers: str) -> Non
     assert got == [b"committed-0", b"committed-1", b"committed-2"]
 
 
+@pytest.mark.kafka
 def test_aborted_transaction_invisible_to_read_committed(bootstrap_servers: str) -> None:
     topic = _create_topic(bootstrap_servers)
     producer = _transactional_producer(bootstrap_servers)
@@ -149,6 +153,7 @@ def test_aborted_transaction_invisible_to_read_committed(bootstrap_servers: str)
     assert uncommitted == [b"aborted-0", b"aborted-1", b"kept"]
 
 
+@pytest.mark.kafka
 def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
     """One random cluster id in 64 begins with '-'; the storage tool must not read it as an
     option (it did once, failing a CI run)."""
@@ -167,3 +172,54 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
         assert "cluster.id=-_ijx7MjssWeUGnarWCXyQ" in meta
     finally:
         subprocess.run(["bash", str(KAFKA_SH), "stop"], capture_output=True, timeout=120, env=env)
+
+
+# --- which broker the tests use (tests/stream_support.py) --------------------------------
+
+@pytest.mark.parametrize("environ,source", [
+    ({}, "script"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}, "external"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "  "}, "script"),
+    ({"SNAP2CAPTION_KAFKA": "auto", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "external"),
+    ({"SNAP2CAPTION_KAFKA": "script", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "script"),
+    ({"SNAP2CAPTION_KAFKA": "testcontainers"}, "testcontainers"),
+    ({"SNAP2CAPTION_KAFKA": " TestContainers ", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "testcontainers"),
+])
+def test_broker_selection(environ, source):
+    from stream_support import broker_source
+
+    assert broker_source(environ) == source
+
+
+def test_an_unknown_broker_choice_is_an_error():
+    from stream_support import BrokerError, broker_source
+
+    with pytest.raises(BrokerError, match="SNAP2CAPTION_KAFKA='docker'.*auto, script, testcontainers"):
+        broker_source({"SNAP2CAPTION_KAFKA": "docker"})
+
+
+def test_testcontainers_without_a_docker_engine_fails_the_kafka_tests_with_a_clear_message(tmp_path):
+    """Selected but unusable, the testcontainers broker fails the tests that need a broker
+    (never skips them), and says why and what to do instead."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "test_needs_broker.py").write_text(
+        "from stream_support import bootstrap  # noqa: F401\n\n"
+        "def test_needs_a_broker(bootstrap):\n    assert bootstrap\n")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "SNAP2CAPTION_KAFKA": "testcontainers",
+           # No Docker engine here; pointing at a socket that cannot exist keeps the test
+           # meaningful on a machine that has one.
+           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q",
+                           "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_needs_broker.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 error" in out and "skipped" not in out, out
+    assert "no Kafka broker: SNAP2CAPTION_KAFKA=testcontainers needs a Docker engine" in out, out
+    assert "unset SNAP2CAPTION_KAFKA to use infra/kafka.sh" in out, out

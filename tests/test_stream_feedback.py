@@ -6,7 +6,6 @@ data dir) so it can stop it without disturbing the shared one."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 import time
@@ -17,24 +16,7 @@ import pytest
 from conftest import png_bytes, start_service, stop_service
 from snap2caption_service.core.contracts import FeedbackRecord
 from snap2caption_service.core import cloudevents
-from stream.feedback_producer import Spool
 from stream_support import KAFKA_SH, create_topics, ensure_broker, free_port_pair, read_topic, topic_env, wait_for
-
-
-def test_spool_keeps_order_and_resumes_from_its_cursor(tmp_path):
-    spool = Spool(tmp_path / "spool.jsonl")
-    for i in range(3):
-        spool.append(json.dumps({"n": i}))
-    with open(spool.path, "a") as f:
-        f.write('{"n": "half-writ')  # a line still being written is not shipped
-    batch = spool.pending()
-    assert [json.loads(line)["n"] for _, line in batch] == [0, 1, 2]
-    spool.advance(batch[1][0])  # the first two acknowledged
-    assert [json.loads(line)["n"] for _, line in Spool(spool.path).pending()] == [2]  # survives a restart
-    with open(spool.path, "a") as f:
-        f.write('ten"}\n')
-    spool.advance(Spool(spool.path).pending()[-1][0])
-    assert spool.path.stat().st_size == 0 and spool.cursor() == 0  # fully shipped: emptied
 
 
 @pytest.mark.kafka

@@ -27,6 +27,7 @@ from pathlib import Path
 from snap2caption_service.core.contracts import AUDIENCES
 from snap2caption_service.core.hashtags import finalize_hashtags, normalize_hashtag
 from snap2caption_service.core.prompting import format_target
+from snap2caption_service.core.storage import s3_client, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +171,12 @@ def read_captions(spec: dict) -> list[str]:
     return [r.caption for r in read_source(spec)]
 
 
-def _s3():
-    import boto3
-
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
-                        region_name=os.environ.get("AWS_REGION") or "us-east-1")
-
-
 def _download_manifest(uri: str) -> Path:
     """An s3:// manifest, downloaded; its relative image paths become s3:// URIs beside it."""
     import tempfile
 
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    body = _s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    bucket, key = split_s3_uri(uri)
+    body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     base = f"s3://{bucket}/{key.rsplit('/', 1)[0]}" if "/" in key else f"s3://{bucket}"
     lines = []
     for line in body.splitlines():
@@ -198,12 +192,12 @@ def _download_manifest(uri: str) -> Path:
 
 
 def load_image(ref: str):
-    """A record's image as an RGB PIL image, from disk or S3 (AWS_ENDPOINT_URL_S3 for MinIO/moto)."""
+    """A record's image as an RGB PIL image, from disk or S3 (core/storage.py: AWS_ENDPOINT_URL_S3 for MinIO/moto)."""
     from PIL import Image
 
     if ref.startswith("s3://"):
-        bucket, _, key = ref[len("s3://"):].partition("/")
-        data = _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+        bucket, key = split_s3_uri(ref)
+        data = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     else:
         try:
             data = Path(ref).read_bytes()

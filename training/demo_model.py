@@ -7,9 +7,9 @@ tokenizer is trained here with ``tokenizers``; the result saves and loads with
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from snap2caption_service.core.prompting import IMAGE_TOKEN, build_prompt
+from snap2caption_service.core.prompting import IMAGE_TOKEN, LAYOUT_LABELS, build_prompt
 
 from training import synthetic
 
@@ -52,7 +52,7 @@ def train_tokenizer(vocab_size: int):
     )
     lines = synthetic.corpus_lines()
     lines += [build_prompt(t, a) for t in synthetic.TONES for a in synthetic.AUDIENCES]
-    lines += ["Caption:", "Hashtags:", "Alt text:"]
+    lines += list(LAYOUT_LABELS)
     tok.train_from_iterator(lines, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
@@ -133,5 +133,3 @@ def build_untrained(arch: DemoArchitecture | None = None, seed: int = 0):
     return build_model(arch, tokenizer, seed), build_processor(arch, tokenizer)
 
 
-def architecture_dict(arch: DemoArchitecture) -> dict:
-    return asdict(arch)

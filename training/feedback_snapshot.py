@@ -34,14 +34,29 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import Field
+from pydantic_settings import BaseSettings
+
 from snap2caption_service.core.caption_archive import CaptionArchive
 from snap2caption_service.core.contracts import FeedbackRecord
+from snap2caption_service.core.settings import _config
+from snap2caption_service.core.storage import Storage, is_s3, join, split_s3_uri
 
 from training.datasets import CaptionRecord, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest.json"
+
+
+class SnapshotSettings(BaseSettings):
+    """Where S3 snapshots are cached locally for reading (env prefix SNAP2CAPTION_)."""
+
+    model_config = _config()
+
+    snapshot_cache: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "snap2caption-snapshots",
+        description="Local copies of s3:// snapshots (immutable, keyed by id) [SNAP2CAPTION_SNAPSHOT_CACHE]")
 
 
 @dataclass
@@ -183,7 +198,7 @@ def build_snapshot(root: str, archive: CaptionArchive, bootstrap: str, topic: st
         info = SnapshotInfo(id=f"fb-{digest[:12]}", content_hash=digest, location="", topic=topic, offsets=ranges,
                             counts=counts, created_at=datetime.now(timezone.utc).isoformat(),
                             previous=previous.id if previous else None)
-        info.location = _join(root, info.id)
+        info.location = join(root, info.id)
         (work / "snapshot.json").write_text(json.dumps(asdict(info), indent=2))
         _publish(work, info)
     if advance:
@@ -213,20 +228,12 @@ def pending_events(root: str, bootstrap: str, topic: str) -> int:
 
 def mark_consumed(root: str, info: SnapshotInfo) -> None:
     """Make ``info`` the latest snapshot: the next one starts at its end offsets."""
-    latest = json.dumps(asdict(info), indent=2)
-    if root.startswith("s3://"):
-        b, k = _split(_join(root, LATEST))
-        _s3().put_object(Bucket=b, Key=k, Body=latest.encode())
-        return
-    Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(root) / f".{LATEST}.tmp"
-    tmp.write_text(latest)
-    os.replace(tmp, Path(root) / LATEST)
+    Storage(root).write(LATEST, json.dumps(asdict(info), indent=2).encode())
 
 
 def load_latest(root: str) -> SnapshotInfo | None:
-    data = _read_text(_join(root, LATEST))
-    return SnapshotInfo(**json.loads(data)) if data else None
+    data = Storage(root).read(LATEST)
+    return SnapshotInfo(**json.loads(data.decode())) if data else None
 
 
 def read_snapshot(location: str) -> list[CaptionRecord]:
@@ -239,49 +246,17 @@ def snapshot_info(location: str) -> SnapshotInfo:
     return SnapshotInfo(**json.loads((_local_copy(location) / "snapshot.json").read_text()))
 
 
-# --- local folder or S3 ------------------------------------------------------------------------
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}" if root.startswith("s3://") else str(Path(root) / name)
-
-
-def _s3():
-    import boto3
-
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
-                        region_name=os.environ.get("AWS_REGION") or "us-east-1")
-
-
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key
-
-
-def _read_text(location: str) -> str | None:
-    if location.startswith("s3://"):
-        from botocore.exceptions import ClientError
-
-        bucket, key = _split(location)
-        try:
-            return _s3().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                return None
-            raise
-    path = Path(location)
-    return path.read_text() if path.is_file() else None
-
-
+# --- local folder or S3 (snap2caption_service/core/storage.py) --------------------------------
 def _publish(work: Path, info: SnapshotInfo) -> None:
     """Copy the finished snapshot into place (records.jsonl last on S3, whole-folder rename locally),
     so a reader never sees half a snapshot."""
-    if info.location.startswith("s3://"):
-        s3 = _s3()
-        bucket, key = _split(info.location)
+    store = Storage(info.location)
+    if store.is_s3:
         files = sorted((f for f in work.rglob("*") if f.is_file()), key=lambda f: f.name == "records.jsonl")
         for f in files:
-            s3.upload_file(str(f), bucket, f"{key}/{f.relative_to(work).as_posix()}")
+            store.write(f.relative_to(work).as_posix(), f.read_bytes())
         return
-    target = Path(info.location)
+    target = store.path
     if target.exists():
         return  # the same content hash: this exact snapshot was written before
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -291,23 +266,24 @@ def _publish(work: Path, info: SnapshotInfo) -> None:
 
 
 def _local_copy(location: str) -> Path:
-    if not location.startswith("s3://"):
-        folder = Path(location)
-        if not (folder / "records.jsonl").is_file():
-            raise FileNotFoundError(f"{folder} is not a feedback snapshot (no records.jsonl)")
-        return folder
-    bucket, prefix = _split(location)
-    cache = Path(os.environ.get("SNAP2CAPTION_SNAPSHOT_CACHE", Path(tempfile.gettempdir()) / "snap2caption-snapshots"))
-    folder = cache / prefix.replace("/", "_")
+    if not is_s3(location):
+        store = Storage(location)
+        if not store.exists("records.jsonl"):
+            raise FileNotFoundError(f"{store.path} is not a feedback snapshot (no records.jsonl)")
+        return store.path
+    _bucket, prefix = split_s3_uri(location)
+    folder = SnapshotSettings().snapshot_cache / prefix.replace("/", "_")
     if (folder / "records.jsonl").is_file():
         return folder  # snapshots are immutable: the id is their content hash
-    s3 = _s3()
+    store = Storage(location)
     staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for obj in page.get("Contents", []):
-            dst = staging / obj["Key"][len(prefix) + 1:]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, obj["Key"], str(dst))
+    for key in store.list():
+        data = store.read(key)
+        if data is None:
+            continue  # listed, then gone: not part of a finished snapshot
+        dst = staging / key
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(data)
     if not (staging / "records.jsonl").is_file():
         raise FileNotFoundError(f"{location} is not a feedback snapshot (no records.jsonl)")
     staging.rename(folder)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
+from snap2caption_service.core.prompting import format_target
+
 # Bump when scenes or target texts change: the demo-model cache is keyed by it.
 GENERATOR_VERSION = "1"
 
@@ -257,9 +259,7 @@ def caption(scene: Scene, tone: str, audience: str, variant: int) -> str:
 
 def target_text(scene: Scene, tone: str, audience: str, variant: int) -> str:
     """The assistant's answer, in the format the captioning core parses."""
-    return (f"Caption: {caption(scene, tone, audience, variant)}\n"
-            f"Hashtags: {' '.join(hashtags(scene, tone, audience))}\n"
-            f"Alt text: {alt_text(scene)}")
+    return format_target(caption(scene, tone, audience, variant), hashtags(scene, tone, audience), alt_text(scene))
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
+from snap2caption_service.core.prompting import split_target
 from training import synthetic
 from training.datasets import CaptionRecord, write_manifest
-
-
-def _target_fields(ex: synthetic.Example) -> tuple[str, tuple[str, ...], str]:
-    caption_line, tags_line, alt_line = ex.target.split("\n")
-    return (caption_line.removeprefix("Caption: "), tuple(tags_line.removeprefix("Hashtags: ").split()),
-            alt_line.removeprefix("Alt text: "))
 
 
 def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path | None = None) -> list[CaptionRecord]:
@@ -28,7 +23,7 @@ def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path |
     for i, ex in enumerate(synthetic.make_examples(n, seed)):
         path = image_dir / f"{seed}-{i}.png"
         synthetic.render_scene(ex.scene).save(path)
-        caption, hashtags, alt_text = _target_fields(ex)
+        caption, hashtags, alt_text = split_target(ex.target)
         records.append(CaptionRecord(
             image=f"{image_dir.name}/{path.name}", image_id=f"{seed}-{i}", caption=caption_prefix + caption,
             hashtags=hashtags, alt_text=alt_text, tone=ex.tone, audience=ex.audience))
@@ -37,7 +32,7 @@ def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path |
 
 def scene_captions(n: int, seed: int) -> list[str]:
     """The captions of ``scene_records(n, seed)`` without rendering any image."""
-    return [_target_fields(ex)[0] for ex in synthetic.make_examples(n, seed)]
+    return [split_target(ex.target)[0] for ex in synthetic.make_examples(n, seed)]
 
 
 def cached_records(n: int, seed: int) -> list[CaptionRecord]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from snap2caption_service.core.contracts import Candidate
@@ -44,10 +44,8 @@ class BatchStats:
     """What one model call did, for metrics."""
 
     batch_size: int = 0
-    sequences: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -181,20 +179,17 @@ class Captioner:
         ]
         rows = [(i, SAMPLE_TEMPERATURES[k % len(SAMPLE_TEMPERATURES)])
                 for i, j in enumerate(jobs) for k in range(j.num_candidates - 1)]
-        sequences = len(jobs)
         if rows:
             s_texts, s_scores, s_tok = self._generate(
                 [images[i] for i, _ in rows], [prompts[i] for i, _ in rows],
                 temperatures=[t for _, t in rows], seed=self.generation.seed)
             ntok += s_tok
-            sequences += len(rows)
             for (i, _), t, s in zip(rows, s_texts, s_scores):
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
         for cands in per_job:
             cands.sort(key=lambda c: c.score, reverse=True)
         if stats is not None:
             stats.batch_size = len(jobs)
-            stats.sequences = sequences
             stats.generated_tokens = ntok
             stats.seconds = time.perf_counter() - t0
         return per_job

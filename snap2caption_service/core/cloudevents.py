@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -104,21 +105,13 @@ def from_kafka(value: bytes | None, headers: Headers | None) -> CloudEvent:
     """Parse a record (binary or structured mode); raises CloudEventError with a reason code."""
     if value is None:
         raise CloudEventError("empty_value", "the record has no value (a tombstone?)")
-    attrs: dict[str, str] = {}
-    content_type = None
+    texts = []
     for name, raw in headers or ():
-        lname = name.lower()
         try:
-            text = raw.decode() if raw is not None else ""
+            texts.append((name, raw.decode() if raw is not None else ""))
         except UnicodeDecodeError:
             raise CloudEventError("not_a_cloudevent", f"header {name!r} is not UTF-8") from None
-        if lname == "content-type":
-            content_type = text
-        elif lname.startswith(KAFKA_PREFIX):
-            attrs[lname[len(KAFKA_PREFIX):]] = text
-    if content_type and content_type.split(";")[0].strip().lower() == STRUCTURED:
-        return _from_structured(value)
-    return _from_attrs(attrs, value, content_type)
+    return _from_headers(value, texts, KAFKA_PREFIX)
 
 
 # --- HTTP (Knative push mode) ------------------------------------------------------------
@@ -131,13 +124,18 @@ def to_http(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
 
 
 def from_http(body: bytes, headers: dict[str, str]) -> CloudEvent:
+    return _from_headers(body, headers.items(), HTTP_PREFIX)
+
+
+def _from_headers(body: bytes, headers: Iterable[tuple[str, str]], prefix: str) -> CloudEvent:
+    """Binary mode: attributes from ``<prefix><name>`` headers; structured mode by content type."""
     attrs, content_type = {}, None
-    for name, value in headers.items():
+    for name, value in headers:
         lname = name.lower()
         if lname == "content-type":
             content_type = value
-        elif lname.startswith(HTTP_PREFIX):
-            attrs[lname[len(HTTP_PREFIX):]] = value
+        elif lname.startswith(prefix):
+            attrs[lname[len(prefix):]] = value
     if content_type and content_type.split(";")[0].strip().lower() == STRUCTURED:
         return _from_structured(body)
     return _from_attrs(attrs, body, content_type)

@@ -15,7 +15,6 @@ through. Redirects are followed by hand, each hop checked again, at most
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import ssl
 import threading
@@ -29,6 +28,7 @@ from snap2caption_service.core.images import ImageError, decode_base64_image
 
 from snap2caption_service.core.errors import Poison, Transient
 from snap2caption_service.core.settings import FetchSettings
+from snap2caption_service.core.storage import s3_client
 
 STAGE = "fetch"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -155,12 +155,12 @@ class ImageFetcher:
             return self._s3 or self._make_s3()
 
     def _make_s3(self):
-        import boto3
         from botocore.config import Config
 
-        self._s3 = boto3.client(
-            "s3", endpoint_url=self.settings.aws_endpoint_url_s3 or None,
-            region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        # The client, its endpoint and region rules: core/storage.py. The endpoint stays a fetch
+        # setting so a fetcher can be pointed at its own S3 (the same AWS_ENDPOINT_URL_S3 by default).
+        self._s3 = s3_client(
+            endpoint_url=self.settings.aws_endpoint_url_s3,
             config=Config(connect_timeout=min(5.0, self.settings.fetch_timeout_s),
                           read_timeout=self.settings.fetch_timeout_s,
                           retries={"max_attempts": 1, "mode": "standard"},  # the consumer retries

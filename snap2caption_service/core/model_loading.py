@@ -85,7 +85,7 @@ def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> Mod
 
     Raises when MLflow is unreachable or the adapter cannot be used.
     """
-    registry = RegistryReader(settings.registered_model or None)
+    registry = RegistryReader(settings.registered_model or None, settings.mlflow_tracking_uri or None)
     champion = registry.champion()
     if champion is None:
         return None
@@ -104,7 +104,7 @@ def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> Mod
 
 
 def _champion(settings: Settings, demo: DemoBuilder) -> ModelChoice | None:
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if not settings.mlflow_tracking_uri:
         return None
     try:
         choice = champion_choice(settings, demo, _stored_in_bento())

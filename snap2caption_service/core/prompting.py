@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from snap2caption_service.core.hashtags import finalize_hashtags
 
 IMAGE_TOKEN = "<image>"
+# The answer's layout, one line each: what models are trained to write and parse_output reads.
+LAYOUT_LABELS = ("Caption:", "Hashtags:", "Alt text:")
 
 # LLaVA-1.5 conversation format; the image placeholder is expanded by the processor.
 PROMPT_TEMPLATE = (
@@ -84,4 +86,12 @@ def parse_output(text: str, num_hashtags: int) -> ParsedOutput:
 
 def format_target(caption: str, hashtags: list[str], alt_text: str) -> str:
     """The assistant's answer a model is trained on; ``parse_output`` reads it back."""
-    return f"Caption: {caption}\nHashtags: {' '.join(hashtags)}\nAlt text: {alt_text}"
+    lines = (caption, " ".join(hashtags), alt_text)
+    return "\n".join(f"{label} {value}" for label, value in zip(LAYOUT_LABELS, lines, strict=True))
+
+
+def split_target(target: str) -> tuple[str, tuple[str, ...], str]:
+    """The exact inverse of ``format_target``, for training data we wrote ourselves."""
+    caption, tags, alt = (line.removeprefix(f"{label} ")
+                          for label, line in zip(LAYOUT_LABELS, target.split("\n"), strict=True))
+    return caption, tuple(tags.split()), alt

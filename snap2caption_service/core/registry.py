@@ -10,7 +10,6 @@ needs to know where it is and which run produced it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,17 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from snap2caption_service.core.settings import RegistrySettings
 from snap2caption_service.core.versions import registered_version
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-MODEL_NAME_ENV = "SNAP2CAPTION_REGISTERED_MODEL"
 DEFAULT_MODEL_NAME = "snap2caption-captioner"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking server's URI: the argument, else MLFLOW_TRACKING_URI; an http(s) server only."""
-    uri = (uri or os.environ.get(TRACKING_URI_ENV, "")).strip()
+    uri = (uri or RegistrySettings().mlflow_tracking_uri).strip()
     if not uri:
         raise RuntimeError(f"{TRACKING_URI_ENV} is not set. Start the tracking server with "
                            "`infra/mlflow.sh start` and export the MLFLOW_TRACKING_URI=... line it prints.")
@@ -40,7 +39,7 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 def registered_model_name(name: str | None = None) -> str:
-    return (name or os.environ.get(MODEL_NAME_ENV, "").strip() or DEFAULT_MODEL_NAME)
+    return (name or RegistrySettings().registered_model.strip() or DEFAULT_MODEL_NAME)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,21 @@ def _config() -> SettingsConfigDict:
                               extra="ignore", populate_by_name=True)
 
 
-class Settings(BaseSettings):
-    """The model and the HTTP service."""
+class RegistrySettings(BaseSettings):
+    """Where the MLflow registry is, and which registered model holds the served champion."""
 
     model_config = _config()
+
+    mlflow_tracking_uri: str = Field(
+        "", validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
+        description="The MLflow tracking server (http://...); empty = no registry [MLFLOW_TRACKING_URI]")
+    registered_model: str = Field("snap2caption-captioner",
+                                  description="MLflow registered model whose @champion is served when "
+                                              "MLFLOW_TRACKING_URI is set.")
+
+
+class Settings(RegistrySettings):
+    """The model and the HTTP service (and the registry the champion comes from)."""
 
     model: str = Field("", description="HF LLaVA id or local folder; empty = the embedded demo model.")
     adapter: str = Field("", description="PEFT LoRA adapter folder merged at load time; empty = none.")
@@ -51,9 +62,8 @@ class Settings(BaseSettings):
     repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
-    registered_model: str = Field("snap2caption-captioner",
-                                  description="MLflow registered model whose @champion is served when "
-                                              "MLFLOW_TRACKING_URI is set.")
+    host: str = Field("127.0.0.1", description="`snap2caption serve`: address to listen on.")
+    port: int = Field(3000, ge=0, le=65535, description="`snap2caption serve`: port to listen on.")
 
     max_batch_size: int = Field(32, ge=1, le=512, description="Adaptive batcher: most items per model call.")
     # BentoML's batcher refuses (503) requests it predicts will exceed this, and until it has
@@ -134,7 +144,8 @@ class FetchSettings(BaseSettings):
 
     aws_endpoint_url_s3: str = Field(
         "", validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
-        description="S3 API endpoint (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]")
+        description="S3 API endpoint for fetched images (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]. "
+                    "Passed to core/storage.py's s3_client(), which owns the region rule.")
     s3_buckets: str = Field("", description="Comma-separated buckets s3:// images may come from; empty = none.")
     url_allowlist: str = Field(
         "", description="Comma-separated hosts, IPs or CIDRs that https:// (and http://) images may come "

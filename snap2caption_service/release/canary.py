@@ -18,13 +18,13 @@ policy is unit-tested without Prometheus; ``fetch_stats`` is the only part that 
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Exit codes of `snap2caption canary analyze`; a workflow branches on them. 2 is argparse's
 # usage error, so hold is 3, never confused with a typo in the command line.
@@ -61,6 +61,31 @@ class Thresholds(BaseModel):
     max_caption_error_rate: float = Field(0.01, ge=0, le=1, description="Highest share of caption errors.")
     max_caption_error_increase: float = Field(0.005, ge=0, le=1,
                                               description="How far the caption-error rate may exceed stable's.")
+
+
+class _ThresholdsEnv(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=THRESHOLDS_ENV_PREFIX, env_ignore_empty=True, extra="ignore")
+
+
+# Thresholds set as SNAP2CAPTION_CANARY_<NAME> env vars; unset ones stay None (not applied).
+ThresholdsFromEnv = create_model(
+    "ThresholdsFromEnv", __base__=_ThresholdsEnv,
+    **{name: (info.annotation | None, None) for name, info in Thresholds.model_fields.items()})
+
+
+class CanarySettings(BaseSettings):
+    """`snap2caption canary analyze` defaults, overridden by its flags."""
+
+    model_config = SettingsConfigDict(env_prefix="SNAP2CAPTION_", env_ignore_empty=True, extra="ignore")
+
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_token: str = Field("", description="Bearer token for Prometheus, if it needs one.")
+    canary_candidate: str | None = None
+    canary_stable: str | None = None
+    canary_window: str = "5m"
+    canary_revision_label: str = "revision"
+    canary_selector: str = ""
+    canary_config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,10 +290,7 @@ def load_thresholds(config_file: str | Path | None = None, overrides: dict | Non
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of threshold names to values")
         values.update({str(k).replace("-", "_"): v for k, v in (loaded or {}).items()})
-    for name in Thresholds.model_fields:
-        env = os.environ.get(THRESHOLDS_ENV_PREFIX + name.upper())
-        if env is not None and env != "":
-            values[name] = env
+    values.update(ThresholdsFromEnv().model_dump(exclude_none=True))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return Thresholds.model_validate(values)

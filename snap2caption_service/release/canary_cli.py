@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from snap2caption_service.release.canary import (EXIT_HOLD, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, THRESHOLDS_ENV_PREFIX,
+from snap2caption_service.release.canary import (EXIT_HOLD, CanarySettings, EXIT_NO_ANALYSIS, EXIT_PROMOTE, EXIT_ROLLBACK, THRESHOLDS_ENV_PREFIX,
                      AnalysisError, Thresholds, analyze, check_window, load_thresholds, report, traffic_patch)
 
 EPILOG = f"""\
@@ -33,11 +32,8 @@ example:
 """
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
-
-
 def add_canary_parser(sub) -> None:
+    env = CanarySettings()
     canary = sub.add_parser("canary", help="canary analysis against Prometheus (promote / hold / rollback)")
     canary_sub = canary.add_subparsers(dest="canary_command", required=True)
     p = canary_sub.add_parser(
@@ -45,23 +41,23 @@ def add_canary_parser(sub) -> None:
         description="Query Prometheus for the candidate's and the stable revision's request success rate, "
                     "p95 latency and caption-error rate over a window, and decide promote, hold or rollback.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    p.add_argument("--prometheus-url", default=_env("SNAP2CAPTION_PROMETHEUS_URL", "http://127.0.0.1:9090"),
+    p.add_argument("--prometheus-url", default=env.prometheus_url,
                    help="[SNAP2CAPTION_PROMETHEUS_URL, default http://127.0.0.1:9090]; a bearer token, if "
                         "needed, comes from SNAP2CAPTION_PROMETHEUS_TOKEN")
-    p.add_argument("--candidate", default=_env("SNAP2CAPTION_CANARY_CANDIDATE"),
+    p.add_argument("--candidate", default=env.canary_candidate,
                    help="candidate revision, e.g. snap2caption-00007 [SNAP2CAPTION_CANARY_CANDIDATE]")
-    p.add_argument("--stable", default=_env("SNAP2CAPTION_CANARY_STABLE"),
+    p.add_argument("--stable", default=env.canary_stable,
                    help="stable revision to compare with; without it only absolute limits apply "
                         "[SNAP2CAPTION_CANARY_STABLE]")
-    p.add_argument("--window", default=_env("SNAP2CAPTION_CANARY_WINDOW", "5m"),
+    p.add_argument("--window", default=env.canary_window,
                    help="PromQL range to judge over [SNAP2CAPTION_CANARY_WINDOW, default 5m]")
-    p.add_argument("--revision-label", default=_env("SNAP2CAPTION_CANARY_REVISION_LABEL", "revision"),
+    p.add_argument("--revision-label", default=env.canary_revision_label,
                    help="the Prometheus label holding the Knative revision name "
                         "[SNAP2CAPTION_CANARY_REVISION_LABEL, default revision]")
-    p.add_argument("--selector", default=_env("SNAP2CAPTION_CANARY_SELECTOR", ""),
+    p.add_argument("--selector", default=env.canary_selector,
                    help='extra label matchers for both revisions, e.g. \'namespace="snap2caption-prod"\' '
                         "[SNAP2CAPTION_CANARY_SELECTOR]")
-    p.add_argument("--config", default=_env("SNAP2CAPTION_CANARY_CONFIG"),
+    p.add_argument("--config", default=env.canary_config,
                    help="YAML file of thresholds [SNAP2CAPTION_CANARY_CONFIG]")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per Prometheus query (default 10)")
     p.add_argument("--json", action="store_true", help="print the verdict and figures as JSON")
@@ -123,7 +119,7 @@ def cmd_canary_analyze(args: argparse.Namespace) -> int:
     try:
         verdict, cand, stab = analyze(args.prometheus_url, args.candidate, args.stable, args.window, thresholds,
                                       revision_label=args.revision_label, extra_selector=args.selector,
-                                      timeout=args.timeout, token=os.environ.get("SNAP2CAPTION_PROMETHEUS_TOKEN"))
+                                      timeout=args.timeout, token=CanarySettings().prometheus_token or None)
     except (AnalysisError, ValueError) as exc:
         print(f"canary analyze: no verdict: {exc}", file=sys.stderr)
         return EXIT_NO_ANALYSIS

@@ -16,11 +16,10 @@ classifying a refusal follow the consumer's rules (core/events.py).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping
 
 import anyio
 import bentoml
@@ -67,9 +66,8 @@ class PushHandler:
         self.s = settings or FetchSettings()
         self.fetcher = ImageFetcher(self.s)
 
-    def decode(self, headers: Mapping[str, str], data: Any) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
+    def decode(self, headers: Mapping[str, str], body: bytes) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
         """(event, upload data, id of the original upload event); raises Poison."""
-        body = data if isinstance(data, bytes) else json.dumps(data).encode()
         if not body:
             raise Poison("empty_value", "decode", "the request has no body")
         try:
@@ -87,10 +85,10 @@ class PushHandler:
             check_type(event.type, "/events")
         return event, decode_upload(event), source_id
 
-    async def handle(self, headers: Mapping[str, str], data: Any, caption: CaptionFn) -> Response:
+    async def handle(self, headers: Mapping[str, str], body: bytes, caption: CaptionFn) -> Response:
         t0 = time.perf_counter()
         try:
-            event, upload, source_id = self.decode(headers, data)
+            event, upload, source_id = self.decode(headers, body)
             image = await anyio.to_thread.run_sync(self.fetcher.fetch, upload.image)
             t1 = time.perf_counter()
             try:

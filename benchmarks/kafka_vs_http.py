@@ -135,17 +135,12 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
+    from snap2caption_service.core.process_tree import wait_until_up
+
+    try:
+        wait_until_up(url, proc, timeout, log)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def histogram(metrics_url: str, name: str) -> tuple[float, float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import io
 import json
@@ -25,7 +24,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,17 +106,12 @@ async def _load(url: str, clients: int, per_client: int, payloads: list[str], sy
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready in {timeout}s")
+    from snap2caption_service.core.process_tree import wait_until_up
+
+    try:
+        wait_until_up(url + "/readyz", proc, timeout)
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextlib.contextmanager

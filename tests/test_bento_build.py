@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
 from pathlib import Path
 
@@ -191,16 +190,9 @@ def test_exported_bento_serves_its_packaged_model_anywhere(exported, built, tmp_
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, f"bentoml serve exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-            assert time.time() < deadline, f"Bento not ready after 180 s:\n{log_path.read_text()[-4000:]}"
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        from snap2caption_service.core.process_tree import wait_until_up
+
+        wait_until_up(url + "/readyz", proc, 180, log_path)
         import base64
 
         r = httpx.post(url + "/generate-caption", json={"image": base64.b64encode(png_bytes()).decode()}, timeout=120)

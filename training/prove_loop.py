@@ -236,17 +236,10 @@ def _serve(port: int, env: dict, log_path: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "snap2caption_service", "serve", "--port", str(port)],
                             cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the service exited; see {log_path}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"the service was not ready in 300 s; see {log_path}")
+    from snap2caption_service.core.process_tree import wait_until_up
+
+    wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, 300, log_path)
+    return proc
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.prompting import build_prompt, parse_output
+from snap2caption_service.core.settings import GenerationSettings
 from snap2caption_service.core.versions import model_version
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,6 @@ class CaptionJob:
     audience: str = "personal"
     num_hashtags: int = 8
     num_candidates: int = 1
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    repetition_penalty: float = 1.0
-    top_p: float = 0.95
-    seed: int = 0
 
 
 @dataclass

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from snap2caption_service.core.captioner import Captioner, GenerationSettings
+from snap2caption_service.core.captioner import Captioner
 from snap2caption_service.core.registry import RegistryReader
 from snap2caption_service.core.settings import Settings
 from snap2caption_service.core.versions import registered_version
@@ -144,10 +144,7 @@ def choose_model(settings: Settings, demo: DemoBuilder, progress: bool = True) -
 
 
 def load_captioner(settings: Settings, demo: DemoBuilder, progress: bool = True) -> Captioner:
-    generation = GenerationSettings(max_new_tokens=settings.max_new_tokens,
-                                    repetition_penalty=settings.repetition_penalty,
-                                    top_p=settings.top_p, seed=settings.seed)
     choice = choose_model(settings, demo, progress=progress)
     log.info("serving the %s: %s%s", choice.source, choice.ref, f" + {choice.adapter}" if choice.adapter else "")
     return Captioner.load(choice.ref, choice.adapter, device=settings.device, dtype=settings.dtype,
-                          generation=generation, version=choice.version)
+                          generation=settings.generation, version=choice.version)

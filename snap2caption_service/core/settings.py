@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snap2caption"
+
+
+@dataclass
+class GenerationSettings:
+    """How the captioner samples; the service's come from Settings, training's eval from its config."""
+
+    max_new_tokens: int = 128
+    repetition_penalty: float = 1.0
+    top_p: float = 0.95
+    seed: int = 0
 
 
 def _csv(value: str) -> list[str]:
@@ -102,6 +113,10 @@ class Settings(RegistrySettings):
     @classmethod
     def _expand(cls, v):
         return Path(v).expanduser() if v else default_data_dir()
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(self.max_new_tokens, self.repetition_penalty, self.top_p, self.seed)
 
     @property
     def api_key_list(self) -> list[str]:

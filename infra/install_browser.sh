@@ -17,6 +17,10 @@ cache="${SNAP2CAPTION_CACHE:-$HOME/.cache/snap2caption}"
 node_dir="$cache/node"
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 
+LOG_NAME=install_browser.sh  # prefix of its messages (log, die)
+# shellcheck source-path=SCRIPTDIR source=lib/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh"
+
 have_chromium() { [[ -x "$CHROMIUM" ]]; }
 have_driver() {
   [[ -f "$node_dir/node_modules/playwright-core/package.json" ]] &&
@@ -36,40 +40,26 @@ have_chromium || missing_apt+=(chromium)
 have_node || missing_apt+=(nodejs npm)
 
 if ((${#missing_apt[@]} == 0)) && have_driver; then
-  echo "install_browser.sh: all present (chromium, playwright-core $PLAYWRIGHT_CORE_VERSION)" >&2
+  log "all present (chromium, playwright-core $PLAYWRIGHT_CORE_VERSION)"
   echo "$node_dir"
   exit 0
 fi
 if [[ "${1:-}" == "--check" ]]; then
   have_driver || missing_apt+=("npm:playwright-core@$PLAYWRIGHT_CORE_VERSION")
-  echo "install_browser.sh: missing: ${missing_apt[*]}" >&2
+  log "missing: ${missing_apt[*]}"
   exit 1
 fi
 
 if ((${#missing_apt[@]} > 0)); then
-  command -v apt-get >/dev/null 2>&1 || {
-    echo "install_browser.sh: ERROR: apt-get not found; install ${missing_apt[*]} with your package manager" >&2
-    exit 1
-  }
-  SUDO=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || { echo "install_browser.sh: ERROR: need root or sudo for apt-get" >&2; exit 1; }
-    SUDO=(sudo -n)
-  fi
-  echo "install_browser.sh: installing ${missing_apt[*]} (apt-get)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Without a package-list refresh first (quickest on fresh lists); refresh only on failure.
-  if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing_apt[@]}" >&2; then
-    "${SUDO[@]}" apt-get update -q >&2
-    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing_apt[@]}" >&2
-  fi
-  have_chromium || { echo "install_browser.sh: ERROR: $CHROMIUM still missing" >&2; exit 1; }
-  have_node || { echo "install_browser.sh: ERROR: node/npm still missing" >&2; exit 1; }
+  apt_install "apt-get not found; install ${missing_apt[*]} with your package manager" \
+    "need root or sudo for apt-get" "installing ${missing_apt[*]} (apt-get)" "${missing_apt[@]}"
+  have_chromium || die "$CHROMIUM still missing"
+  have_node || die "node/npm still missing"
   pick_version
 fi
 
 if ! have_driver; then
-  echo "install_browser.sh: installing playwright-core@$PLAYWRIGHT_CORE_VERSION into $node_dir" >&2
+  log "installing playwright-core@$PLAYWRIGHT_CORE_VERSION into $node_dir"
   mkdir -p "$node_dir"
   cat >"$node_dir/package.json" <<JSON
 {
@@ -80,7 +70,7 @@ if ! have_driver; then
 JSON
   npm install --prefix "$node_dir" --no-audit --no-fund --save-exact --loglevel=error \
     "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
-  have_driver || { echo "install_browser.sh: ERROR: playwright-core not installed" >&2; exit 1; }
+  have_driver || die "playwright-core not installed"
 fi
-echo "install_browser.sh: ready (chromium $("$CHROMIUM" --version 2>/dev/null | awk '{print $2}'), playwright-core $PLAYWRIGHT_CORE_VERSION)" >&2
+log "ready (chromium $("$CHROMIUM" --version 2>/dev/null | awk '{print $2}'), playwright-core $PLAYWRIGHT_CORE_VERSION)"
 echo "$node_dir"

@@ -23,30 +23,20 @@ CACHE="${SNAP2CAPTION_CACHE:-$HOME/.cache/snap2caption}"
 BIN="$CACHE/bin"
 PYDIR="$CACHE/py/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
 PYTHON="${PYTHON:-$(command -v python3 || true)}"
-mkdir -p "$BIN"
 
-log() { echo "install_k8s_tools: $*" >&2; }
+LOG_NAME=install_k8s_tools  # prefix of its messages (log, die)
+# shellcheck source-path=SCRIPTDIR source=lib/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh"
+# This script's errors are plain lines, without the "ERROR: " of lib/log.sh's die.
+die() { log "$*"; exit 1; }
 
 # --- kustomize ------------------------------------------------------------------------
-KUSTOMIZE="$BIN/kustomize-$KUSTOMIZE_VERSION"
-if [[ ! -x "$KUSTOMIZE" ]]; then
-  GO="$(command -v go || true)"
-  [[ -n "$GO" || ! -x /usr/local/go/bin/go ]] || GO=/usr/local/go/bin/go
-  [[ -n "$GO" ]] || { log "go is not installed; it is needed to build kustomize"; exit 1; }
-  log "building kustomize $KUSTOMIZE_VERSION with go install (about a minute on 2 cores)"
-  tmp="$(mktemp -d "$BIN/.gobin.XXXXXX")"
-  trap 'rm -rf "$tmp"' EXIT
-  GOBIN="$tmp" GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--buildvcs=false}" CGO_ENABLED=0 \
-    "$GO" install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
-  mv "$tmp/kustomize" "$KUSTOMIZE"
-  rm -rf "$tmp"; trap - EXIT
-fi
-ln -sfn "kustomize-$KUSTOMIZE_VERSION" "$BIN/kustomize"
-"$BIN/kustomize" version >/dev/null
+go_install_pinned "$BIN" kustomize "$KUSTOMIZE_VERSION" sigs.k8s.io/kustomize/kustomize/v5 \
+  "about a minute" version
 
 # --- kubernetes-validate (Kubernetes JSON schemas) ------------------------------------
 if [[ ! -f "$PYDIR/.complete" ]]; then
-  [[ -n "$PYTHON" ]] || { log "no python3 found; set PYTHON"; exit 1; }
+  [[ -n "$PYTHON" ]] || die "no python3 found; set PYTHON"
   log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $PYDIR"
   rm -rf "$PYDIR"
   # --no-deps: jsonschema, PyYAML and referencing come from the caller's environment

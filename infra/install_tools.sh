@@ -12,39 +12,27 @@ set -euo pipefail
 # tool on PATH -> Debian package that provides it
 declare -A PACKAGES=([kcat]=kcat)
 
+LOG_NAME=install_tools.sh  # prefix of its messages (log, die)
+# shellcheck source-path=SCRIPTDIR source=lib/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh"
+
 missing=()
 for tool in "${!PACKAGES[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PACKAGES[$tool]}")
 done
 
 if ((${#missing[@]} == 0)); then
-  echo "install_tools.sh: all present (${!PACKAGES[*]})" >&2
+  log "all present (${!PACKAGES[*]})"
   exit 0
 fi
 if [[ "${1:-}" == "--check" ]]; then
-  echo "install_tools.sh: missing: ${missing[*]}" >&2
+  log "missing: ${missing[*]}"
   exit 1
 fi
 
-command -v apt-get >/dev/null 2>&1 || {
-  echo "install_tools.sh: ERROR: apt-get not found; install ${missing[*]} with your package manager" >&2
-  exit 1
-}
-SUDO=()
-if ((EUID != 0)); then
-  command -v sudo >/dev/null 2>&1 || { echo "install_tools.sh: ERROR: need root or sudo for apt-get" >&2; exit 1; }
-  SUDO=(sudo -n)
-fi
-
-echo "install_tools.sh: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-# Try without a package-list refresh first: on a machine with fresh lists that is the
-# quickest path; refresh only when the package is not known yet.
-if ! "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
-  "${SUDO[@]}" apt-get update -q >&2
-  "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+apt_install "apt-get not found; install ${missing[*]} with your package manager" \
+  "need root or sudo for apt-get" "installing ${missing[*]}" "${missing[@]}"
 for tool in "${!PACKAGES[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "install_tools.sh: ERROR: $tool still missing" >&2; exit 1; }
+  command -v "$tool" >/dev/null 2>&1 || die "$tool still missing"
 done
-echo "install_tools.sh: installed ${missing[*]}" >&2
+log "installed ${missing[*]}"

@@ -61,12 +61,15 @@ DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 LOG_DIRS="$DATA_DIR/kraft"
 PID_FILE="$DATA_DIR/kafka.pid"
 LOG_FILE="$DATA_DIR/kafka.log"
+STATE_FILES=("$PID_FILE")
 PROPS_FILE="$DATA_DIR/server.properties"
 LOG4J_FILE="$DATA_DIR/log4j2.properties"
 BOOTSTRAP="127.0.0.1:$PORT"
 
-log() { echo "kafka.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_NAME=kafka.sh  # prefix of its messages (log, die)
+# From lib/daemon.sh: alive, port_open, daemon_pid, spawn/wait/stop, the lock, daemon_main.
+# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 
 find_java() {
   if [[ -n "${JAVA:-}" ]]; then echo "$JAVA"
@@ -240,73 +243,20 @@ format_storage() {
     || { tail -n 40 "$LOG_FILE" >&2; die "kafka-storage format failed"; }
 }
 
-# The pid file alone is not trusted: after a reboot or a crash the pid may
-# belong to some unrelated process, which must never be signalled.
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  # -ww: without it ps cuts args at $COLUMNS (pytest sets it), before the main class.
-  ps -ww -p "$pid" -o args= 2>/dev/null | grep -q ' kafka\.Kafka ' || return 1
-  echo "$pid"
-}
-
-# Not just kill -0: a JVM that died while still our child (startup failure in
-# this very invocation) stays a zombie, which kill -0 reports as alive.
-alive() {
-  local stat
-  stat="$(ps -p "$1" -o stat= 2>/dev/null)" || return 1
-  [[ -n "$stat" && "$stat" != Z* ]]
-}
-
-port_open() {
-  # bash's /dev/tcp: no nc/python needed just to see if something listens.
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+# Ours runs the class kafka.Kafka (see daemon_pid in lib/daemon.sh).
+running_pid() { daemon_pid "$PID_FILE" ' kafka\.Kafka '; }
 
 # "Kafka Server started" is logged once the broker has caught up with the
 # metadata log and opened its client listener; the port check guards against
 # a stale log line and proves the socket really accepts connections.
-wait_ready() {
-  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! alive "$pid"; then
-      log "Kafka exited during startup; last 40 log lines ($LOG_FILE):"
-      tail -n 40 "$LOG_FILE" >&2 || true
-      rm -f "$PID_FILE"
-      return 1
-    fi
-    if grep -q 'Kafka Server started' "$LOG_FILE" 2>/dev/null && port_open "$PORT"; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  log "Kafka not ready after ${START_TIMEOUT}s; last 40 log lines ($LOG_FILE):"
-  tail -n 40 "$LOG_FILE" >&2 || true
-  return 1
+broker_ready() { grep -q 'Kafka Server started' "$LOG_FILE" 2>/dev/null && port_open "$PORT"; }
+
+wait_ready() {  # PID
+  wait_until_ready "$1" "Kafka exited during startup; last 40 log lines ($LOG_FILE):" \
+    "Kafka not ready after ${START_TIMEOUT}s; last 40 log lines ($LOG_FILE):" broker_ready
 }
 
-do_stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PID_FILE"
-    log "not running"
-    return 0
-  fi
-  log "stopping Kafka (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.5; done
-  if alive "$pid"; then
-    log "still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.2; done
-  fi
-  rm -f "$PID_FILE"
-  log "stopped"
-}
+do_stop() { stop_daemon Kafka; }
 
 do_start() {
   local fresh="${KAFKA_FRESH:-0}"
@@ -347,30 +297,13 @@ do_start() {
   check_java "$java"
   ensure_libs
   write_config
-  # Keep the previous run's log for post-mortems, and start the new one empty
-  # so readiness never matches a line from an earlier run.
-  [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.prev"
-  : >"$LOG_FILE"
+  rotate_log
   format_storage "$java"
 
   log "starting Kafka $KAFKA_VERSION on $BOOTSTRAP (controller 127.0.0.1:$CONTROLLER_PORT, data $DATA_DIR)"
-  # setsid + nohup: the node must outlive this script and not die with the
-  # caller's terminal or process group (Ctrl-C, a finished CI step's shell).
-  # stdin/stdout/stderr are all redirected so a caller capturing our output
-  # (subprocess.run(capture_output=True)) is not kept waiting on the JVM.
-  # 9>&- : the JVM must not inherit the start/stop lock, or it would hold it
-  # for its whole life and every later stop would block.
   java_cmd "$java" kafka.Kafka "$PROPS_FILE"
-  setsid nohup "${JAVA_CMD[@]}" </dev/null >>"$LOG_FILE" 2>&1 9>&- &
-  pid=$!
-  echo "$pid" >"$PID_FILE"
-
-  if ! wait_ready "$pid"; then
-    # Don't leave a half-started JVM holding the ports.
-    do_stop >/dev/null 2>&1 || true
-    exit 1
-  fi
-  log "Kafka ready (pid $pid) after ${SECONDS}s; log: $LOG_FILE"
+  spawn_daemon "${JAVA_CMD[@]}"
+  await_daemon Kafka "$DAEMON_PID"
   echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
 }
 
@@ -384,6 +317,4 @@ do_status() {
   return 1
 }
 
-# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 daemon_main kafka "$@"

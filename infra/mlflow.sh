@@ -53,35 +53,15 @@ PORT_FILE="$DATA_DIR/mlflow.port"
 LOG_FILE="$DATA_DIR/mlflow.log"
 DB_FILE="$DATA_DIR/mlflow.db"
 ARTIFACTS_DIR="$DATA_DIR/artifacts"
+STATE_FILES=("$PID_FILE" "$PORT_FILE")
 
-log() { echo "mlflow.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_NAME=mlflow.sh  # prefix of its messages (log, die)
+# From lib/daemon.sh: alive, port_open, daemon_pid, spawn/wait/stop, the lock, daemon_main.
+# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 
-# Not just kill -0: a server that died while still our child (startup failure in this
-# very invocation) stays a zombie, which kill -0 reports as alive.
-alive() {
-  local stat
-  stat="$(ps -p "$1" -o stat= 2>/dev/null)" || return 1
-  [[ -n "$stat" && "$stat" != Z* ]]
-}
-
-# The pid file alone is not trusted: after a reboot or a crash the pid may belong to some
-# unrelated process, which must never be signalled. Ours runs `mlflow server` on our db.
-running_pid() {
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  # -ww: without it ps cuts args at $COLUMNS (pytest sets it).
-  ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF -- "sqlite:///$DB_FILE" || return 1
-  echo "$pid"
-}
-
-port_open() {
-  # bash's /dev/tcp: no nc/curl needed just to see if something listens.
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+# Ours runs `mlflow server` on our db (see daemon_pid in lib/daemon.sh).
+running_pid() { daemon_pid "$PID_FILE" -F -- "sqlite:///$DB_FILE"; }
 
 # GET /health over bash's /dev/tcp: "200" only once the app (db migrated, routes mounted)
 # is serving, not merely when the socket is bound.
@@ -96,46 +76,14 @@ healthy() {
   [[ "$status" == *" 200"* ]]
 }
 
-wait_ready() {
-  local pid="$1" port="$2" deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! alive "$pid"; then
-      log "mlflow server exited during startup; last 40 lines of $LOG_FILE:"
-      tail -n 40 "$LOG_FILE" >&2 || true
-      rm -f "$PID_FILE" "$PORT_FILE"
-      return 1
-    fi
-    healthy "$port" && return 0
-    sleep 0.5
-  done
-  log "mlflow server not healthy after ${START_TIMEOUT}s; last 40 lines of $LOG_FILE:"
-  tail -n 40 "$LOG_FILE" >&2 || true
-  return 1
+wait_ready() {  # PID PORT
+  wait_until_ready "$1" "mlflow server exited during startup; last 40 lines of $LOG_FILE:" \
+    "mlflow server not healthy after ${START_TIMEOUT}s; last 40 lines of $LOG_FILE:" healthy "$2"
 }
 
-do_stop() {
-  local pid
-  if ! pid="$(running_pid)"; then
-    rm -f "$PID_FILE" "$PORT_FILE"
-    log "not running"
-    return 0
-  fi
-  log "stopping mlflow server (pid $pid)"
-  # The server is a process group leader (setsid): the uvicorn workers are its children
-  # and must go with it, or they keep the port.
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.3; done
-  if alive "$pid"; then
-    log "still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.2; done
-  fi
-  # Stragglers of the group (a worker mid-request) get the same end.
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$PID_FILE" "$PORT_FILE"
-  log "stopped"
-}
+# The server is a process group leader (setsid): the uvicorn workers are its children and
+# must go with it, or they keep the port.
+do_stop() { stop_daemon "mlflow server" --group; }
 
 do_start() {
   local port="$DEFAULT_PORT"
@@ -177,33 +125,19 @@ do_start() {
   [[ -x "$mlflow_bin" ]] || die "mlflow executable not found at $mlflow_bin"
 
   mkdir -p "$DATA_DIR" "$ARTIFACTS_DIR"
-  # Keep the previous run's log for post-mortems and start the new one empty.
-  [[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.prev"
-  : >"$LOG_FILE"
+  rotate_log
 
   log "starting mlflow server on 127.0.0.1:$port (data $DATA_DIR)"
   # --serve-artifacts + --artifacts-destination: new experiments get an mlflow-artifacts:/
   # root, so clients upload through this server instead of writing into our directory.
   # Job execution off: it forks a job runner and seven huey consumers for GenAI features
   # nobody here uses, which a 2-core machine feels.
-  # setsid + nohup: the server must outlive this script and its caller's terminal; all
-  # three std streams are redirected so a caller capturing our output is not kept waiting.
-  # 9>&- : the server must not inherit the start/stop lock.
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false setsid nohup "$mlflow_bin" server \
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false spawn_daemon "$mlflow_bin" server \
     --host 127.0.0.1 --port "$port" --workers "$WORKERS" \
     --backend-store-uri "sqlite:///$DB_FILE" \
-    --serve-artifacts --artifacts-destination "$ARTIFACTS_DIR" \
-    </dev/null >>"$LOG_FILE" 2>&1 9>&- &
-  pid=$!
-  echo "$pid" >"$PID_FILE"
+    --serve-artifacts --artifacts-destination "$ARTIFACTS_DIR"
   echo "$port" >"$PORT_FILE"
-
-  if ! wait_ready "$pid" "$port"; then
-    # Don't leave a half-started server holding the port.
-    do_stop >/dev/null 2>&1 || true
-    exit 1
-  fi
-  log "mlflow server ready (pid $pid) after ${SECONDS}s; log: $LOG_FILE"
+  await_daemon "mlflow server" "$DAEMON_PID" "$port"
   echo "MLFLOW_TRACKING_URI=http://127.0.0.1:$port"
 }
 
@@ -217,6 +151,4 @@ do_status() {
   return 1
 }
 
-# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 daemon_main mlflow "$@"

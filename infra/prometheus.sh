@@ -42,28 +42,20 @@ START_TIMEOUT="${PROMETHEUS_START_TIMEOUT:-60}"
 STOP_TIMEOUT="${PROMETHEUS_STOP_TIMEOUT:-20}"
 RETENTION="${PROMETHEUS_RETENTION:-1d}"
 
-log() { echo "prometheus.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_NAME=prometheus.sh  # prefix of its messages (log, die)
+# apt_install, and the pid file and port checks of the other servers' scripts.
+# shellcheck source-path=SCRIPTDIR source=lib/install.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/install.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 
 have_tools() { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; }
 
 install_tools() {
   have_tools && return 0
-  command -v apt-get >/dev/null 2>&1 ||
-    die "prometheus/promtool not found and no apt-get; install Prometheus 2.x with your package manager"
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || die "need root or sudo to apt-get install prometheus"
-    sudo=(sudo -n)
-  fi
-  log "installing the Debian package prometheus (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  # Without a package-list refresh first (quickest on fresh lists); refresh only on failure.
-  # --no-install-recommends: not node-exporter and friends, which would start daemons.
-  if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >&2; then
-    "${sudo[@]}" apt-get update -q >&2
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends prometheus >&2
-  fi
+  apt_install "prometheus/promtool not found and no apt-get; install Prometheus 2.x with your package manager" \
+    "need root or sudo to apt-get install prometheus" "installing the Debian package prometheus (apt-get)" \
+    prometheus
   have_tools || die "prometheus/promtool still missing after apt-get install"
   log "installed $(prometheus --version 2>&1 | head -1)"
 }
@@ -76,15 +68,8 @@ paths_for() {  # PORT -> DATA_DIR, PID_FILE, LOG_FILE
   LOG_FILE="$DATA_DIR/prometheus.log"
 }
 
-running_pid() {  # prints the pid when our server for this data dir is alive
-  [[ -f "$PID_FILE" ]] || return 1
-  local pid
-  pid="$(cat "$PID_FILE")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  # A recycled pid belonging to something else must never be signalled.
-  grep -qa prometheus "/proc/$pid/cmdline" 2>/dev/null || return 1
-  echo "$pid"
-}
+# Prints the pid when our server for this data dir is alive (see daemon_pid in lib/daemon.sh).
+running_pid() { daemon_pid "$PID_FILE" -F prometheus; }
 
 ready() { curl -fsS -m 2 "http://127.0.0.1:$1/-/ready" >/dev/null 2>&1; }
 
@@ -99,7 +84,7 @@ cmd_start() {
   if running_pid >/dev/null; then
     die "a server started by this script already runs on port $port (pid $(running_pid)); stop it first"
   fi
-  if ready "$port" || (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if ready "$port" || port_open "$port"; then
     die "port $port is already in use by another process"
   fi
   # A bad config makes prometheus exit at once with a log line that is easy to miss; promtool

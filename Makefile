@@ -5,7 +5,7 @@ PY = $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 PORT ?= 3000
 
-.PHONY: serve test test-chaos test-fast demo-model quality bench bench-kafka bench-cold-start bento image prove-loop env help
+.PHONY: serve test test-chaos test-fast lint fmt lock demo-model quality bench bench-kafka bench-cold-start bento image prove-loop env help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -25,8 +25,30 @@ test:  ## the whole test suite (starts Kafka, S3, Chromium and the service itsel
 test-chaos:  ## only the exactly-once chaos run (1,000 events, consumer SIGKILLs, broker restart)
 	$(PY) -m pytest -p no:cacheprovider -ra -m chaos $(PYTEST_ARGS)
 
-test-fast:  ## unit tests only (no service, broker, MLflow server or demo model)
-	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka and not mlflow" $(PYTEST_ARGS)
+test-fast:  ## unit tests only (no service, broker, MLflow server, Prometheus, browser or demo model)
+	$(PY) -m pytest -p no:cacheprovider -m "not service and not quality and not kafka and not mlflow and not chaos and not prometheus" $(PYTEST_ARGS)
+
+# Every check runs, then the target fails if any did. Config: pyproject.toml ([tool.ruff],
+# [tool.importlinter], [tool.vulture] with infra/lint/vulture_whitelist.py, [tool.deptry]).
+LINTERS = "ruff check" "ruff format --check" "lint-imports" "vulture" "deptry ."
+lint:  ## ruff check, ruff format --check, lint-imports (layers), vulture (dead code), deptry (declared deps)
+	@bin="$(VENV)/bin"; failed=""; \
+	for check in $(LINTERS); do \
+	  echo "== $$check"; "$$bin"/$$check || failed="$$failed, $$check"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make lint: failed: $${failed#, }" >&2; exit 1; fi
+
+fmt:  ## fix what ruff can (ruff check --fix), then ruff format
+	$(VENV)/bin/ruff check --fix
+	$(VENV)/bin/ruff format
+
+# The lock the Python environment installs (infra/python_env.sh): every package, hashed, for the
+# Linux x86_64 / Python 3.11 machines CI and the image run on. Versions already locked are kept
+# unless pyproject.toml no longer allows them; UPGRADE=1 moves everything to the newest allowed.
+lock:  ## regenerate requirements.lock from pyproject.toml (UPGRADE=1: newest versions allowed)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --custom-compile-command "make lock" \
+	  $(if $(UPGRADE),--upgrade) --quiet -o requirements.lock
 
 demo-model:  ## build (or find cached) the embedded demo model
 	$(PY) -m snap2caption_service demo-model

@@ -20,6 +20,27 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
 
+# What a fixture starts or builds -> the marker that `make test-fast` (and any `-m "not ..."`) deselects.
+# A test that asks for one of these fixtures gets its marker even if the test module forgot it, so the
+# unit-test run never starts Kafka or MLflow, builds the demo model or launches the service by accident.
+FIXTURE_MARKERS = {
+    "bootstrap": "kafka",  # stream_support: a real broker (infra/kafka.sh or testcontainers)
+    "bootstrap_servers": "kafka",  # test_kafka_broker.py's own broker fixture
+    "mlflow_server": "mlflow",  # mlflow_support: infra/mlflow.sh (mlflow_uri asks for it too)
+    "demo_model_dir": "quality",  # trains the demo model on a cold cache (~10 min)
+    "service": "service",  # the real BentoML service in a subprocess
+    "auth_service": "service",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in set(item.fixturenames) & FIXTURE_MARKERS.keys():
+            if item.get_closest_marker(FIXTURE_MARKERS[fixture]) is None:
+                item.add_marker(FIXTURE_MARKERS[fixture])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -341,11 +341,11 @@ def test_server_down_midway_leaves_champion_untouched(mlflow_uri, mlflow_server,
     assert v2_now.aliases == () and v2_now.tags["gate_decision"] == "pending"
 
 
-@pytest.mark.mlflow
 def _no_demo(data_dir, progress):
     raise AssertionError("the demo model is not needed here")
 
 
+@pytest.mark.mlflow
 def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow_uri, tmp_path, monkeypatch):
     """`import-model --champion` bakes the champion into the Bento; a pod started with MLflow
     configured then serves those weights instead of downloading and merging the adapter. A

@@ -242,10 +242,6 @@ def read_snapshot(location: str) -> list[CaptionRecord]:
     return read_manifest(folder / "records.jsonl")
 
 
-def snapshot_info(location: str) -> SnapshotInfo:
-    return SnapshotInfo(**json.loads((_local_copy(location) / "snapshot.json").read_text()))
-
-
 # --- local folder or S3 (snap2caption_service/core/storage.py) --------------------------------
 def _publish(work: Path, info: SnapshotInfo) -> None:
     """Copy the finished snapshot into place (records.jsonl last on S3, whole-folder rename locally),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
@@ -78,7 +78,6 @@ class Scene:
     objects: tuple[SceneObject, ...]  # objects[0] is the main (largest) object
     background: tuple[str, ...]  # one name (plain) or two (gradient from, to)
     seed: int = 0
-    jitter: tuple[int, ...] = field(default=(), compare=False)
 
     @property
     def main(self) -> SceneObject:
@@ -285,7 +284,7 @@ def corpus_lines() -> list[str]:
     """Every word the targets can use, for training the demo tokenizer."""
     lines = []
     for tone, by_aud in CAPTIONS.items():
-        for aud, templates in by_aud.items():
+        for templates in by_aud.values():
             for t in templates:
                 for c in COLORS:
                     for s in SHAPES:

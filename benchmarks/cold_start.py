@@ -101,15 +101,22 @@ def cold_start(cfg: Config, image_b64: str, log_dir: Path, timeout: float = 300)
     url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"{re.sub(r'[^a-z0-9]+', '-', cfg.name.lower())}-{port}.log"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*cfg.cmd, "--port", str(port), "--host", "127.0.0.1"], cwd=cfg.cwd, env=cfg.env,
-                            stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cfg.cmd, "--port", str(port), "--host", "127.0.0.1"],
+        cwd=cfg.cwd,
+        env=cfg.env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     live = ready = None
     try:
         with httpx.Client(timeout=2) as c:
             while ready is None:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{cfg.name}: server exited {proc.returncode}; log {log_path}:\n"
-                                       f"{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"{cfg.name}: server exited {proc.returncode}; log {log_path}:\n{log_path.read_text()[-3000:]}"
+                    )
                 if time.perf_counter() - t0 > timeout:
                     raise RuntimeError(f"{cfg.name}: not ready after {timeout}s; log {log_path}")
                 try:
@@ -153,8 +160,14 @@ def make_adapter(demo_dir: Path, out: Path) -> Path:
     from transformers import LlavaForConditionalGeneration
 
     base = LlavaForConditionalGeneration.from_pretrained(demo_dir)
-    lora = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    lora = get_peft_model(
+        base,
+        LoraConfig(
+            r=16,
+            lora_alpha=32,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     lora.save_pretrained(out)
     return out
 
@@ -178,8 +191,13 @@ out["load demo + merge LoRA"] = time.perf_counter() - t
 t = time.perf_counter(); Captioner.load(sys.argv[3], version="x"); out["load merged (Bento)"] = time.perf_counter() - t
 print(json.dumps(out))
 """
-    r = subprocess.run([sys.executable, "-c", script, str(demo_dir), str(adapter), str(merged_dir)],
-                       env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(demo_dir), str(adapter), str(merged_dir)],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode != 0:
         raise SystemExit(f"model-load split failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -190,8 +208,14 @@ def stats(values: list[float]) -> str:
 
 
 def table(configs: list[Config]) -> str:
-    cols = [("to /livez", "live_s"), ("before load", "before_load_s"), ("model load", "load_s"),
-            ("to /readyz", "ready_s"), ("1st request", "first_request_s"), ("to 1st answer", "first_answer_s")]
+    cols = [
+        ("to /livez", "live_s"),
+        ("before load", "before_load_s"),
+        ("model load", "load_s"),
+        ("to /readyz", "ready_s"),
+        ("1st request", "first_request_s"),
+        ("to 1st answer", "first_answer_s"),
+    ]
     head = f"| {'start':<14} | runs | " + " | ".join(f"{c:^19}" for c, _ in cols) + " |"
     lines = [head, "|" + "|".join("-" * len(p) for p in head.split("|")[1:-1]) + "|"]
     for cfg in configs:
@@ -222,16 +246,40 @@ def main() -> int:
     home, logs = work / "bentoml", work / "logs"
     logs.mkdir(parents=True)
     load_before = load_average()
-    base_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("SNAP2CAPTION_", "BENTOML_")) and k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    base_env.update({"SNAP2CAPTION_ENV_FILE": "/nonexistent", "BENTOML_DO_NOT_TRACK": "true",
-                     "BENTOML_HOME": str(home), "SNAP2CAPTION_MAX_NEW_TOKENS": "48"})
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SNAP2CAPTION_", "BENTOML_")) and k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")
+    }
+    base_env.update(
+        {
+            "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_HOME": str(home),
+            "SNAP2CAPTION_MAX_NEW_TOKENS": "48",
+        }
+    )
 
     print(f"setting up in {work}: LoRA adapter, import-model, bentoml build ...", file=sys.stderr)
     adapter = make_adapter(demo_dir, work / "adapter")
     repo_env = {**base_env, "PYTHONPATH": str(REPO)}
-    stored = json.loads(run(["-m", "snap2caption_service", "import-model", "--model", str(demo_dir), "--adapter",
-                             str(adapter), "--version", "demo+lora-merged", "--json"], repo_env))
+    stored = json.loads(
+        run(
+            [
+                "-m",
+                "snap2caption_service",
+                "import-model",
+                "--model",
+                str(demo_dir),
+                "--adapter",
+                str(adapter),
+                "--version",
+                "demo+lora-merged",
+                "--json",
+            ],
+            repo_env,
+        )
+    )
     t = time.perf_counter()
     tag = re.search(r"__tag__:(\S+)", run(["-m", "bentoml", "build", "--output", "tag"], repo_env)).group(1)
     build_s = time.perf_counter() - t
@@ -246,10 +294,18 @@ def main() -> int:
     bento_cwd.mkdir()
     configs = [
         Config("repo", serve_cli, REPO, {**repo_env, "SNAP2CAPTION_DATA_DIR": str(data)}),
-        Config("repo + LoRA", [*serve_cli, "--adapter", str(adapter)], REPO,
-               {**repo_env, "SNAP2CAPTION_DATA_DIR": str(data)}),
-        Config("Bento", [sys.executable, "-m", "bentoml", "serve", tag], bento_cwd,
-               {**base_env, "SNAP2CAPTION_DATA_DIR": str(work / "bento-data")}),
+        Config(
+            "repo + LoRA",
+            [*serve_cli, "--adapter", str(adapter)],
+            REPO,
+            {**repo_env, "SNAP2CAPTION_DATA_DIR": str(data)},
+        ),
+        Config(
+            "Bento",
+            [sys.executable, "-m", "bentoml", "serve", tag],
+            bento_cwd,
+            {**base_env, "SNAP2CAPTION_DATA_DIR": str(work / "bento-data")},
+        ),
     ]
     image = scene_png_b64()
     try:
@@ -257,27 +313,45 @@ def main() -> int:
             for cfg in configs:
                 s = cold_start(cfg, image, logs)
                 cfg.starts.append(s)
-                print(f"  run {i + 1} {cfg.name:<12} ready {s.ready_s:5.2f}s (load {s.load_s:5.2f}s), "
-                      f"first answer {s.first_answer_s:5.2f}s  [{s.model_version}]", file=sys.stderr)
+                print(
+                    f"  run {i + 1} {cfg.name:<12} ready {s.ready_s:5.2f}s (load {s.load_s:5.2f}s), "
+                    f"first answer {s.first_answer_s:5.2f}s  [{s.model_version}]",
+                    file=sys.stderr,
+                )
         split = split_model_load(demo_dir, adapter, Path(stored["path"]), base_env)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"no GPU; load average {load_before} before, {load_average()} after")
-    print(f"model: {demo_dir.name} ({stored['size_bytes'] / 1e6:.1f} MB safetensors); Bento {tag} "
-          f"(bentoml build incl. locking: {build_s:.1f}s)\n")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"no GPU; load average {load_before} before, {load_average()} after"
+    )
+    print(
+        f"model: {demo_dir.name} ({stored['size_bytes'] / 1e6:.1f} MB safetensors); Bento {tag} "
+        f"(bentoml build incl. locking: {build_s:.1f}s)\n"
+    )
     print("seconds from process start, median [min-max]:\n")
     print(table(configs))
     print("\nthe model load, in fresh processes on the same files:\n")
     for name, seconds in split.items():
         print(f"  {name:<26} {seconds:6.2f} s")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({
-            "starts": [{**asdict(s), "before_load_s": s.before_load_s, "first_answer_s": s.first_answer_s}
-                       for cfg in configs for s in cfg.starts],
-            "model_load_split": split, "bento": tag, "build_s": build_s}, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps(
+                {
+                    "starts": [
+                        {**asdict(s), "before_load_s": s.before_load_s, "first_answer_s": s.first_answer_s}
+                        for cfg in configs
+                        for s in cfg.starts
+                    ],
+                    "model_load_split": split,
+                    "bento": tag,
+                    "build_s": build_s,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

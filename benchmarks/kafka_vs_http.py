@@ -61,13 +61,13 @@ sys.path.insert(0, str(REPO))
 
 @dataclass
 class Phase:
-    path: str            # "HTTP" or "Kafka" (or "Kafka <variant>")
+    path: str  # "HTTP" or "Kafka" (or "Kafka <variant>")
     round: int
-    n: int               # answered requests / captioned events
+    n: int  # answered requests / captioned events
     errors: int
     wall_s: float
-    e2e: list[float] = field(default_factory=list)       # upload/request -> caption, s
-    service: list[float] = field(default_factory=list)   # request latency / poll -> answer, s
+    e2e: list[float] = field(default_factory=list)  # upload/request -> caption, s
+    service: list[float] = field(default_factory=list)  # request latency / poll -> answer, s
     batch_mean: float = float("nan")
     extra: dict = field(default_factory=dict)
 
@@ -100,12 +100,15 @@ def scene_pngs(n: int) -> list[bytes]:
 
 # --- the parts: broker, service, consumer ------------------------------------------------
 
+
 def broker_pid() -> int | None:
     """The infra/kafka.sh broker's pid (for its CPU time), if this run uses that broker."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return None
-    data = Path(os.environ.get("KAFKA_DATA_DIR") or Path(os.environ.get("SNAP2CAPTION_CACHE") or
-                                                          Path.home() / ".cache/snap2caption") / "kafka-data")
+    data = Path(
+        os.environ.get("KAFKA_DATA_DIR")
+        or Path(os.environ.get("SNAP2CAPTION_CACHE") or Path.home() / ".cache/snap2caption") / "kafka-data"
+    )
     try:
         return int((data / "kafka.pid").read_text().strip())
     except (OSError, ValueError):
@@ -115,8 +118,13 @@ def broker_pid() -> int | None:
 def ensure_broker() -> str:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-    proc = subprocess.run(["bash", str(REPO / "infra" / "kafka.sh"), "start"], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "infra" / "kafka.sh"), "start"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=900,
+    )
     match = re.search(r"^KAFKA_BOOTSTRAP_SERVERS=(\S+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not match:
         raise SystemExit(f"infra/kafka.sh start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -124,8 +132,15 @@ def ensure_broker() -> str:
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -176,11 +191,15 @@ def cpu_seconds(pid: int, descendants: bool = True) -> float:
 
 def counter(metrics_url: str, name: str, labels: str = "") -> float:
     text = httpx.get(metrics_url, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and labels in line and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and labels in line and not line.startswith("#")
+    )
 
 
 # --- HTTP at saturation ------------------------------------------------------------------
+
 
 def http_phase(url: str, clients: int, requests: int, payloads: list[str], rnd: int) -> Phase:
     latencies, errors, lock, next_i = [], [0], threading.Lock(), [0]
@@ -212,6 +231,7 @@ def http_phase(url: str, clients: int, requests: int, payloads: list[str], rnd: 
 
 # --- Kafka end to end --------------------------------------------------------------------
 
+
 class CaptionedReader(threading.Thread):
     """read_committed reader of media.captioned: when each media_id's captioned event shows up."""
 
@@ -219,9 +239,14 @@ class CaptionedReader(threading.Thread):
         super().__init__(daemon=True)
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                      isolation_level="read_committed", auto_offset_reset="latest",
-                                      fetch_max_wait_ms=20)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=20,
+        )
         parts = self.consumer.partitions_for_topic(topic)
         deadline = time.time() + 30
         while not parts and time.time() < deadline:
@@ -255,21 +280,28 @@ class CaptionedReader(threading.Thread):
 
 
 def upload_records(prefix: str, pngs: list[bytes], n: int):
-    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
     from snap2caption_service.core import cloudevents
+    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
 
     inline = [base64.b64encode(p).decode() for p in pngs]
     for i in range(n):
         media_id = f"{prefix}-{i:05d}"
-        data = {"media_id": media_id, "creator_id": "bench", "tone": "funny",
-                "image": {"inline_base64": inline[i % len(inline)]}, "uploaded_at": cloudevents.now_rfc3339()}
+        data = {
+            "media_id": media_id,
+            "creator_id": "bench",
+            "tone": "funny",
+            "image": {"inline_base64": inline[i % len(inline)]},
+            "uploaded_at": cloudevents.now_rfc3339(),
+        }
         value, headers = cloudevents.to_kafka(
-            cloudevents.new_event(EVENT_TYPE_UPLOADED, "urn:bench:uploader", data, subject=media_id))
+            cloudevents.new_event(EVENT_TYPE_UPLOADED, "urn:bench:uploader", data, subject=media_id)
+        )
         yield media_id, value, headers
 
 
-def kafka_phase(producer, reader: CaptionedReader, topic: str, events: int, pngs: list[bytes], rnd: int,
-                timeout: float) -> Phase:
+def kafka_phase(
+    producer, reader: CaptionedReader, topic: str, events: int, pngs: list[bytes], rnd: int, timeout: float
+) -> Phase:
     prefix = f"bench{rnd}-{uuid.uuid4().hex[:6]}"
     # Build the records first, so the timed span is produce -> captioned, not JSON encoding.
     records = list(upload_records(prefix, pngs, events))
@@ -292,16 +324,21 @@ def kafka_phase(producer, reader: CaptionedReader, topic: str, events: int, pngs
 
 # --- the run -----------------------------------------------------------------------------
 
+
 def fmt(rows: list[Phase]) -> str:
-    head = (f"| {'path':<16} | {'round':>5} | {'events':>6} | {'errors':>6} | {'wall s':>6} | {'captions/s':>10} | "
-            f"{'e2e p50 s':>9} | {'e2e p90 s':>9} | {'svc p50 s':>9} | {'svc p90 s':>9} | {'batch':>5} | "
-            f"{'CPU ms/caption svc+cons+bench+broker':>36} |")
+    head = (
+        f"| {'path':<16} | {'round':>5} | {'events':>6} | {'errors':>6} | {'wall s':>6} | {'captions/s':>10} | "
+        f"{'e2e p50 s':>9} | {'e2e p90 s':>9} | {'svc p50 s':>9} | {'svc p90 s':>9} | {'batch':>5} | "
+        f"{'CPU ms/caption svc+cons+bench+broker':>36} |"
+    )
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
-        lines.append(f"| {r.path:<16} | {r.round:>5} | {r.n:>6} | {r.errors:>6} | {r.wall_s:>6.1f} | "
-                     f"{r.throughput:>10.2f} | {pct(r.e2e, .5):>9.2f} | {pct(r.e2e, .9):>9.2f} | "
-                     f"{pct(r.service, .5):>9.2f} | {pct(r.service, .9):>9.2f} | {r.batch_mean:>5.1f} | "
-                     f"{cpu_cell(r):>36} |")
+        lines.append(
+            f"| {r.path:<16} | {r.round:>5} | {r.n:>6} | {r.errors:>6} | {r.wall_s:>6.1f} | "
+            f"{r.throughput:>10.2f} | {pct(r.e2e, 0.5):>9.2f} | {pct(r.e2e, 0.9):>9.2f} | "
+            f"{pct(r.service, 0.5):>9.2f} | {pct(r.service, 0.9):>9.2f} | {r.batch_mean:>5.1f} | "
+            f"{cpu_cell(r):>36} |"
+        )
     return "\n".join(lines)
 
 
@@ -332,21 +369,41 @@ def start_pipeline(name: str, bootstrap: str, url: str, base_env: dict, extra: d
     from stream.topics import ensure_topics
 
     tag = f"bench-{name}-{uuid.uuid4().hex[:8]}"
-    topics = {"SNAP2CAPTION_TOPIC_UPLOADED": f"{tag}.uploaded", "SNAP2CAPTION_TOPIC_CAPTIONED": f"{tag}.captioned",
-              "SNAP2CAPTION_TOPIC_DLQ": f"{tag}.uploaded.dlq", "SNAP2CAPTION_TOPIC_FEEDBACK": f"{tag}.feedback"}
-    ensure_topics(StreamSettings(kafka_bootstrap_servers=bootstrap, topic_partitions=3),
-                  [v for k, v in topics.items() if k != "SNAP2CAPTION_TOPIC_FEEDBACK"])
+    topics = {
+        "SNAP2CAPTION_TOPIC_UPLOADED": f"{tag}.uploaded",
+        "SNAP2CAPTION_TOPIC_CAPTIONED": f"{tag}.captioned",
+        "SNAP2CAPTION_TOPIC_DLQ": f"{tag}.uploaded.dlq",
+        "SNAP2CAPTION_TOPIC_FEEDBACK": f"{tag}.feedback",
+    }
+    ensure_topics(
+        StreamSettings(kafka_bootstrap_servers=bootstrap, topic_partitions=3),
+        [v for k, v in topics.items() if k != "SNAP2CAPTION_TOPIC_FEEDBACK"],
+    )
     port = free_port()
-    env = {**base_env, **topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SNAP2CAPTION_SERVICE_URL": url,
-           "SNAP2CAPTION_CONSUMER_GROUP": f"{tag}-group", "SNAP2CAPTION_INSTANCE_ID": f"bench-{name}-0",
-           "SNAP2CAPTION_METRICS_PORT": str(port), "SNAP2CAPTION_METRICS_HOST": "127.0.0.1", **extra}
+    env = {
+        **base_env,
+        **topics,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SNAP2CAPTION_SERVICE_URL": url,
+        "SNAP2CAPTION_CONSUMER_GROUP": f"{tag}-group",
+        "SNAP2CAPTION_INSTANCE_ID": f"bench-{name}-0",
+        "SNAP2CAPTION_METRICS_PORT": str(port),
+        "SNAP2CAPTION_METRICS_HOST": "127.0.0.1",
+        **extra,
+    }
     log = work / f"consumer-{name}.log"
     cwd = env.pop("CHECKOUT", None)
     if cwd:  # `python -m` puts the working directory first on sys.path; the rest from this checkout
         env["PYTHONPATH"] = f"{cwd}{os.pathsep}{REPO}"
-    proc = subprocess.Popen([sys.executable, "-m", "snap2caption_service", "consume"], cwd=cwd or REPO, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snap2caption_service", "consume"],
+        cwd=cwd or REPO,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     wait_http(metrics_url, proc, log, timeout=120)
     pipe = Pipeline(name, topics, env, proc, log, metrics_url)
@@ -364,13 +421,28 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=1000, help="upload events (and HTTP requests) per phase")
     ap.add_argument("--clients", type=int, default=64, help="HTTP clients (closed loop)")
     ap.add_argument("--rounds", type=int, default=2, help="rounds of HTTP + Kafka phases, alternating order")
-    ap.add_argument("--consumer-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="settings of the main consumer (repeatable; default: its own defaults)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V,K=V",
-                    help="another consumer with these settings, measured in the same rounds (repeatable)")
-    ap.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
-                    help="service settings (repeatable; default: its defaults), e.g. "
-                         "SNAP2CAPTION_MAX_NEW_TOKENS=8 for short answers and fast batches")
+    ap.add_argument(
+        "--consumer-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="settings of the main consumer (repeatable; default: its own defaults)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:K=V,K=V",
+        help="another consumer with these settings, measured in the same rounds (repeatable)",
+    )
+    ap.add_argument(
+        "--service-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="service settings (repeatable; default: its defaults), e.g. "
+        "SNAP2CAPTION_MAX_NEW_TOKENS=8 for short answers and fast batches",
+    )
     ap.add_argument("--model", help="model folder (default: the embedded demo model, built if needed)")
     ap.add_argument("--workdir", default="/tmp/snap2caption-bench-kafka")
     ap.add_argument("--json-out", help="also write every phase as JSON")
@@ -396,13 +468,31 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     base_env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_ENV_FILE": "/nonexistent"}
-    svc_env = {**base_env, "SNAP2CAPTION_MODEL": model_dir, "SNAP2CAPTION_DATA_DIR": str(work / "data"),
-               "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-               **parse_settings(args.service_env)}
+    svc_env = {
+        **base_env,
+        "SNAP2CAPTION_MODEL": model_dir,
+        "SNAP2CAPTION_DATA_DIR": str(work / "data"),
+        "BENTOML_HOME": str(work / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **parse_settings(args.service_env),
+    }
     svc_log = work / "service.log"
     print(f"broker {bootstrap}; service {url} on {Path(model_dir).name}; logs in {work}", file=sys.stderr)
-    svc = start([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
-                 "--host", "127.0.0.1", "--port", str(port)], svc_env, svc_log)
+    svc = start(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "snap2caption_service.service:Snap2Caption",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        svc_env,
+        svc_log,
+    )
     pipes: dict[str, Pipeline] = {}
     producer = None
     rows: list[Phase] = []
@@ -410,8 +500,9 @@ def main() -> int:
     try:
         wait_http(url + "/readyz", svc, svc_log)
         for name, extra in variants.items():
-            pipes[name] = start_pipeline(name.replace("Kafka", "").strip() or "main", bootstrap, url, base_env,
-                                         extra, work)
+            pipes[name] = start_pipeline(
+                name.replace("Kafka", "").strip() or "main", bootstrap, url, base_env, extra, work
+            )
         producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=4 << 20)
         # Warm-up, kept out of the table: BentoML's batcher calibrates on its first ~25 batches,
         # and each consumer joins its group and opens its connections.
@@ -422,36 +513,50 @@ def main() -> int:
 
         paths = ["HTTP", *pipes]
         for rnd in range(1, args.rounds + 1):
-            for path in (paths if rnd % 2 else paths[::-1]):
+            for path in paths if rnd % 2 else paths[::-1]:
                 loads.append(loadavg())
                 b0 = histogram(url + "/metrics", "snap2caption_model_batch_size")
                 # Where the 2 cores go: the service, the consumers, this process (HTTP clients,
                 # or the producer and the readers).
                 # (consumer: the one at work in a Kafka phase; all of them, idle, in an HTTP phase)
                 busy = [pipes[path]] if path in pipes else list(pipes.values())
-                cpu0 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
-                        "bench": cpu_seconds(os.getpid(), descendants=False),
-                        "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0}
+                cpu0 = {
+                    "service": cpu_seconds(svc.pid),
+                    "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
+                    "bench": cpu_seconds(os.getpid(), descendants=False),
+                    "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
+                }
                 if path == "HTTP":
                     row = http_phase(url, args.clients, args.events, payloads, rnd)
                 else:
                     pipe = pipes[path]
                     t0 = counter(pipe.metrics_url, "snap2caption_consumer_transactions_total", 'outcome="committed"')
                     p0 = counter(pipe.metrics_url, "snap2caption_consumer_stage_seconds_sum", 'stage="produce"')
-                    row = kafka_phase(producer, pipe.reader, pipe.topics["SNAP2CAPTION_TOPIC_UPLOADED"], args.events,
-                                      pngs, rnd, 1800)
+                    row = kafka_phase(
+                        producer, pipe.reader, pipe.topics["SNAP2CAPTION_TOPIC_UPLOADED"], args.events, pngs, rnd, 1800
+                    )
                     row.path = path
-                    txns = counter(pipe.metrics_url, "snap2caption_consumer_transactions_total",
-                                   'outcome="committed"') - t0
+                    txns = (
+                        counter(pipe.metrics_url, "snap2caption_consumer_transactions_total", 'outcome="committed"')
+                        - t0
+                    )
                     row.extra["transactions"] = txns
-                    row.extra["txn_ms"] = round(1000 * (counter(
-                        pipe.metrics_url, "snap2caption_consumer_stage_seconds_sum", 'stage="produce"') - p0)
-                        / max(1.0, txns), 1)
+                    row.extra["txn_ms"] = round(
+                        1000
+                        * (counter(pipe.metrics_url, "snap2caption_consumer_stage_seconds_sum", 'stage="produce"') - p0)
+                        / max(1.0, txns),
+                        1,
+                    )
                 b1 = histogram(url + "/metrics", "snap2caption_model_batch_size")
-                cpu1 = {"service": cpu_seconds(svc.pid), "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
-                        "bench": cpu_seconds(os.getpid(), descendants=False),
-                        "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0}
-                row.extra["cpu_ms_per_caption"] = {k: round(1000 * (cpu1[k] - cpu0[k]) / max(1, row.n), 1) for k in cpu0}
+                cpu1 = {
+                    "service": cpu_seconds(svc.pid),
+                    "consumer": sum(cpu_seconds(q.proc.pid) for q in busy),
+                    "bench": cpu_seconds(os.getpid(), descendants=False),
+                    "broker": cpu_seconds(kafka_pid) if kafka_pid else 0.0,
+                }
+                row.extra["cpu_ms_per_caption"] = {
+                    k: round(1000 * (cpu1[k] - cpu0[k]) / max(1, row.n), 1) for k in cpu0
+                }
                 row.batch_mean = (b1[0] - b0[0]) / max(1.0, b1[1] - b0[1])
                 row.extra["model_calls"] = b1[1] - b0[1]
                 rows.append(row)
@@ -469,29 +574,47 @@ def main() -> int:
         stop(svc)
 
     consumers = ", ".join(f"{k}: {v or 'defaults'}" for k, v in variants.items())
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"model {Path(model_dir).name}; service {parse_settings(args.service_env) or 'defaults'} "
-          f"(max_batch_size {Settings().max_batch_size}); "
-          f"{args.clients} HTTP clients; {args.events} requests/events per phase; 3 partitions; "
-          f"consumers: {consumers}; "
-          f"load average (1/5/15 min) at each phase start: {'; '.join(loads)}\n")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"model {Path(model_dir).name}; service {parse_settings(args.service_env) or 'defaults'} "
+        f"(max_batch_size {Settings().max_batch_size}); "
+        f"{args.clients} HTTP clients; {args.events} requests/events per phase; 3 partitions; "
+        f"consumers: {consumers}; "
+        f"load average (1/5/15 min) at each phase start: {'; '.join(loads)}\n"
+    )
     print(fmt(rows))
     http = [r for r in rows if r.path == "HTTP"]
     mean_http = statistics.mean(h.throughput for h in http)
     print()
     for path in pipes:
         kafka = [r for r in rows if r.path == path]
-        per_round = ", ".join(f"{k.throughput / next(h for h in http if h.round == k.round).throughput:.0%}"
-                              for k in kafka)
+        per_round = ", ".join(
+            f"{k.throughput / next(h for h in http if h.round == k.round).throughput:.0%}" for k in kafka
+        )
         mean_k = statistics.mean(k.throughput for k in kafka)
-        print(f"{path} / HTTP throughput: {mean_k:.1f} / {mean_http:.1f} captions/s = {mean_k / mean_http:.0%} "
-              f"(per round: {per_round}; target >= 90%)")
+        print(
+            f"{path} / HTTP throughput: {mean_k:.1f} / {mean_http:.1f} captions/s = {mean_k / mean_http:.0%} "
+            f"(per round: {per_round}; target >= 90%)"
+        )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([{**r.__dict__, "e2e": None, "service": None,
-                                                    "throughput": r.throughput,
-                                                    "e2e_p50": pct(r.e2e, .5), "e2e_p90": pct(r.e2e, .9),
-                                                    "svc_p50": pct(r.service, .5), "svc_p90": pct(r.service, .9)}
-                                                   for r in rows], indent=2))
+        Path(args.json_out).write_text(
+            json.dumps(
+                [
+                    {
+                        **r.__dict__,
+                        "e2e": None,
+                        "service": None,
+                        "throughput": r.throughput,
+                        "e2e_p50": pct(r.e2e, 0.5),
+                        "e2e_p90": pct(r.e2e, 0.9),
+                        "svc_p50": pct(r.service, 0.5),
+                        "svc_p90": pct(r.service, 0.9),
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
     return 0
 
 

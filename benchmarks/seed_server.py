@@ -12,7 +12,7 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from snap2caption_service.core.captioner import CaptionJob, Captioner
+from snap2caption_service.core.captioner import Captioner, CaptionJob
 from snap2caption_service.core.contracts import CaptionRequest
 from snap2caption_service.core.images import decode_base64_image, load_image
 
@@ -31,8 +31,12 @@ def make_app(model_dir: str) -> FastAPI:
         t0 = time.perf_counter()
         img = load_image(decode_base64_image(req.image, 10 << 20), 10 << 20, 40_000_000)
         best = captioner.caption_batch([CaptionJob(img, req.tone, req.audience, req.num_hashtags)])[0][0]
-        return {"caption": best.caption, "hashtags": best.hashtags, "alt_text": best.alt_text,
-                "latency_ms": (time.perf_counter() - t0) * 1000}
+        return {
+            "caption": best.caption,
+            "hashtags": best.hashtags,
+            "alt_text": best.alt_text,
+            "latency_ms": (time.perf_counter() - t0) * 1000,
+        }
 
     return app
 

@@ -81,6 +81,7 @@ async def _load(url: str, clients: int, per_client: int, payloads: list[str], sy
     errors = 0
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+
         async def client(i: int):
             nonlocal errors
             for k in range(per_client):
@@ -101,8 +102,16 @@ async def _load(url: str, clients: int, per_client: int, payloads: list[str], sy
         wall = time.perf_counter() - t0
     for sample in error_samples:
         print(f"  {system} @ {clients} clients: error {sample}", file=sys.stderr)
-    return Row(system, clients, clients * per_client, errors, len(latencies) / wall,
-               pct(latencies, 0.5), pct(latencies, 0.9), pct(latencies, 0.99))
+    return Row(
+        system,
+        clients,
+        clients * per_client,
+        errors,
+        len(latencies) / wall,
+        pct(latencies, 0.5),
+        pct(latencies, 0.9),
+        pct(latencies, 0.99),
+    )
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -117,8 +126,9 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
 @contextlib.contextmanager
 def running_server(cmd: list[str], url: str, env: dict):
     """Start a server subprocess, wait for /readyz, and stop its whole process group after."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_ready(url, proc)
         yield url
@@ -148,13 +158,22 @@ def run_raw(cap, imgs: list, batch_sizes: list[int], repeats: int) -> list[Row]:
             cap.caption_batch(jobs)
             times.append(time.perf_counter() - t0)
         # Every item in a batch waits for the whole batch: latency = batch wall time.
-        rows.append(Row("raw batched generate", bs, bs * repeats, 0, bs * repeats / sum(times),
-                        statistics.median(times), pct(times, 0.9), pct(times, 0.99)))
+        rows.append(
+            Row(
+                "raw batched generate",
+                bs,
+                bs * repeats,
+                0,
+                bs * repeats / sum(times),
+                statistics.median(times),
+                pct(times, 0.9),
+                pct(times, 0.99),
+            )
+        )
     return rows
 
 
-def interleaved_single_client(cap, imgs: list, url: str, payloads: list[str], rounds: int = 4,
-                              per_round: int = 10):
+def interleaved_single_client(cap, imgs: list, url: str, payloads: list[str], rounds: int = 4, per_round: int = 10):
     """Single-request latency of raw generate and of the service, alternating in blocks so
     both see the same machine state (this VM's speed drifts by 20-30% between minutes)."""
     from snap2caption_service.core.captioner import CaptionJob
@@ -173,8 +192,9 @@ def interleaved_single_client(cap, imgs: list, url: str, payloads: list[str], ro
     return statistics.median(raw), statistics.median(svc)
 
 
-def interleaved_batches(cap, imgs: list, url: str, payloads: list[str], size: int = 32, rounds: int = 4,
-                        batches_per_round: int = 8) -> list[tuple[float, float]]:
+def interleaved_batches(
+    cap, imgs: list, url: str, payloads: list[str], size: int = 32, rounds: int = 4, batches_per_round: int = 8
+) -> list[tuple[float, float]]:
     """Throughput of raw batches of ``size`` and of the service under ``size`` closed-loop
     clients, alternating round by round: the ratio the issue sets a target for, with both
     sides measured on the same machine state. Per round: (raw captions/s, service captions/s).
@@ -189,8 +209,10 @@ def interleaved_batches(cap, imgs: list, url: str, payloads: list[str], size: in
             cap.caption_batch([CaptionJob(imgs[(b * size + i) % len(imgs)], "funny") for i in range(size)])
         raw = batches_per_round * size / (time.perf_counter() - t0)
         svc = load(url, size, batches_per_round, payloads, "service (BentoML)").throughput
-        print(f"  round {r + 1}: raw batch-{size} {raw:.1f}/s, service at {size} clients {svc:.1f}/s "
-              f"({svc / raw:.0%})", file=sys.stderr)
+        print(
+            f"  round {r + 1}: raw batch-{size} {raw:.1f}/s, service at {size} clients {svc:.1f}/s ({svc / raw:.0%})",
+            file=sys.stderr,
+        )
         out.append((raw, svc))
     return out
 
@@ -200,21 +222,28 @@ def fmt_table(rows: list[Row]) -> str:
     sep = "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"
     lines = [head, sep]
     for r in rows:
-        lines.append(f"| {r.system:<22} | {r.clients:>13} | {r.requests:>8} | {r.errors:>6} | {r.throughput:>10.2f} | "
-                     f"{r.p50:>6.3f} | {r.p90:>6.3f} | {r.p99:>6.3f} |")
+        lines.append(
+            f"| {r.system:<22} | {r.clients:>13} | {r.requests:>8} | {r.errors:>6} | {r.throughput:>10.2f} | "
+            f"{r.p50:>6.3f} | {r.p90:>6.3f} | {r.p99:>6.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="1,8,32,50,64")
-    ap.add_argument("--requests-per-client", type=int, default=8,
-                    help="back-to-back requests per client: the service's first cycle or two after a change of load form while its batcher learns the concurrency")
+    ap.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=8,
+        help="back-to-back requests per client: the service's first cycle or two after a change of load form while its batcher learns the concurrency",
+    )
     ap.add_argument("--seed-clients", default="1,8,32,64", help="levels for the (slow) seed-style server")
     ap.add_argument("--raw-repeats", type=int, default=3)
     ap.add_argument("--max-batch-size", type=int, default=64)
-    ap.add_argument("--paired-rounds", type=int, default=4,
-                    help="rounds of raw batch-32 vs service at 32 clients, alternating")
+    ap.add_argument(
+        "--paired-rounds", type=int, default=4, help="rounds of raw batch-32 vs service at 32 clients, alternating"
+    )
     ap.add_argument("--model", help="model folder (default: the embedded demo model, built if needed)")
     ap.add_argument("--json-out", help="also write all rows as JSON")
     args = ap.parse_args()
@@ -226,21 +255,31 @@ def main() -> int:
 
     model_dir = args.model or str(ensure_demo_model(Settings().data_dir))
     payloads = scene_payloads(64)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_MODEL": model_dir,
-           "SNAP2CAPTION_ENV_FILE": "/nonexistent", "SNAP2CAPTION_MAX_BATCH_SIZE": str(args.max_batch_size),
-           "SNAP2CAPTION_DATA_DIR": "/tmp/snap2caption-bench", "BENTOML_HOME": "/tmp/snap2caption-bench/bentoml"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SNAP2CAPTION_MODEL": model_dir,
+        "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+        "SNAP2CAPTION_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "SNAP2CAPTION_DATA_DIR": "/tmp/snap2caption-bench",
+        "BENTOML_HOME": "/tmp/snap2caption-bench/bentoml",
+    }
     rows: list[Row] = []
 
     print(f"raw batched generate on {model_dir} ...", file=sys.stderr)
     from snap2caption_service.core.captioner import Captioner
 
     cap, imgs = Captioner.load(model_dir), decoded_images(payloads)
-    rows += run_raw(cap, imgs, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])),
-                    args.raw_repeats)
+    rows += run_raw(
+        cap, imgs, sorted(set([1, 8, 32, 64] + [c for c in levels if c <= args.max_batch_size])), args.raw_repeats
+    )
 
     print("service (bentoml serve) ...", file=sys.stderr)
-    with running_server([sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
-                         "--port", "3201"], "http://127.0.0.1:3201", env) as url:
+    with running_server(
+        [sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption", "--port", "3201"],
+        "http://127.0.0.1:3201",
+        env,
+    ) as url:
         # BentoML's batcher first measures the model with ~25 small batches: keep that out of the table.
         load(url, 8, 8, payloads, "warm-up")
         for n in levels:
@@ -252,8 +291,11 @@ def main() -> int:
 
     if seed_levels:
         print("seed-style FastAPI server ...", file=sys.stderr)
-        with running_server([sys.executable, str(REPO / "benchmarks" / "seed_server.py"), "--model", model_dir,
-                             "--port", "3202"], "http://127.0.0.1:3202", env) as url:
+        with running_server(
+            [sys.executable, str(REPO / "benchmarks" / "seed_server.py"), "--model", model_dir, "--port", "3202"],
+            "http://127.0.0.1:3202",
+            env,
+        ) as url:
             load(url, 1, 2, payloads, "warm-up")
             for n in seed_levels:
                 # The seed server is slow at high concurrency: one request per client is enough.
@@ -261,8 +303,10 @@ def main() -> int:
                 rows.append(load(url, n, per, payloads, "seed-style FastAPI"))
                 print(fmt_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"model {Path(model_dir).name}; service max_batch_size={args.max_batch_size}\n")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"model {Path(model_dir).name}; service max_batch_size={args.max_batch_size}\n"
+    )
     print(fmt_table(rows))
 
     def get(system, n):
@@ -271,21 +315,31 @@ def main() -> int:
     print("\nratios")
     svc32, seed32, raw32 = get("service", 32), get("seed", 32), get("raw", 32)
     if svc32 and seed32:
-        print(f"  service / seed-style throughput at 32 clients: {svc32.throughput / seed32.throughput:.1f}x  (target >= 5x)")
+        print(
+            f"  service / seed-style throughput at 32 clients: {svc32.throughput / seed32.throughput:.1f}x  (target >= 5x)"
+        )
     if svc32 and raw32:
-        print(f"  service at 32 clients / raw batch-32 throughput (table rows): {svc32.throughput / raw32.throughput:.0%}")
+        print(
+            f"  service at 32 clients / raw batch-32 throughput (table rows): {svc32.throughput / raw32.throughput:.0%}"
+        )
     if paired:
         raw_mean = statistics.fmean(r for r, _ in paired)
         svc_mean = statistics.fmean(s for _, s in paired)
-        print(f"  service at 32 clients / raw batch-32, alternating rounds: {svc_mean:.1f} / {raw_mean:.1f} = "
-              f"{svc_mean / raw_mean:.0%} (per round: {', '.join(f'{s / r:.0%}' for r, s in paired)}; target >= 85%)")
+        print(
+            f"  service at 32 clients / raw batch-32, alternating rounds: {svc_mean:.1f} / {raw_mean:.1f} = "
+            f"{svc_mean / raw_mean:.0%} (per round: {', '.join(f'{s / r:.0%}' for r, s in paired)}; target >= 85%)"
+        )
     svc1, raw1 = get("service", 1), get("raw", 1)
     if svc1 and raw1:
-        print(f"  single-client latency: service p50 {svc1.p50 * 1000:.0f} ms vs raw batch-1 {raw1.p50 * 1000:.0f} ms "
-              f"(+{(svc1.p50 - raw1.p50) * 1000:.0f} ms; target <= +15 ms)")
+        print(
+            f"  single-client latency: service p50 {svc1.p50 * 1000:.0f} ms vs raw batch-1 {raw1.p50 * 1000:.0f} ms "
+            f"(+{(svc1.p50 - raw1.p50) * 1000:.0f} ms; target <= +15 ms)"
+        )
     if single:
-        print(f"  single request, interleaved (40 each): service p50 {single[1] * 1000:.0f} ms vs raw "
-              f"{single[0] * 1000:.0f} ms (+{(single[1] - single[0]) * 1000:.0f} ms; target <= +15 ms)")
+        print(
+            f"  single request, interleaved (40 each): service p50 {single[1] * 1000:.0f} ms vs raw "
+            f"{single[0] * 1000:.0f} ms (+{(single[1] - single[0]) * 1000:.0f} ms; target <= +15 ms)"
+        )
     svc50 = get("service", 50)
     if svc50:
         print(f"  50 clients: {svc50.throughput:.1f} captions/s (target >= 10), p90 {svc50.p90:.2f} s (target < 2 s)")

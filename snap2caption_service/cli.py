@@ -14,8 +14,15 @@ import sys
 import time
 from pathlib import Path
 
-from snap2caption_service.core.contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MIN_CANDIDATES,
-                        MIN_HASHTAGS, CaptionOptions)
+from snap2caption_service.core.contracts import (
+    AUDIENCES,
+    DEFAULT_HASHTAGS,
+    MAX_CANDIDATES,
+    MAX_HASHTAGS,
+    MIN_CANDIDATES,
+    MIN_HASHTAGS,
+    CaptionOptions,
+)
 
 SERVICE_TARGET = "snap2caption_service.service:Snap2Caption"
 
@@ -24,8 +31,10 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (default: the embedded demo model, built on first use)")
     g.add_argument("--model", help="HF LLaVA id or local folder [SNAP2CAPTION_MODEL]")
     g.add_argument("--adapter", help="PEFT LoRA adapter folder, merged at load [SNAP2CAPTION_ADAPTER]")
-    g.add_argument("--data-dir", help="cache for the demo model and the feedback store "
-                                      "[SNAP2CAPTION_DATA_DIR, default ~/.cache/snap2caption]")
+    g.add_argument(
+        "--data-dir",
+        help="cache for the demo model and the feedback store [SNAP2CAPTION_DATA_DIR, default ~/.cache/snap2caption]",
+    )
     g.add_argument("--device", help="auto | cpu | cuda [SNAP2CAPTION_DEVICE]")
     g.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 [SNAP2CAPTION_DTYPE]")
 
@@ -44,27 +53,56 @@ def _apply_flags_to_env(args: argparse.Namespace, names: list[str]) -> None:
 def _options_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tone", default="casual", help="free text, at most 32 characters (default: casual)")
     p.add_argument("--audience", default="personal", choices=AUDIENCES, help="default: personal")
-    p.add_argument("--num-hashtags", type=int, default=DEFAULT_HASHTAGS,
-                   help=f"{MIN_HASHTAGS}-{MAX_HASHTAGS} (default: {DEFAULT_HASHTAGS})")
-    p.add_argument("--num-candidates", type=int, default=1,
-                   help=f"{MIN_CANDIDATES}-{MAX_CANDIDATES}: 1 greedy + samples, best first (default: 1)")
+    p.add_argument(
+        "--num-hashtags",
+        type=int,
+        default=DEFAULT_HASHTAGS,
+        help=f"{MIN_HASHTAGS}-{MAX_HASHTAGS} (default: {DEFAULT_HASHTAGS})",
+    )
+    p.add_argument(
+        "--num-candidates",
+        type=int,
+        default=1,
+        help=f"{MIN_CANDIDATES}-{MAX_CANDIDATES}: 1 greedy + samples, best first (default: 1)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype", "api_keys",
-                               "max_batch_size", "max_latency_ms", "host", "port"])
-    from training.build_demo import ensure_demo_model
-
+    _apply_flags_to_env(
+        args,
+        [
+            "model",
+            "adapter",
+            "data_dir",
+            "device",
+            "dtype",
+            "api_keys",
+            "max_batch_size",
+            "max_latency_ms",
+            "host",
+            "port",
+        ],
+    )
     from snap2caption_service.core.model_loading import choose_model
     from snap2caption_service.core.settings import get_settings
+    from training.build_demo import ensure_demo_model
 
     # Build the demo model here, in the foreground with a progress bar, rather than silently
     # inside a worker that /readyz would report as not ready for ten minutes.
     settings = get_settings()
     ref = choose_model(settings, ensure_demo_model, progress=True).ref
     print(f"serving {ref} on http://{settings.host}:{settings.port}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET, "--port", str(settings.port),
-           "--host", settings.host]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        SERVICE_TARGET,
+        "--port",
+        str(settings.port),
+        "--host",
+        settings.host,
+    ]
     repo_root = Path(__file__).resolve().parent.parent
     os.chdir(repo_root)  # bentoml imports the service relative to the working directory
     os.execv(sys.executable, cmd)
@@ -78,12 +116,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from snap2caption_service.core.captioner import CaptionJob
     from snap2caption_service.core.images import ImageError
     from snap2caption_service.core.model_loading import load_captioner
-    from snap2caption_service.serving.pipeline import ModelOutput, build_result, new_request_id, prepare_image
     from snap2caption_service.core.settings import get_settings
+    from snap2caption_service.serving.pipeline import ModelOutput, build_result, new_request_id, prepare_image
 
     try:
-        options = CaptionOptions(tone=args.tone, audience=args.audience, num_hashtags=args.num_hashtags,
-                                 num_candidates=args.num_candidates)
+        options = CaptionOptions(
+            tone=args.tone, audience=args.audience, num_hashtags=args.num_hashtags, num_candidates=args.num_candidates
+        )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,21 +140,26 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     captioner = load_captioner(settings, ensure_demo_model)
     t0 = time.perf_counter()
-    jobs = [CaptionJob(p.image, options.tone, options.audience, options.num_hashtags, options.num_candidates)
-            for _, p in prepared]
+    jobs = [
+        CaptionJob(p.image, options.tone, options.audience, options.num_hashtags, options.num_candidates)
+        for _, p in prepared
+    ]
     per_job = captioner.caption_batch(jobs)
     latency = (time.perf_counter() - t0) * 1000 / len(jobs)
     results = []
     for (path, p), cands in zip(prepared, per_job):
-        res = build_result(ModelOutput(candidates=cands, model_version=captioner.version),
-                           new_request_id(), latency, p.sha256)
+        res = build_result(
+            ModelOutput(candidates=cands, model_version=captioner.version), new_request_id(), latency, p.sha256
+        )
         results.append({"file": path, **res.model_dump()})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:
         for r in results:
-            print(f"{r['file']}\n  caption:  {r['caption']}\n  hashtags: {' '.join(r['hashtags'])}\n"
-                  f"  alt text: {r['alt_text']}")
+            print(
+                f"{r['file']}\n  caption:  {r['caption']}\n  hashtags: {' '.join(r['hashtags'])}\n"
+                f"  alt text: {r['alt_text']}"
+            )
             for c in r["candidates"][1:]:
                 print(f"  also ({c['score']:.3f}): {c['caption']}")
     return 1 if failures else 0
@@ -123,9 +167,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 def cmd_demo_model(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["data_dir"])
-    from training.build_demo import META_FILE, ensure_demo_model
-
     from snap2caption_service.core.settings import get_settings
+    from training.build_demo import META_FILE, ensure_demo_model
 
     path = ensure_demo_model(get_settings().data_dir, progress=True)
     print(path)
@@ -142,7 +185,6 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     model, adapter, version, source = args.model, args.adapter or "", args.version or "", args.source or ""
     if args.champion:
         from snap2caption_service.core.model_loading import champion_choice
-
         from training.build_demo import ensure_demo_model
 
         choice = champion_choice(get_settings(), ensure_demo_model)  # MLFLOW_TRACKING_URI names the server
@@ -156,8 +198,7 @@ def cmd_import_model(args: argparse.Namespace) -> int:
 
         model = str(ensure_demo_model(get_settings().data_dir, progress=True))
     try:
-        stored = import_model(model, adapter, version=version, source=source,
-                              dtype=args.dtype, force=args.force)
+        stored = import_model(model, adapter, version=version, source=source, dtype=args.dtype, force=args.force)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -165,8 +206,11 @@ def cmd_import_model(args: argparse.Namespace) -> int:
         print(json.dumps(stored.as_dict(), indent=2))
     else:
         print(stored.tag)
-        print(f"  version: {stored.version}\n  source:  {stored.source}\n  weights: {stored.path} "
-              f"({stored.size_bytes / 1e6:.1f} MB)", file=sys.stderr)
+        print(
+            f"  version: {stored.version}\n  source:  {stored.source}\n  weights: {stored.path} "
+            f"({stored.size_bytes / 1e6:.1f} MB)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -174,15 +218,19 @@ def cmd_evaluate_demo(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
     from training.evaluate_demo import main as evaluate_main
 
-    return evaluate_main(num_scenes=args.scenes, seed=args.seed, batch_size=args.batch_size,
-                         json_out=args.json_out)
+    return evaluate_main(num_scenes=args.scenes, seed=args.seed, batch_size=args.batch_size, json_out=args.json_out)
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
     """Kafka consumer: media.uploaded -> captioning service -> media.captioned / DLQ."""
-    for flag, env in (("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"), ("service_url", "SNAP2CAPTION_SERVICE_URL"),
-                      ("group", "SNAP2CAPTION_CONSUMER_GROUP"), ("instance_id", "SNAP2CAPTION_INSTANCE_ID"),
-                      ("max_in_flight", "SNAP2CAPTION_MAX_IN_FLIGHT"), ("metrics_port", "SNAP2CAPTION_METRICS_PORT")):
+    for flag, env in (
+        ("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+        ("service_url", "SNAP2CAPTION_SERVICE_URL"),
+        ("group", "SNAP2CAPTION_CONSUMER_GROUP"),
+        ("instance_id", "SNAP2CAPTION_INSTANCE_ID"),
+        ("max_in_flight", "SNAP2CAPTION_MAX_IN_FLIGHT"),
+        ("metrics_port", "SNAP2CAPTION_METRICS_PORT"),
+    ):
         if getattr(args, flag, None) is not None:
             os.environ[env] = str(getattr(args, flag))
     from stream.consumer import run_consumer
@@ -196,10 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Photo in; Instagram caption, hashtags and alt text out.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  snap2caption serve --port 3000\n"
-               "  snap2caption caption photo.jpg --tone funny --audience promotional --json\n"
-               "  snap2caption demo-model\n"
-               "  snap2caption import-model --model ./llava --adapter ./lora  # then: bentoml build\n"
-               "  snap2caption consume --bootstrap-servers 127.0.0.1:9092",
+        "  snap2caption caption photo.jpg --tone funny --audience promotional --json\n"
+        "  snap2caption demo-model\n"
+        "  snap2caption import-model --model ./llava --adapter ./lora  # then: bentoml build\n"
+        "  snap2caption consume --bootstrap-servers 127.0.0.1:9092",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -225,21 +273,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser(
-        "import-model", help="save the model to serve into the BentoML model store (for `bentoml build`)",
+        "import-model",
+        help="save the model to serve into the BentoML model store (for `bentoml build`)",
         description="Merge the adapter (if any) into the model and save one set of safetensors weights as "
-                    "snap2caption-captioner:<version> in the BentoML model store (BENTOML_HOME, default "
-                    "~/bentoml). `bentoml build` then packages it; prints the model tag.")
+        "snap2caption-captioner:<version> in the BentoML model store (BENTOML_HOME, default "
+        "~/bentoml). `bentoml build` then packages it; prints the model tag.",
+    )
     p.add_argument("--model", help="LLaVA folder or Hugging Face id (default: the demo model, built if needed)")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder, merged before saving")
-    p.add_argument("--champion", action="store_true",
-                   help="import the MLflow registry's champion (models:/<name>@champion; needs MLFLOW_TRACKING_URI, "
-                        "name from SNAP2CAPTION_REGISTERED_MODEL)")
-    p.add_argument("--version", help="the model_version the service will report "
-                                     "(default: derived from the folders' contents)")
-    p.add_argument("--source", help="where the model came from, kept in the store's metadata "
-                                    "(default: demo, path or hub)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype to save (default: the checkpoint's own)")
+    p.add_argument(
+        "--champion",
+        action="store_true",
+        help="import the MLflow registry's champion (models:/<name>@champion; needs MLFLOW_TRACKING_URI, "
+        "name from SNAP2CAPTION_REGISTERED_MODEL)",
+    )
+    p.add_argument(
+        "--version", help="the model_version the service will report (default: derived from the folders' contents)"
+    )
+    p.add_argument(
+        "--source", help="where the model came from, kept in the store's metadata (default: demo, path or hub)"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype to save (default: the checkpoint's own)",
+    )
     p.add_argument("--force", action="store_true", help="re-import a version already in the store")
     p.add_argument("--json", action="store_true", help="print the stored model's description as JSON")
     p.add_argument("--data-dir", help="where the demo model is cached [SNAP2CAPTION_DATA_DIR]")
@@ -247,13 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("consume", help="caption upload events from Kafka (media.uploaded -> media.captioned)")
     p.add_argument("--bootstrap-servers", help="[KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092]")
-    p.add_argument("--service-url",
-                   help="the captioning service [SNAP2CAPTION_SERVICE_URL, default http://127.0.0.1:3000]")
+    p.add_argument(
+        "--service-url", help="the captioning service [SNAP2CAPTION_SERVICE_URL, default http://127.0.0.1:3000]"
+    )
     p.add_argument("--group", help="consumer group [SNAP2CAPTION_CONSUMER_GROUP, default snap2caption-captioner]")
-    p.add_argument("--instance-id", help="stable per instance: static member and transactional id "
-                                         "[SNAP2CAPTION_INSTANCE_ID, default the host name]")
-    p.add_argument("--max-in-flight", type=int,
-                   help="events fetched/captioned at once [SNAP2CAPTION_MAX_IN_FLIGHT, 64]")
+    p.add_argument(
+        "--instance-id",
+        help="stable per instance: static member and transactional id "
+        "[SNAP2CAPTION_INSTANCE_ID, default the host name]",
+    )
+    p.add_argument(
+        "--max-in-flight", type=int, help="events fetched/captioned at once [SNAP2CAPTION_MAX_IN_FLIGHT, 64]"
+    )
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off [SNAP2CAPTION_METRICS_PORT, 9400]")
     p.set_defaults(func=cmd_consume)
 
@@ -277,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return args.func(args)
 
 

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -21,24 +21,44 @@ import anyio
 import bentoml
 from pydantic import Field
 
-from snap2caption_service.serving.push import PushHandler, PushRequest
-from stream.feedback_producer import FeedbackPublisher
-
-from snap2caption_service.serving.auth import ApiKeyMiddleware
-from snap2caption_service.serving.batching import install_gather_dispatch
-from snap2caption_service.core.captioner import BatchStats, CaptionJob
-from snap2caption_service.core.contracts import (AUDIENCES, DEFAULT_HASHTAGS, MAX_CANDIDATES, MAX_HASHTAGS, MAX_TONE_CHARS,
-                        MIN_CANDIDATES, MIN_HASHTAGS, Audience, CaptionOptions, CaptionRequest,
-                        CaptionedEvent, CaptionResult, FeedbackAccepted, FeedbackRequest, ServedCaption)
 from snap2caption_service.core.caption_archive import CaptionArchive
-from snap2caption_service.serving.feedback_store import FeedbackStore
+from snap2caption_service.core.captioner import BatchStats, CaptionJob
+from snap2caption_service.core.contracts import (
+    AUDIENCES,
+    DEFAULT_HASHTAGS,
+    MAX_CANDIDATES,
+    MAX_HASHTAGS,
+    MAX_TONE_CHARS,
+    MIN_CANDIDATES,
+    MIN_HASHTAGS,
+    Audience,
+    CaptionedEvent,
+    CaptionOptions,
+    CaptionRequest,
+    CaptionResult,
+    FeedbackAccepted,
+    FeedbackRequest,
+    ServedCaption,
+)
 from snap2caption_service.core.errors import ErrorAnswer
 from snap2caption_service.core.images import ImageError, decode_base64_image, decode_png_base64
-from snap2caption_service.serving.metrics import get_metrics
-from snap2caption_service.serving.pipeline import ModelItem, ModelOutput, build_result, model_item, new_request_id, prepare_image
 from snap2caption_service.core.settings import get_settings
+from snap2caption_service.serving.auth import ApiKeyMiddleware
+from snap2caption_service.serving.batching import install_gather_dispatch
+from snap2caption_service.serving.feedback_store import FeedbackStore
+from snap2caption_service.serving.metrics import get_metrics
+from snap2caption_service.serving.pipeline import (
+    ModelItem,
+    ModelOutput,
+    build_result,
+    model_item,
+    new_request_id,
+    prepare_image,
+)
+from snap2caption_service.serving.push import PushHandler, PushRequest
 from snap2caption_service.serving.responses import answer_error, error_response
 from snap2caption_service.serving.web_app import web_app
+from stream.feedback_producer import FeedbackPublisher
 
 log = logging.getLogger("snap2caption")
 install_gather_dispatch()
@@ -75,7 +95,9 @@ class CaptionModel:
 
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         t0 = time.perf_counter()
-        self.captioner = self._torch_thread.submit(load_captioner, get_settings(), ensure_demo_model, progress=False).result()
+        self.captioner = self._torch_thread.submit(
+            load_captioner, get_settings(), ensure_demo_model, progress=False
+        ).result()
         get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 
@@ -88,8 +110,10 @@ class CaptionModel:
         return await asyncio.get_running_loop().run_in_executor(self._torch_thread, self._caption_batch, items)
 
     def _caption_batch(self, items: list[ModelItem]) -> list[ModelOutput]:
-        jobs = [CaptionJob(decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags,
-                           i.num_candidates) for i in items]
+        jobs = [
+            CaptionJob(decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags, i.num_candidates)
+            for i in items
+        ]
         stats = BatchStats()
         results = self.captioner.caption_batch(jobs, stats)
         m = get_metrics()
@@ -136,9 +160,11 @@ class Snap2Caption:
         request_id = new_request_id()
         s = self.settings
         try:
+
             def prepare():
-                data = (decode_base64_image(data_or_b64, s.max_image_bytes)
-                        if isinstance(data_or_b64, str) else data_or_b64)
+                data = (
+                    decode_base64_image(data_or_b64, s.max_image_bytes) if isinstance(data_or_b64, str) else data_or_b64
+                )
                 return prepare_image(data, s)
 
             # Decoding a 10 MB JPEG takes ~100 ms: keep it off the event loop.
@@ -169,11 +195,18 @@ class Snap2Caption:
     async def _archive(self, result: CaptionResult, options: CaptionOptions, image_png_b64: str) -> None:
         """Keep the image and the shown result for feedback. A failing archive (S3 down) costs
         this request its trainability, not its caption: logged and counted, not raised."""
-        served = ServedCaption(request_id=result.request_id, image_sha256=result.image_sha256, tone=options.tone,
-                               audience=options.audience, num_hashtags=options.num_hashtags,
-                               caption=result.caption, hashtags=result.hashtags, alt_text=result.alt_text,
-                               model_version=result.model_version,
-                               served_at=datetime.now(timezone.utc).isoformat())
+        served = ServedCaption(
+            request_id=result.request_id,
+            image_sha256=result.image_sha256,
+            tone=options.tone,
+            audience=options.audience,
+            num_hashtags=options.num_hashtags,
+            caption=result.caption,
+            hashtags=result.hashtags,
+            alt_text=result.alt_text,
+            model_version=result.model_version,
+            served_at=datetime.now(UTC).isoformat(),
+        )
         try:
             await anyio.to_thread.run_sync(self.archive.put, served, base64.b64decode(image_png_b64))
         except Exception:  # noqa: BLE001 - any storage failure; the caption itself is fine
@@ -209,12 +242,14 @@ class Snap2Caption:
         num_candidates: Annotated[int, Field(ge=MIN_CANDIDATES, le=MAX_CANDIDATES)] = 1,
     ) -> CaptionResult:
         """The same as /generate-caption, with the photo as a multipart file upload."""
-        options = CaptionOptions(tone=tone, audience=audience, num_hashtags=num_hashtags,
-                                 num_candidates=num_candidates)
+        options = CaptionOptions(tone=tone, audience=audience, num_hashtags=num_hashtags, num_candidates=num_candidates)
         size = image.stat().st_size
         if size > self.settings.max_image_bytes:
-            return error_response(413, "image_too_large",
-                                  f"The image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes.")
+            return error_response(
+                413,
+                "image_too_large",
+                f"The image is {size} bytes; the limit is {self.settings.max_image_bytes} bytes.",
+            )
         try:
             return await self._caption(image.read_bytes(), options, "upload")
         except ErrorAnswer as exc:
@@ -227,9 +262,12 @@ class Snap2Caption:
         served = await anyio.to_thread.run_sync(self.archive.get, request.request_id)
         if served is None:
             ctx.response.status_code = 404  # BentoML applies the context's status to a returned Response too
-            return error_response(404, "unknown_request",
-                          f"No caption with request_id {request.request_id!r} is on record: feedback must name "
-                          "the request_id of a caption this service returned.")
+            return error_response(
+                404,
+                "unknown_request",
+                f"No caption with request_id {request.request_id!r} is on record: feedback must name "
+                "the request_id of a caption this service returned.",
+            )
         record = await anyio.to_thread.run_sync(self.feedback_store.append, request, served)
         if self.feedback_out is not None:
             await anyio.to_thread.run_sync(self.feedback_out.publish, record)

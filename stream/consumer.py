@@ -53,9 +53,8 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from snap2caption_service.core.contracts import EVENT_TYPE_CAPTIONED, CaptionedEvent
-
 from snap2caption_service.core import cloudevents
+from snap2caption_service.core.contracts import EVENT_TYPE_CAPTIONED, CaptionedEvent
 from snap2caption_service.core.errors import Poison, Transient
 from snap2caption_service.core.events import check_type, decode_upload
 from snap2caption_service.core.fetch import ImageFetcher
@@ -75,19 +74,32 @@ def consumer_metrics():
     from prometheus_client import Counter, Gauge, Histogram
 
     return SimpleNamespace(
-        lag=Gauge("snap2caption_consumer_lag", "Upload events not yet committed, per partition "
-                  "(high watermark minus next uncommitted offset).", ["topic", "partition"]),
-        events=Counter("snap2caption_consumer_events_total", "Upload events committed, by outcome "
-                       "(captioned, dead_lettered).", ["outcome"]),
-        dlq=Counter("snap2caption_consumer_dlq_total", "Upload events dead-lettered, by reason and stage.",
-                    ["reason", "stage"]),
-        transient=Counter("snap2caption_consumer_transient_failures_total",
-                          "Transient failures (each is retried), by reason and stage.", ["reason", "stage"]),
-        stage=Histogram("snap2caption_consumer_stage_seconds", "Time per stage: fetch, caption, produce "
-                        "(one transaction), total (poll to result).", ["stage"], buckets=STAGE_BUCKETS),
+        lag=Gauge(
+            "snap2caption_consumer_lag",
+            "Upload events not yet committed, per partition (high watermark minus next uncommitted offset).",
+            ["topic", "partition"],
+        ),
+        events=Counter(
+            "snap2caption_consumer_events_total",
+            "Upload events committed, by outcome (captioned, dead_lettered).",
+            ["outcome"],
+        ),
+        dlq=Counter(
+            "snap2caption_consumer_dlq_total", "Upload events dead-lettered, by reason and stage.", ["reason", "stage"]
+        ),
+        transient=Counter(
+            "snap2caption_consumer_transient_failures_total",
+            "Transient failures (each is retried), by reason and stage.",
+            ["reason", "stage"],
+        ),
+        stage=Histogram(
+            "snap2caption_consumer_stage_seconds",
+            "Time per stage: fetch, caption, produce (one transaction), total (poll to result).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+        ),
         in_flight=Gauge("snap2caption_consumer_in_flight", "Upload events polled and not yet committed."),
-        transactions=Counter("snap2caption_consumer_transactions_total", "Transactions, by outcome.",
-                             ["outcome"]),
+        transactions=Counter("snap2caption_consumer_transactions_total", "Transactions, by outcome.", ["outcome"]),
     )
 
 
@@ -115,6 +127,7 @@ def _close_quietly(producer: KafkaProducer) -> None:
 
 
 # --- outcomes of one record --------------------------------------------------------------
+
 
 @dataclass
 class Captioned:
@@ -206,11 +219,13 @@ class Window:
 
 # --- the worker: one record -> an outcome ------------------------------------------------
 
+
 class Handler:
     """What happens to one upload event, off the consumer thread. Never raises."""
 
-    def __init__(self, settings: StreamSettings, fetcher: ImageFetcher, service: ServiceClient,
-                 stopping: threading.Event):
+    def __init__(
+        self, settings: StreamSettings, fetcher: ImageFetcher, service: ServiceClient, stopping: threading.Event
+    ):
         self.s, self.fetcher, self.service, self.stopping = settings, fetcher, service, stopping
         self.source = f"urn:snap2caption:consumer:{settings.consumer_group}"
         self.m = consumer_metrics()
@@ -236,12 +251,21 @@ class Handler:
         self.m.stage.labels("caption").observe(t2 - t1)
         total = time.perf_counter() - polled_at
         self.m.stage.labels("total").observe(total)
-        timings = {"wait_ms": (started - polled_at) * 1000, "fetch_ms": (t1 - t0) * 1000,
-                   "caption_ms": (t2 - t1) * 1000, "total_ms": total * 1000}
+        timings = {
+            "wait_ms": (started - polled_at) * 1000,
+            "fetch_ms": (t1 - t0) * 1000,
+            "caption_ms": (t2 - t1) * 1000,
+            "total_ms": total * 1000,
+        }
         data = CaptionedEvent.from_result(result, upload, event.id, timings)
         # Deterministic id: the same upload event always yields the same captioned event id.
-        out = cloudevents.new_event(EVENT_TYPE_CAPTIONED, self.source, data, subject=upload.media_id,
-                                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")))
+        out = cloudevents.new_event(
+            EVENT_TYPE_CAPTIONED,
+            self.source,
+            data,
+            subject=upload.media_id,
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")),
+        )
         value, headers = cloudevents.to_kafka(out)
         trace = cloudevents.header(record.headers, "traceparent")
         if trace:
@@ -266,9 +290,15 @@ class Handler:
                 self.m.transient.labels(exc.reason, exc.stage).inc()
                 if attempt == self.s.retries or self.stopping.is_set():
                     raise
-                delay_ms = min(self.s.retry_backoff_max_ms, self.s.retry_backoff_ms * 2 ** attempt)
-                log.debug("transient %s/%s (attempt %d): %s; retrying in %d ms",
-                         exc.stage, exc.reason, attempt + 1, exc.detail, delay_ms)
+                delay_ms = min(self.s.retry_backoff_max_ms, self.s.retry_backoff_ms * 2**attempt)
+                log.debug(
+                    "transient %s/%s (attempt %d): %s; retrying in %d ms",
+                    exc.stage,
+                    exc.reason,
+                    attempt + 1,
+                    exc.detail,
+                    delay_ms,
+                )
                 if self.stopping.wait(delay_ms / 1000 * random.uniform(0.5, 1.0)):
                     raise  # shutting down: leave it uncommitted for the next owner
         raise AssertionError("unreachable")
@@ -276,15 +306,24 @@ class Handler:
 
 # --- the loop ----------------------------------------------------------------------------
 
+
 class Consumer(ConsumerRebalanceListener):
-    def __init__(self, settings: StreamSettings | None = None, fetcher: ImageFetcher | None = None,
-                 service: ServiceClient | None = None):
+    def __init__(
+        self,
+        settings: StreamSettings | None = None,
+        fetcher: ImageFetcher | None = None,
+        service: ServiceClient | None = None,
+    ):
         self.s = settings or StreamSettings()
         self.stopping = threading.Event()
         self.m = consumer_metrics()
         self.window = Window()
-        self.handler = Handler(self.s, fetcher or ImageFetcher(self.s, max_connections=self.s.max_in_flight), service or ServiceClient(self.s),
-                               self.stopping)
+        self.handler = Handler(
+            self.s,
+            fetcher or ImageFetcher(self.s, max_connections=self.s.max_in_flight),
+            service or ServiceClient(self.s),
+            self.stopping,
+        )
         self.pool = ThreadPoolExecutor(self.s.max_in_flight, thread_name_prefix="caption")
         self.max_pending = max(self.s.max_pending, self.s.max_in_flight)
         # Futures not finished yet, including those of revoked partitions that still hold a
@@ -308,20 +347,34 @@ class Consumer(ConsumerRebalanceListener):
         # Fences any earlier incarnation of this instance and aborts its open transaction.
         self.producer = self.new_producer()
         self.consumer = KafkaConsumer(
-            bootstrap_servers=s.bootstrap, client_id=f"snap2caption-{s.instance_id}",
-            group_id=s.consumer_group, group_instance_id=s.instance_id,
-            enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest",
-            max_poll_records=s.max_in_flight, session_timeout_ms=s.session_timeout_ms)
+            bootstrap_servers=s.bootstrap,
+            client_id=f"snap2caption-{s.instance_id}",
+            group_id=s.consumer_group,
+            group_instance_id=s.instance_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_in_flight,
+            session_timeout_ms=s.session_timeout_ms,
+        )
         self.consumer.subscribe([s.topic_uploaded], listener=self)
-        log.info("consuming %s as %s (group %s, transactional id %s) -> %s / %s; service %s; %d in flight",
-                 s.topic_uploaded, s.instance_id, s.consumer_group, s.transactional_id, s.topic_captioned,
-                 s.topic_dlq, s.service_url, s.max_in_flight)
+        log.info(
+            "consuming %s as %s (group %s, transactional id %s) -> %s / %s; service %s; %d in flight",
+            s.topic_uploaded,
+            s.instance_id,
+            s.consumer_group,
+            s.transactional_id,
+            s.topic_captioned,
+            s.topic_dlq,
+            s.service_url,
+            s.max_in_flight,
+        )
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         self.start()
         while not self.stopping.is_set():
-            room = self.throttle()                       # backpressure: pause when full / retry-waiting
+            room = self.throttle()  # backpressure: pause when full / retry-waiting
             if room:
                 polled = self.consumer.poll(timeout_ms=self.idle_ms(), max_records=room)
             else:
@@ -337,9 +390,9 @@ class Consumer(ConsumerRebalanceListener):
                     pending = Pending(record, time.perf_counter())
                     self.window.add(tp, pending)
                     self.submit(pending)
-            self.collect()                               # finished futures -> outcomes
+            self.collect()  # finished futures -> outcomes
             if self.commit_due():
-                self.commit()                            # one transaction: outputs + offsets
+                self.commit()  # one transaction: outputs + offsets
             self.report()
         return self.shutdown()
 
@@ -369,9 +422,17 @@ class Consumer(ConsumerRebalanceListener):
                     outcome, p.future = p.future.result(), None
                     if isinstance(outcome, RetryLater):
                         # Retries ran out: keep it uncommitted, pause its partition, try again later.
-                        log.warning("%s-%d@%d: %s/%s after %d retries (%s); pausing the partition for %.0fs",
-                                    tp.topic, tp.partition, p.record.offset, outcome.stage, outcome.reason,
-                                    self.s.retries, outcome.detail, self.s.retry_later_s)
+                        log.warning(
+                            "%s-%d@%d: %s/%s after %d retries (%s); pausing the partition for %.0fs",
+                            tp.topic,
+                            tp.partition,
+                            p.record.offset,
+                            outcome.stage,
+                            outcome.reason,
+                            self.s.retries,
+                            outcome.detail,
+                            self.s.retry_later_s,
+                        )
                         p.retry_at = now + self.s.retry_later_s
                     else:
                         p.outcome = outcome
@@ -397,8 +458,9 @@ class Consumer(ConsumerRebalanceListener):
     def commit_due(self) -> bool:
         ready = self.window.finished_prefixes()
         n = sum(map(len, ready.values()))
-        return n > 0 and (n >= self.s.commit_max_records
-                          or (time.monotonic() - self.last_commit) * 1000 >= self.s.commit_interval_ms)
+        return n > 0 and (
+            n >= self.s.commit_max_records or (time.monotonic() - self.last_commit) * 1000 >= self.s.commit_interval_ms
+        )
 
     def commit(self) -> None:
         """Produce the results of every finished prefix and commit their offsets, atomically."""
@@ -415,11 +477,16 @@ class Consumer(ConsumerRebalanceListener):
             for run in ready.values():
                 for p in run:
                     if isinstance(p.outcome, Captioned):
-                        self.producer.send(s.topic_captioned, key=p.outcome.key, value=p.outcome.value,
-                                           headers=p.outcome.headers)
+                        self.producer.send(
+                            s.topic_captioned, key=p.outcome.key, value=p.outcome.value, headers=p.outcome.headers
+                        )
                     else:
-                        self.producer.send(s.topic_dlq, key=p.record.key, value=_dlq_value(p.record),
-                                           headers=self.dlq_headers(p.record, p.outcome))
+                        self.producer.send(
+                            s.topic_dlq,
+                            key=p.record.key,
+                            value=_dlq_value(p.record),
+                            headers=self.dlq_headers(p.record, p.outcome),
+                        )
             offsets = {tp: OffsetAndMetadata(run[-1].record.offset + 1, "", -1) for tp, run in ready.items()}
             self.bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
             self.bounded(self.producer.commit_transaction)
@@ -461,16 +528,29 @@ class Consumer(ConsumerRebalanceListener):
                     self.totals["dead_lettered"] += 1
                     self.m.events.labels("dead_lettered").inc()
                     self.m.dlq.labels(p.outcome.reason, p.outcome.stage).inc()
-                    log.info("dead-lettered %s-%d@%d: %s/%s: %s", tp.topic, tp.partition, p.record.offset,
-                             p.outcome.stage, p.outcome.reason, p.outcome.detail)
+                    log.info(
+                        "dead-lettered %s-%d@%d: %s/%s: %s",
+                        tp.topic,
+                        tp.partition,
+                        p.record.offset,
+                        p.outcome.stage,
+                        p.outcome.reason,
+                        p.outcome.detail,
+                    )
 
     # -- the producer, and transactions whose outcome is unknown --------------------------
     def new_producer(self) -> KafkaProducer:
         s = self.s
         producer = KafkaProducer(
-            bootstrap_servers=s.bootstrap, client_id=f"snap2caption-{s.instance_id}",
-            transactional_id=s.transactional_id, enable_idempotence=True, acks="all", linger_ms=5,
-            max_block_ms=int(s.transaction_call_timeout_s * 1000), transaction_timeout_ms=60_000)
+            bootstrap_servers=s.bootstrap,
+            client_id=f"snap2caption-{s.instance_id}",
+            transactional_id=s.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_block_ms=int(s.transaction_call_timeout_s * 1000),
+            transaction_timeout_ms=60_000,
+        )
         try:
             self.bounded(producer.init_transactions)
         except BaseException:
@@ -536,10 +616,16 @@ class Consumer(ConsumerRebalanceListener):
         return box.get("value")
 
     def dlq_headers(self, record, dead: DeadLetter) -> list[tuple[str, bytes]]:
-        extra = {"dlq_reason": dead.reason, "dlq_stage": dead.stage, "dlq_detail": dead.detail[:1000],
-                 "dlq_source_topic": record.topic, "dlq_source_partition": str(record.partition),
-                 "dlq_source_offset": str(record.offset), "dlq_consumer_group": self.s.consumer_group,
-                 "dlq_time": cloudevents.now_rfc3339()}
+        extra = {
+            "dlq_reason": dead.reason,
+            "dlq_stage": dead.stage,
+            "dlq_detail": dead.detail[:1000],
+            "dlq_source_topic": record.topic,
+            "dlq_source_partition": str(record.partition),
+            "dlq_source_offset": str(record.offset),
+            "dlq_consumer_group": self.s.consumer_group,
+            "dlq_time": cloudevents.now_rfc3339(),
+        }
         return list(record.headers or []) + [(k, v.encode()) for k, v in extra.items()]
 
     # -- rebalance ------------------------------------------------------------------------
@@ -590,7 +676,11 @@ class Consumer(ConsumerRebalanceListener):
     def check_stalled(self, every_s: float = 10.0) -> None:
         """Exit (for a restart) when events wait on our partitions and none can be consumed."""
         now = time.monotonic()
-        if len(self.window) or now - self.last_progress < self.s.stall_timeout_s or now - self.last_stall_check < every_s:
+        if (
+            len(self.window)
+            or now - self.last_progress < self.s.stall_timeout_s
+            or now - self.last_stall_check < every_s
+        ):
             return
         self.last_stall_check = now
         assigned = self.consumer.assignment() - self.consumer.paused()
@@ -613,9 +703,12 @@ class Consumer(ConsumerRebalanceListener):
         if not waiting:
             self.last_progress = now  # idle: nothing to consume
             return
-        log.error("stalled: nothing polled or committed for %.0fs while %s; exiting with status %d for a "
-                  "restart. Threads:", now - self.last_progress, "; ".join(f"{k}: {v}" for k, v in waiting.items()),
-                  EXIT_STALLED)
+        log.error(
+            "stalled: nothing polled or committed for %.0fs while %s; exiting with status %d for a restart. Threads:",
+            now - self.last_progress,
+            "; ".join(f"{k}: {v}" for k, v in waiting.items()),
+            EXIT_STALLED,
+        )
         faulthandler.dump_traceback(all_threads=True)
         os._exit(EXIT_STALLED)  # not sys.exit: the stuck calls would keep a clean exit waiting
 

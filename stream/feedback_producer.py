@@ -21,9 +21,8 @@ import os
 import threading
 from pathlib import Path
 
-from snap2caption_service.core.contracts import EVENT_TYPE_FEEDBACK, FeedbackRecord
-
 from snap2caption_service.core import cloudevents
+from snap2caption_service.core.contracts import EVENT_TYPE_FEEDBACK, FeedbackRecord
 from stream.settings import FeedbackPublisherSettings
 
 log = logging.getLogger("snap2caption.feedback")
@@ -116,7 +115,7 @@ class FeedbackPublisher:
         self.thread.start()
 
     @classmethod
-    def from_env(cls, data_dir: Path, fsync: bool = True) -> "FeedbackPublisher | None":
+    def from_env(cls, data_dir: Path, fsync: bool = True) -> FeedbackPublisher | None:
         """A publisher when Kafka is configured (KAFKA_BOOTSTRAP_SERVERS set), else None."""
         settings = FeedbackPublisherSettings()
         if not settings.kafka_configured:
@@ -146,8 +145,13 @@ class FeedbackPublisher:
                     self.wake.wait(1.0)
                     self.wake.clear()
             except Exception as exc:  # broker away, metadata timeouts: the spool keeps everything
-                log.warning("feedback to Kafka failed (%s: %s); %d bytes spooled, retrying in %.1fs",
-                            type(exc).__name__, exc, self.spool.depth(), backoff)
+                log.warning(
+                    "feedback to Kafka failed (%s: %s); %d bytes spooled, retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    self.spool.depth(),
+                    backoff,
+                )
                 self.closed.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -156,9 +160,16 @@ class FeedbackPublisher:
             from kafka import KafkaProducer
 
             self.producer = KafkaProducer(
-                bootstrap_servers=self.s.bootstrap, client_id="snap2caption-feedback", acks="all",
-                enable_idempotence=True, max_in_flight_requests_per_connection=5, linger_ms=5,
-                max_block_ms=10_000, request_timeout_ms=10_000, delivery_timeout_ms=60_000)
+                bootstrap_servers=self.s.bootstrap,
+                client_id="snap2caption-feedback",
+                acks="all",
+                enable_idempotence=True,
+                max_in_flight_requests_per_connection=5,
+                linger_ms=5,
+                max_block_ms=10_000,
+                request_timeout_ms=10_000,
+                delivery_timeout_ms=60_000,
+            )
         if not self.topic_ready:
             from stream.topics import ensure_topics
 
@@ -175,11 +186,16 @@ class FeedbackPublisher:
         futures = []
         for end, line in batch:
             record = FeedbackRecord.model_validate_json(line)
-            event = cloudevents.new_event(EVENT_TYPE_FEEDBACK, SOURCE, record, subject=record.request_id,
-                                          id=record.feedback_id)
+            event = cloudevents.new_event(
+                EVENT_TYPE_FEEDBACK, SOURCE, record, subject=record.request_id, id=record.feedback_id
+            )
             value, headers = cloudevents.to_kafka(event)
-            futures.append((end, producer.send(self.s.topic_feedback, key=record.feedback_id.encode(),
-                                               value=value, headers=headers)))
+            futures.append(
+                (
+                    end,
+                    producer.send(self.s.topic_feedback, key=record.feedback_id.encode(), value=value, headers=headers),
+                )
+            )
         producer.flush()
         acked_to, error = None, None
         for end, future in futures:

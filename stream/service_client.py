@@ -15,7 +15,6 @@ import re
 import httpx
 
 from snap2caption_service.core.contracts import CaptionOptions, CaptionRequest, CaptionResult
-
 from snap2caption_service.core.errors import Transient
 from snap2caption_service.core.events import classify_answer
 from stream.settings import StreamSettings
@@ -28,16 +27,21 @@ class ServiceClient:
     def __init__(self, settings: StreamSettings):
         headers = {"Authorization": f"Bearer {settings.service_api_key}"} if settings.service_api_key else {}
         self.client = httpx.Client(
-            base_url=settings.service_url.rstrip("/"), headers=headers, trust_env=False,
+            base_url=settings.service_url.rstrip("/"),
+            headers=headers,
+            trust_env=False,
             timeout=httpx.Timeout(settings.service_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=settings.max_in_flight + 4,
-                                max_keepalive_connections=settings.max_in_flight + 4))
+            limits=httpx.Limits(
+                max_connections=settings.max_in_flight + 4, max_keepalive_connections=settings.max_in_flight + 4
+            ),
+        )
 
     def caption(self, image: bytes, options: CaptionOptions) -> CaptionResult:
         body = CaptionRequest(image=base64.b64encode(image).decode("ascii"), **options.model_dump())
         try:
-            resp = self.client.post("/generate-caption", content=body.model_dump_json(),
-                                    headers={"Content-Type": "application/json"})
+            resp = self.client.post(
+                "/generate-caption", content=body.model_dump_json(), headers={"Content-Type": "application/json"}
+            )
         except httpx.TimeoutException as exc:
             raise Transient("service_timeout", STAGE, type(exc).__name__) from None
         except httpx.TransportError as exc:

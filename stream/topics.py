@@ -15,14 +15,19 @@ log = logging.getLogger("snap2caption.stream")
 
 def ensure_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 60.0) -> None:
     """Create each topic in ``names`` that does not exist yet, and wait until all are visible."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="snap2caption-admin",
-                             request_timeout_ms=30000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, client_id="snap2caption-admin", request_timeout_ms=30000
+    )
     try:
         existing = set(admin.list_topics())
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if missing:
-            new = [NewTopic(n, num_partitions=settings.topic_partitions,
-                            replication_factor=settings.topic_replication_factor) for n in missing]
+            new = [
+                NewTopic(
+                    n, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication_factor
+                )
+                for n in missing
+            ]
             try:
                 admin.create_topics(new, timeout_ms=30000)
                 log.info("created topics %s (%d partitions)", missing, settings.topic_partitions)

@@ -95,19 +95,35 @@ class RunningService:
 
 def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, timeout: float = 180) -> RunningService:
     port = free_port()
-    env = {**os.environ,
-           "SNAP2CAPTION_MODEL": str(model_dir),
-           "SNAP2CAPTION_DATA_DIR": str(tmp / "data"),
-           "SNAP2CAPTION_MAX_NEW_TOKENS": "24",
-           "SNAP2CAPTION_ENV_FILE": "/nonexistent",
-           "BENTOML_HOME": str(tmp / "bentoml"),
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "SNAP2CAPTION_MODEL": str(model_dir),
+        "SNAP2CAPTION_DATA_DIR": str(tmp / "data"),
+        "SNAP2CAPTION_MAX_NEW_TOKENS": "24",
+        "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+        "BENTOML_HOME": str(tmp / "bentoml"),
+        "PYTHONPATH": str(REPO),
+    }
     env.update(extra_env or {})
     log_path = tmp / f"service-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption",
-         "--port", str(port), "--host", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "snap2caption_service.service:Snap2Caption",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -141,8 +157,9 @@ def service(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def auth_service(tmp_path_factory, tiny_model_dir):
-    svc = start_service(tmp_path_factory.mktemp("svc-auth"), tiny_model_dir,
-                        {"SNAP2CAPTION_API_KEYS": "key-one,key-two"})
+    svc = start_service(
+        tmp_path_factory.mktemp("svc-auth"), tiny_model_dir, {"SNAP2CAPTION_API_KEYS": "key-one,key-two"}
+    )
     yield svc
     stop_service(svc.proc)
 

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     args = list(argv)
     if "-n" in args:
         i = args.index("-n")
-        del args[i:i + 2]
+        del args[i : i + 2]
     verb = args[0]
     if verb == "wait":
         return 0
@@ -62,8 +62,11 @@ def main(argv: list[str]) -> int:
     if verb == "patch":
         assert args[args.index("--type") + 1] == "json", args
         patch = args[args.index("-p") + 1]
-        r = subprocess.run([os.environ["REAL_KUBECTL"], "patch", "-f", state, "--local", "--type", "json",
-                            "-p", patch, "-o", "json"], capture_output=True, text=True)
+        r = subprocess.run(
+            [os.environ["REAL_KUBECTL"], "patch", "-f", state, "--local", "--type", "json", "-p", patch, "-o", "json"],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             print(r.stderr, file=sys.stderr, end="")
             return r.returncode

@@ -41,19 +41,29 @@ class MlflowServer:
 
     def _script(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run(["bash", str(MLFLOW_SH), *args], capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL, env=self.env)
+            return subprocess.run(
+                ["bash", str(MLFLOW_SH), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"infra/mlflow.sh {' '.join(args)} timed out after {timeout}s\n"
-                        f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}\nserver log ({self.log_path}):\n{self.log_tail()}")
+            pytest.fail(
+                f"infra/mlflow.sh {' '.join(args)} timed out after {timeout}s\n"
+                f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}\nserver log ({self.log_path}):\n{self.log_tail()}"
+            )
 
     def start(self) -> str:
         proc = self._script("start", str(self.port), timeout=START_TIMEOUT_S)
         match = re.search(r"^MLFLOW_TRACKING_URI=(\S+)$", proc.stdout, re.M)
         if proc.returncode != 0 or not match:
-            pytest.fail(f"infra/mlflow.sh start {self.port} failed (exit {proc.returncode})\n"
-                        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n"
-                        f"server log ({self.log_path}):\n{self.log_tail()}")
+            pytest.fail(
+                f"infra/mlflow.sh start {self.port} failed (exit {proc.returncode})\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n"
+                f"server log ({self.log_path}):\n{self.log_tail()}"
+            )
         assert match.group(1) == self.uri
         return self.uri
 

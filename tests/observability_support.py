@@ -17,29 +17,36 @@ from conftest import REPO
 KUBERNETES_CONFIG = REPO / "infra" / "observability" / "prometheus-kubernetes.yml"
 
 
-def knative_pod(address: str, namespace: str, pod: str, revision: str, component: str = "caption-service",
-                port: int | None = None) -> dict:
+def knative_pod(
+    address: str, namespace: str, pod: str, revision: str, component: str = "caption-service", port: int | None = None
+) -> dict:
     """The labels Kubernetes SD attaches to a Knative revision's pod (labels and annotations
     as in k8s/base/knative-service.yaml)."""
-    return {"targets": [address], "labels": {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": pod,
-        "__meta_kubernetes_pod_label_app_kubernetes_io_component": component,
-        "__meta_kubernetes_pod_label_serving_knative_dev_revision": revision,
-        "__meta_kubernetes_pod_label_serving_knative_dev_service": "snap2caption",
-        "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
-        "__meta_kubernetes_pod_annotation_prometheus_io_port": str(port or address.rsplit(":", 1)[1]),
-        "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
-    }}
+    return {
+        "targets": [address],
+        "labels": {
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_pod_label_app_kubernetes_io_component": component,
+            "__meta_kubernetes_pod_label_serving_knative_dev_revision": revision,
+            "__meta_kubernetes_pod_label_serving_knative_dev_service": "snap2caption",
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": str(port or address.rsplit(":", 1)[1]),
+            "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+        },
+    }
 
 
 def consumer_pod(address: str, namespace: str, pod: str) -> dict:
-    return {"targets": [address], "labels": {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": pod,
-        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "snap2caption-consumer",
-        "__meta_kubernetes_pod_annotation_prometheus_io_port": address.rsplit(":", 1)[1],
-    }}
+    return {
+        "targets": [address],
+        "labels": {
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name": "snap2caption-consumer",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": address.rsplit(":", 1)[1],
+        },
+    }
 
 
 def kubernetes_config_as_static(targets: dict[str, list[dict]], out: Path, scrape_interval: str | None = None) -> Path:

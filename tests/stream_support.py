@@ -79,7 +79,8 @@ def start_kafka_container(image: str | None = None, timeout: int = 180) -> str:
         raise BrokerError(
             f"{BROKER_CHOICE_ENV}=testcontainers needs a Docker engine, and none answered "
             f"(DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): {exc}. Start Docker, or unset "
-            f"{BROKER_CHOICE_ENV} to use infra/kafka.sh, or set KAFKA_BOOTSTRAP_SERVERS.") from None
+            f"{BROKER_CHOICE_ENV} to use infra/kafka.sh, or set KAFKA_BOOTSTRAP_SERVERS."
+        ) from None
     except Exception as exc:
         raise BrokerError(f"the Kafka container ({image}) did not start: {type(exc).__name__}: {exc}") from None
     _container = container
@@ -90,14 +91,21 @@ def start_kafka_container(image: str | None = None, timeout: int = 180) -> str:
 def run_kafka_script(env: dict | None = None) -> str:
     """infra/kafka.sh start (a no-op when its broker already runs); returns host:port."""
     try:
-        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], capture_output=True, text=True,
-                              timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        proc = subprocess.run(
+            ["bash", str(KAFKA_SH), "start"],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
     except subprocess.TimeoutExpired as exc:
         raise BrokerError(f"infra/kafka.sh start timed out\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}") from None
     match = re.search(r"^KAFKA_BOOTSTRAP_SERVERS=(\S+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not match:
-        raise BrokerError(f"infra/kafka.sh start failed (exit {proc.returncode})\n"
-                          f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise BrokerError(
+            f"infra/kafka.sh start failed (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return match.group(1)
 
 
@@ -142,12 +150,18 @@ def create_topics(bootstrap: str, topics: dict, partitions: int = 3) -> None:
 def topic_env(name: str) -> dict[str, str]:
     """Per-test topic names, consumer group and instance id, so tests never see each other."""
     tag = unique(name)
-    return {"SNAP2CAPTION_TOPIC_UPLOADED": f"{tag}.uploaded", "SNAP2CAPTION_TOPIC_CAPTIONED": f"{tag}.captioned",
-            "SNAP2CAPTION_TOPIC_DLQ": f"{tag}.uploaded.dlq", "SNAP2CAPTION_TOPIC_FEEDBACK": f"{tag}.feedback",
-            "SNAP2CAPTION_CONSUMER_GROUP": f"{tag}-group", "SNAP2CAPTION_INSTANCE_ID": "consumer-0"}
+    return {
+        "SNAP2CAPTION_TOPIC_UPLOADED": f"{tag}.uploaded",
+        "SNAP2CAPTION_TOPIC_CAPTIONED": f"{tag}.captioned",
+        "SNAP2CAPTION_TOPIC_DLQ": f"{tag}.uploaded.dlq",
+        "SNAP2CAPTION_TOPIC_FEEDBACK": f"{tag}.feedback",
+        "SNAP2CAPTION_CONSUMER_GROUP": f"{tag}-group",
+        "SNAP2CAPTION_INSTANCE_ID": "consumer-0",
+    }
 
 
 # --- S3: moto's standalone server on loopback --------------------------------------------
+
 
 @dataclass
 class S3Server:
@@ -158,8 +172,13 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def put(self, key: str, data: bytes, bucket: str | None = None) -> str:
         self.client().put_object(Bucket=bucket or self.bucket, Key=key, Body=data)
@@ -167,17 +186,25 @@ class S3Server:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                "SNAP2CAPTION_S3_BUCKETS": self.bucket}
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "SNAP2CAPTION_S3_BUCKETS": self.bucket,
+        }
 
 
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -197,6 +224,7 @@ def moto_s3(tmp_path_factory):
 
 
 # --- a local web server for url images ---------------------------------------------------
+
 
 class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 with a free port, for test doubles."""
@@ -233,7 +261,7 @@ class ImageSite(LoopbackServer):
                     try:
                         for i in range(len(route[2])):
                             time.sleep(route[1] / len(route[2]))
-                            self.wfile.write(route[2][i:i + 1])
+                            self.wfile.write(route[2][i : i + 1])
                             self.wfile.flush()
                     except (BrokenPipeError, ConnectionResetError):
                         pass
@@ -268,6 +296,7 @@ def image_site():
 
 # --- settings ----------------------------------------------------------------------------
 
+
 def settings(**kw):
     """StreamSettings from these values, with no .env file read: for the unit tests of the
     fetcher, the service client and the consumer."""
@@ -278,13 +307,19 @@ def settings(**kw):
 
 # --- events ------------------------------------------------------------------------------
 
+
 def upload_event(media_id: str, image: dict, **extra) -> tuple[bytes, bytes, list]:
     """(key, value, headers) of a media.uploaded record in CloudEvents binary mode."""
-    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
     from snap2caption_service.core import cloudevents
+    from snap2caption_service.core.contracts import EVENT_TYPE_UPLOADED
 
-    data = {"media_id": media_id, "creator_id": "creator-1", "image": image,
-            "uploaded_at": cloudevents.now_rfc3339(), **extra}
+    data = {
+        "media_id": media_id,
+        "creator_id": "creator-1",
+        "image": image,
+        "uploaded_at": cloudevents.now_rfc3339(),
+        **extra,
+    }
     event = cloudevents.new_event(EVENT_TYPE_UPLOADED, "urn:test:uploader", data, subject=media_id)
     value, headers = cloudevents.to_kafka(event)
     return media_id.encode(), value, headers
@@ -307,13 +342,24 @@ def produce(bootstrap: str, topic: str, records: list[tuple]) -> list:
         producer.close()
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 120, settle: float = 2.0,
-               isolation_level: str = "read_committed") -> list:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expect: int,
+    timeout: float = 120,
+    settle: float = 2.0,
+    isolation_level: str = "read_committed",
+) -> list:
     """Every record of ``topic`` from the beginning, until ``expect`` arrived and ``settle`` s of quiet."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", isolation_level=isolation_level)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=isolation_level,
+    )
     try:
         deadline = time.monotonic() + timeout
         while not consumer.partitions_for_topic(topic):
@@ -350,12 +396,18 @@ def data_of(record) -> dict:
 
 # --- the consumer process ----------------------------------------------------------------
 
+
 class ConsumerProcess:
     def __init__(self, env: dict, log_path: Path):
         self.env, self.log_path = env, log_path
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "snap2caption_service", "consume"], cwd=REPO, env=env,
-            stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "snap2caption_service", "consume"],
+            cwd=REPO,
+            env=env,
+            stdout=log_path.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -379,12 +431,20 @@ class ConsumerProcess:
 
 
 def consumer_env(bootstrap: str, service_url: str, topics: dict, **extra) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_ENV_FILE": "/nonexistent",
-           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SNAP2CAPTION_SERVICE_URL": service_url,
-           "SNAP2CAPTION_METRICS_PORT": str(free_port()), "SNAP2CAPTION_METRICS_HOST": "127.0.0.1",
-           "SNAP2CAPTION_MAX_IN_FLIGHT": "32", "SNAP2CAPTION_RETRY_BACKOFF_MS": "50",
-           "SNAP2CAPTION_TOPIC_PARTITIONS": "3", "SNAP2CAPTION_SESSION_TIMEOUT_MS": "10000",
-           **topics}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SNAP2CAPTION_SERVICE_URL": service_url,
+        "SNAP2CAPTION_METRICS_PORT": str(free_port()),
+        "SNAP2CAPTION_METRICS_HOST": "127.0.0.1",
+        "SNAP2CAPTION_MAX_IN_FLIGHT": "32",
+        "SNAP2CAPTION_RETRY_BACKOFF_MS": "50",
+        "SNAP2CAPTION_TOPIC_PARTITIONS": "3",
+        "SNAP2CAPTION_SESSION_TIMEOUT_MS": "10000",
+        **topics,
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -8,12 +8,23 @@ import pytest
 from pydantic import ValidationError
 
 
-@pytest.mark.parametrize("host,local", [
-    ("snap2caption.prod.svc.cluster.local", True), ("snap2caption.prod.svc.cluster.local:80", True),
-    ("snap2caption.prod.svc", True), ("SNAP2CAPTION.Prod.SVC.Cluster.Local.", True),
-    ("snap2caption.prod", False), ("snap2caption.prod.example.com", False), ("svc.cluster.local", False),
-    ("prod.svc.cluster.local.evil.example", False), ("..svc", False), ("127.0.0.1:3000", False),
-    ("[::1]:3000", False), ("", False)])
+@pytest.mark.parametrize(
+    "host,local",
+    [
+        ("snap2caption.prod.svc.cluster.local", True),
+        ("snap2caption.prod.svc.cluster.local:80", True),
+        ("snap2caption.prod.svc", True),
+        ("SNAP2CAPTION.Prod.SVC.Cluster.Local.", True),
+        ("snap2caption.prod", False),
+        ("snap2caption.prod.example.com", False),
+        ("svc.cluster.local", False),
+        ("prod.svc.cluster.local.evil.example", False),
+        ("..svc", False),
+        ("127.0.0.1:3000", False),
+        ("[::1]:3000", False),
+        ("", False),
+    ],
+)
 def test_cluster_local_host_names(host, local):
     from snap2caption_service.serving.auth import is_cluster_local_host
 
@@ -42,17 +53,20 @@ def _asgi_status(mode: str, path: str, host: str, auth: str | None = None) -> in
     return sent[0]["status"]
 
 
-@pytest.mark.parametrize("mode,path,host,auth,status", [
-    ("bearer", "/events", "a.b.svc.cluster.local", None, 401),
-    ("bearer", "/events", "a.b.svc.cluster.local", "Bearer k1", 200),
-    ("cluster-local", "/events", "a.b.svc.cluster.local", None, 200),
-    ("cluster-local", "/events", "a.b.example.com", None, 401),
-    ("cluster-local", "/events", "a.b.example.com", "Bearer k1", 200),
-    ("cluster-local", "/generate-caption", "a.b.svc.cluster.local", None, 401),
-    ("none", "/events", "a.b.example.com", None, 200),
-    ("none", "/feedback", "a.b.example.com", None, 401),
-    ("none", "/readyz", "a.b.example.com", None, 200),
-])
+@pytest.mark.parametrize(
+    "mode,path,host,auth,status",
+    [
+        ("bearer", "/events", "a.b.svc.cluster.local", None, 401),
+        ("bearer", "/events", "a.b.svc.cluster.local", "Bearer k1", 200),
+        ("cluster-local", "/events", "a.b.svc.cluster.local", None, 200),
+        ("cluster-local", "/events", "a.b.example.com", None, 401),
+        ("cluster-local", "/events", "a.b.example.com", "Bearer k1", 200),
+        ("cluster-local", "/generate-caption", "a.b.svc.cluster.local", None, 401),
+        ("none", "/events", "a.b.example.com", None, 200),
+        ("none", "/feedback", "a.b.example.com", None, 401),
+        ("none", "/readyz", "a.b.example.com", None, 200),
+    ],
+)
 def test_events_auth_modes(mode, path, host, auth, status):
     assert _asgi_status(mode, path, host, auth) == status
 

@@ -32,10 +32,10 @@ def test_holds_for_the_callers_of_the_last_batch_then_gives_up():
     policy.batch_done(16, 16, 0.6)  # 16 ran while 16 more queued: 32 callers in the system
     assert policy.concurrency() == 32
     clock.now += 0.01
-    assert policy.hold(16)          # the first 16 callers are on their way back
-    assert not policy.hold(32)      # everyone is back: go
+    assert policy.hold(16)  # the first 16 callers are on their way back
+    assert not policy.hold(32)  # everyone is back: go
     clock.now += min(0.3 * 0.6, MAX_GATHER_S)
-    assert not policy.hold(16)      # the window is over: never wait longer than that
+    assert not policy.hold(16)  # the window is over: never wait longer than that
 
 
 def test_never_waits_for_more_than_fits_a_batch():
@@ -63,7 +63,7 @@ def test_one_missed_window_resets_the_estimate():
     clock.now += 0.01
     assert policy.hold(1)
     clock.now += 0.5
-    assert not policy.hold(1)       # window over: dispatch, and forget the 32
+    assert not policy.hold(1)  # window over: dispatch, and forget the 32
     policy.batch_done(1, 0, 0.2)
     clock.now += 0.001
     assert not policy.hold(1)

@@ -31,8 +31,13 @@ BUILD_TIMEOUT = 600  # locking resolves ~170 packages against PyPI; seconds when
 
 
 def _env(home: Path, **extra) -> dict:
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-           "SNAP2CAPTION_ENV_FILE": "/nonexistent", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "SNAP2CAPTION_ENV_FILE": "/nonexistent",
+        "PYTHONPATH": str(REPO),
+    }
     for name in ("SNAP2CAPTION_MODEL", "SNAP2CAPTION_ADAPTER", "MLFLOW_TRACKING_URI"):  # they outrank the Bento's model
         env.pop(name, None)
     env.update(extra)
@@ -89,12 +94,22 @@ def test_bento_yaml_names_service_model_and_config(built):
 def test_bento_source_tree_has_the_code_and_nothing_else(built):
     src = built.path / "src"
     files = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()}
-    for needed in ("snap2caption_service/service.py", "snap2caption_service/core/model_store.py",
-                   "snap2caption_service/serving/web/index.html", "stream/consumer.py", "training/build_demo.py",
-                   "bentofile.yaml"):
+    for needed in (
+        "snap2caption_service/service.py",
+        "snap2caption_service/core/model_store.py",
+        "snap2caption_service/serving/web/index.html",
+        "stream/consumer.py",
+        "training/build_demo.py",
+        "bentofile.yaml",
+    ):
         assert needed in files, f"{needed} missing from the Bento"
-    unwanted = [f for f in files if f.startswith(("tests/", "test-artifacts/", "bentos/", "benchmarks/", "k8s/"))
-                or "__pycache__" in f or f.endswith((".pyc", ".bento", ".safetensors"))]
+    unwanted = [
+        f
+        for f in files
+        if f.startswith(("tests/", "test-artifacts/", "bentos/", "benchmarks/", "k8s/"))
+        or "__pycache__" in f
+        or f.endswith((".pyc", ".bento", ".safetensors"))
+    ]
     assert not unwanted, f"should not be in the Bento: {unwanted[:10]}"
     # The weights travel as the store model, not as source files.
     assert not any("models/demo-" in f for f in files)
@@ -137,7 +152,8 @@ def test_dockerfile_is_a_cuda_image_matching_torch(built):
     assert m, f"not a CUDA base image: {base}"
     cuda_runtime = _requirements(built)["nvidia-cuda-runtime"]
     assert m.group(1) == cuda_runtime.split(".")[0], (
-        f"base image CUDA {m.group(1)} vs torch's CUDA runtime {cuda_runtime}: change them together")
+        f"base image CUDA {m.group(1)} vs torch's CUDA runtime {cuda_runtime}: change them together"
+    )
     assert "ENV NVIDIA_DRIVER_CAPABILITIES=" in dockerfile
 
 
@@ -151,8 +167,11 @@ def test_dockerfile_installs_the_lock_and_serves_the_bento(built):
     assert entry == "/home/bentoml/bento/env/docker/entrypoint.sh"
     script = (built.path / "env/docker/entrypoint.sh").read_text()
     assert 'set -- bentoml serve "$@" "$BENTO_PATH"' in script  # no arguments: serve this Bento
-    for name, value in (("SNAP2CAPTION_DATA_DIR", "/home/bentoml/snap2caption"), ("SNAP2CAPTION_DEVICE", "auto"),
-                        ("BENTO_PATH", "/home/bentoml/bento")):
+    for name, value in (
+        ("SNAP2CAPTION_DATA_DIR", "/home/bentoml/snap2caption"),
+        ("SNAP2CAPTION_DEVICE", "auto"),
+        ("BENTO_PATH", "/home/bentoml/bento"),
+    ):
         assert re.search(rf"^(ARG|ENV) {name}={re.escape(value)}$", dockerfile, re.M), f"{name} default missing"
 
 
@@ -185,9 +204,14 @@ def test_exported_bento_serves_its_packaged_model_anywhere(exported, built, tmp_
     _run(["-m", "bentoml", "import", str(exported)], env, cwd=tmp_path)  # the archive's models land in the store
     port = free_port()
     log_path = tmp_path / "bento-serve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", built.tag, "--port", str(port),
-                             "--host", "127.0.0.1"], cwd=tmp_path, env=env, stdout=log_path.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", built.tag, "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         from snap2caption_service.core.process_tree import wait_until_up
@@ -217,14 +241,30 @@ def test_import_model_merges_the_adapter(tmp_path, tiny_model_dir):
     from snap2caption_service.core.captioner import Captioner
 
     base = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           init_lora_weights=False))
+    lora = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapter = tmp_path / "adapter"
     lora.save_pretrained(adapter)
     env = _env(tmp_path / "home")
     version = "Tiny+LoRA run/7"  # not a valid BentoML tag version: stored under a derived one
-    r = _run(["-m", "snap2caption_service", "import-model", "--model", str(tiny_model_dir), "--adapter",
-              str(adapter), "--version", version, "--source", "test", "--json"], env)
+    r = _run(
+        [
+            "-m",
+            "snap2caption_service",
+            "import-model",
+            "--model",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--version",
+            version,
+            "--source",
+            "test",
+            "--json",
+        ],
+        env,
+    )
     stored = json.loads(r.stdout)
     assert stored["version"] == version and stored["source"] == "test" and stored["adapter"] == str(adapter)
     assert re.fullmatch(r"snap2caption-captioner:tiny-lora-run-7-[0-9a-f]{10}", stored["tag"])
@@ -239,14 +279,42 @@ def test_import_model_merges_the_adapter(tmp_path, tiny_model_dir):
     q = next(k for k in saved if k.endswith("q_proj.weight"))  # the adapter did change something
     assert not torch.equal(saved[q], LlavaForConditionalGeneration.from_pretrained(tiny_model_dir).state_dict()[q])
 
-    again = _run(["-m", "snap2caption_service", "import-model", "--model", str(tiny_model_dir), "--adapter",
-                  str(adapter), "--version", version, "--json"], env)
+    again = _run(
+        [
+            "-m",
+            "snap2caption_service",
+            "import-model",
+            "--model",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--version",
+            version,
+            "--json",
+        ],
+        env,
+    )
     assert json.loads(again.stdout)["tag"] == stored["tag"]
     assert "already in the model store" in again.stderr
 
 
 def test_import_model_rejects_a_folder_that_is_not_an_adapter(tmp_path, tiny_model_dir):
     env = _env(tmp_path / "home")
-    r = subprocess.run([sys.executable, "-m", "snap2caption_service", "import-model", "--model", str(tiny_model_dir),
-                        "--adapter", str(tmp_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snap2caption_service",
+            "import-model",
+            "--model",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tmp_path),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "not a PEFT adapter folder" in r.stderr

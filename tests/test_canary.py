@@ -7,9 +7,19 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from snap2caption_service.release.canary import (EXIT_HOLD, EXIT_PROMOTE, EXIT_ROLLBACK, RevisionStats,
-                                         Thresholds, build_queries, check_window, decide, load_thresholds,
-                                         revision_selector, traffic_patch)
+from snap2caption_service.release.canary import (
+    EXIT_HOLD,
+    EXIT_PROMOTE,
+    EXIT_ROLLBACK,
+    RevisionStats,
+    Thresholds,
+    build_queries,
+    check_window,
+    decide,
+    load_thresholds,
+    revision_selector,
+    traffic_patch,
+)
 
 T = Thresholds()
 
@@ -34,15 +44,18 @@ def test_too_little_traffic_holds_whatever_the_figures():
     assert "99" in v.reasons[0] and "100" in v.reasons[0]
 
 
-@pytest.mark.parametrize("candidate, expected", [
-    (stats(success=0.95), "success rate 95.00% vs minimum 99.00%"),
-    (stats(p95=2.5), "p95 2.500s vs maximum 2.000s"),
-    (stats(cer=0.02), "caption-error rate 2.00% vs maximum 1.00%"),
-    # Within the absolute limits but clearly worse than stable:
-    (stats(success=0.992), "vs stable 99.90% - 0.50% allowed drop"),
-    (stats(p95=0.6), "p95 0.600s vs stable 0.300s x 1.5"),
-    (stats(cer=0.008), "vs stable 0.10% + 0.50% allowed increase"),
-])
+@pytest.mark.parametrize(
+    "candidate, expected",
+    [
+        (stats(success=0.95), "success rate 95.00% vs minimum 99.00%"),
+        (stats(p95=2.5), "p95 2.500s vs maximum 2.000s"),
+        (stats(cer=0.02), "caption-error rate 2.00% vs maximum 1.00%"),
+        # Within the absolute limits but clearly worse than stable:
+        (stats(success=0.992), "vs stable 99.90% - 0.50% allowed drop"),
+        (stats(p95=0.6), "p95 0.600s vs stable 0.300s x 1.5"),
+        (stats(cer=0.008), "vs stable 0.10% + 0.50% allowed increase"),
+    ],
+)
 def test_each_failed_check_rolls_back_and_says_which(candidate, expected):
     v = decide(candidate, STABLE, T)
     assert v.action == "rollback" and v.exit_code == EXIT_ROLLBACK
@@ -76,12 +89,16 @@ def test_unknown_caption_error_rate_is_noted_not_failed():
 
 def test_queries_select_the_revision_and_the_public_api_only():
     q = build_queries(revision_selector("snap2caption-00002", "revision", 'namespace="prod"'), "5m")
-    assert q["requests"] == ('sum(increase(bentoml_service_request_total{runner_name="snap2caption",'
-                             'endpoint=~"/generate-caption|/generate-caption/upload|/events",'
-                             'revision="snap2caption-00002",namespace="prod"}[5m]))')
+    assert q["requests"] == (
+        'sum(increase(bentoml_service_request_total{runner_name="snap2caption",'
+        'endpoint=~"/generate-caption|/generate-caption/upload|/events",'
+        'revision="snap2caption-00002",namespace="prod"}[5m]))'
+    )
     assert 'http_response_code=~"5.."' in q["server_errors"]
-    assert q["p95_seconds"] == ('histogram_quantile(0.95, sum by (le) (increase(snap2caption_caption_latency_seconds_bucket'
-                                '{revision="snap2caption-00002",namespace="prod"}[5m])))')
+    assert q["p95_seconds"] == (
+        "histogram_quantile(0.95, sum by (le) (increase(snap2caption_caption_latency_seconds_bucket"
+        '{revision="snap2caption-00002",namespace="prod"}[5m])))'
+    )
     assert 'outcome="error"' in q["caption_errors"] and 'outcome=~"ok|error"' in q["captions"]
 
 
@@ -128,26 +145,38 @@ def test_traffic_patch_deploys_steps_and_promotes():
     deploy = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 0, image=DIGEST_IMAGE)
     assert deploy[0] == {"op": "test", "path": "/spec/template/spec/containers/0/name", "value": "snap2caption"}
     assert {"op": "add", "path": "/spec/template/metadata/name", "value": "snap2caption-canary-7-1"} in deploy
-    assert deploy[-1]["value"] == [{"revisionName": "snap2caption-00006", "percent": 100, "tag": "stable"},
-                                   {"revisionName": "snap2caption-canary-7-1", "percent": 0, "tag": "candidate"}]
+    assert deploy[-1]["value"] == [
+        {"revisionName": "snap2caption-00006", "percent": 100, "tag": "stable"},
+        {"revisionName": "snap2caption-canary-7-1", "percent": 0, "tag": "candidate"},
+    ]
     step = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 25)
     assert [op["path"] for op in step] == ["/spec/traffic"]  # a step never touches the template
     assert [t["percent"] for t in step[0]["value"]] == [75, 25]
     promote = traffic_patch("snap2caption", "snap2caption-00006", "snap2caption-canary-7-1", 100, promote=True)
-    assert promote[0]["value"] == [{"revisionName": "snap2caption-canary-7-1", "percent": 100, "tag": "stable"},
-                                   {"revisionName": "snap2caption-00006", "percent": 0, "tag": "previous"}]
+    assert promote[0]["value"] == [
+        {"revisionName": "snap2caption-canary-7-1", "percent": 100, "tag": "stable"},
+        {"revisionName": "snap2caption-00006", "percent": 0, "tag": "previous"},
+    ]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"candidate": "other-00007"}, "must be a DNS label starting with 'snap2caption-'"),
-    ({"candidate": "snap2caption-Canary"}, "DNS label"),
-    ({"candidate": "snap2caption-00006"}, "the same revision"),
-    ({"percent": 101}, "0-100"),
-    ({"percent": 50, "promote": True}, "only at 100"),
-    ({"image": "ghcr.io/acme/snap2caption:0.2.0"}, "pinned by digest"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"candidate": "other-00007"}, "must be a DNS label starting with 'snap2caption-'"),
+        ({"candidate": "snap2caption-Canary"}, "DNS label"),
+        ({"candidate": "snap2caption-00006"}, "the same revision"),
+        ({"percent": 101}, "0-100"),
+        ({"percent": 50, "promote": True}, "only at 100"),
+        ({"image": "ghcr.io/acme/snap2caption:0.2.0"}, "pinned by digest"),
+    ],
+)
 def test_traffic_patch_refuses_what_knative_or_the_rollout_would_regret(kwargs, message):
-    args = {"service": "snap2caption", "stable": "snap2caption-00006", "candidate": "snap2caption-canary-7-1",
-            "percent": 10, **kwargs}
+    args = {
+        "service": "snap2caption",
+        "stable": "snap2caption-00006",
+        "candidate": "snap2caption-canary-7-1",
+        "percent": 10,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         traffic_patch(**args)

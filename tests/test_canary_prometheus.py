@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -56,21 +55,27 @@ TEST_THRESHOLDS = ["--min-requests", "40", "--max-p95-seconds", "8", "--max-p95-
 
 
 def prometheus_sh(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "infra" / "prometheus.sh"), *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=timeout)
+    return subprocess.run(
+        [str(REPO / "infra" / "prometheus.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
 
 
 def prometheus_config(targets: dict[str, str]) -> str:
     """Static targets with the labels the Kubernetes config's relabelling produces."""
     jobs = "\n".join(
-        f"""      - targets: ["{url.removeprefix('http://')}"]
+        f"""      - targets: ["{url.removeprefix("http://")}"]
         labels: {{namespace: {NAMESPACE}, revision: {rev}, pod: {rev}-deployment-0, service: snap2caption}}"""
-        for rev, url in targets.items())
+        for rev, url in targets.items()
+    )
     return f"""global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files:
-  - {OBSERVABILITY / 'alert-rules.yml'}
+  - {OBSERVABILITY / "alert-rules.yml"}
 scrape_configs:
   - job_name: snap2caption
     static_configs:
@@ -82,6 +87,7 @@ def load(url: str, n: int, clients: int) -> dict[int, int]:
     body = {"image": base64.b64encode(png_bytes((40, 160, 60))).decode(), "tone": "casual"}
     codes: dict[int, int] = {}
     with httpx.Client(base_url=url, timeout=120) as c:
+
         def one(_):
             return c.post("/generate-caption", json=body).status_code
 
@@ -110,8 +116,10 @@ def wait_for(prom: str, expr: str, expected: float, what: str, timeout: float = 
             return
         if time.monotonic() > deadline:
             scrapes = promql(prom, "up or scrape_duration_seconds")
-            pytest.fail(f"Prometheus: not {what} after {timeout}s ({expr} = {result}); "
-                        f"up / scrape durations: {[(s['metric'], s['value'][1]) for s in scrapes]}")
+            pytest.fail(
+                f"Prometheus: not {what} after {timeout}s ({expr} = {result}); "
+                f"up / scrape durations: {[(s['metric'], s['value'][1]) for s in scrapes]}"
+            )
         time.sleep(0.5)
 
 
@@ -126,8 +134,10 @@ def lab(tmp_path_factory, demo_model_dir):
             (tmp / rev).mkdir()
         failures = []
         with concurrent.futures.ThreadPoolExecutor(len(FAULTS)) as pool:
-            futures = {rev: pool.submit(start_service, tmp / rev, demo_model_dir, {**COMMON_ENV, **env})
-                       for rev, env in FAULTS.items()}
+            futures = {
+                rev: pool.submit(start_service, tmp / rev, demo_model_dir, {**COMMON_ENV, **env})
+                for rev, env in FAULTS.items()
+            }
             for rev, fut in futures.items():
                 try:
                     services[rev] = fut.result()
@@ -151,16 +161,23 @@ def lab(tmp_path_factory, demo_model_dir):
             wait_for(prom, 'count(up{job="snap2caption"} == 1)', len(services), "every target scraped")
             t1 = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(len(services)) as pool:
-                futures = {rev: pool.submit(load, s.url, REQUESTS_PER_REVISION, CLIENTS[rev])
-                           for rev, s in services.items()}
+                futures = {
+                    rev: pool.submit(load, s.url, REQUESTS_PER_REVISION, CLIENTS[rev]) for rev, s in services.items()
+                }
                 codes = {rev: f.result() for rev, f in futures.items()}
             loaded = time.monotonic() - t1
             # Wait until Prometheus has scraped the last request of every revision.
-            wait_for(prom, 'count(sum by (revision) (bentoml_service_request_total{runner_name="snap2caption",'
-                           f'endpoint="/generate-caption"}}) >= {REQUESTS_PER_REVISION})', len(services),
-                     "every request scraped")
-            print(f"\ncanary lab: 4 services ready in {started:.1f}s; {4 * REQUESTS_PER_REVISION} requests "
-                  f"in {loaded:.1f}s; status codes {codes}")
+            wait_for(
+                prom,
+                'count(sum by (revision) (bentoml_service_request_total{runner_name="snap2caption",'
+                f'endpoint="/generate-caption"}}) >= {REQUESTS_PER_REVISION})',
+                len(services),
+                "every request scraped",
+            )
+            print(
+                f"\ncanary lab: 4 services ready in {started:.1f}s; {4 * REQUESTS_PER_REVISION} requests "
+                f"in {loaded:.1f}s; status codes {codes}"
+            )
             yield {"prometheus": prom, "codes": codes, "services": services}
         finally:
             prometheus_sh("stop", str(port), env=prom_env, timeout=60)
@@ -170,11 +187,34 @@ def lab(tmp_path_factory, demo_model_dir):
 
 def analyze(lab, candidate, *extra):
     r = subprocess.run(
-        [sys.executable, "-m", "snap2caption_service", "canary", "analyze", "--prometheus-url", lab["prometheus"],
-         "--candidate", candidate, "--stable", STABLE, "--window", "5m", "--selector", f'namespace="{NAMESPACE}"',
-         "--config", str(OBSERVABILITY / "canary-thresholds.yaml"), "--json", *TEST_THRESHOLDS, *extra],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("SNAP2CAPTION_")}, "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-m",
+            "snap2caption_service",
+            "canary",
+            "analyze",
+            "--prometheus-url",
+            lab["prometheus"],
+            "--candidate",
+            candidate,
+            "--stable",
+            STABLE,
+            "--window",
+            "5m",
+            "--selector",
+            f'namespace="{NAMESPACE}"',
+            "--config",
+            str(OBSERVABILITY / "canary-thresholds.yaml"),
+            "--json",
+            *TEST_THRESHOLDS,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("SNAP2CAPTION_")}, "PYTHONPATH": str(REPO)},
+    )
     assert r.stdout, f"no output (exit {r.returncode}):\n{r.stderr}"
     return r.returncode, json.loads(r.stdout)
 
@@ -231,9 +271,28 @@ def test_unscraped_revision_holds_and_says_why(lab):
 
 def test_human_output_names_the_verdict_and_reasons(lab):
     r = subprocess.run(
-        [sys.executable, "-m", "snap2caption_service", "canary", "analyze", "--prometheus-url", lab["prometheus"],
-         "--candidate", ERRORS, "--stable", STABLE, "--window", "5m", *TEST_THRESHOLDS],
-        capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-m",
+            "snap2caption_service",
+            "canary",
+            "analyze",
+            "--prometheus-url",
+            lab["prometheus"],
+            "--candidate",
+            ERRORS,
+            "--stable",
+            STABLE,
+            "--window",
+            "5m",
+            *TEST_THRESHOLDS,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == EXIT_ROLLBACK, r.stderr
     assert "verdict: ROLLBACK (exit 1)" in r.stdout and "failed: success rate" in r.stdout
     assert ERRORS in r.stdout and STABLE in r.stdout
@@ -271,8 +330,7 @@ def test_dashboard_queries_find_live_series(lab):
     consumer, which this test does not run; their metric names are checked in test_observability)."""
     empty = []
     for title, expr in dashboard_queries():
-        q = (expr.replace("$namespace", NAMESPACE).replace("$revision", ".*")
-             .replace("$__rate_interval", "1m"))
+        q = expr.replace("$namespace", NAMESPACE).replace("$revision", ".*").replace("$__rate_interval", "1m")
         assert "$" not in re.sub(r'"[^"]*"', "", q), f"unreplaced variable in {title}: {q}"
         result = promql(lab["prometheus"], q)
         if not result and "snap2caption_consumer_" not in q:
@@ -284,10 +342,16 @@ def test_kubernetes_relabelling_yields_the_labels_the_analysis_selects(lab, tmp_
     """The shipped Kubernetes scrape config, run by a second real Prometheus on pod-like targets:
     a Knative pod is scraped with namespace/pod/revision labels; other pods are dropped."""
     good, stable = (lab["services"][r].url.removeprefix("http://") for r in (GOOD, STABLE))
-    config = kubernetes_config_as_static({"snap2caption": [
-        knative_pod(good, "snap2caption-prod", f"{GOOD}-deployment-7d9f-abcde", GOOD),
-        knative_pod(stable, "snap2caption-prod", "not-ours", "x-00001", component="something-else"),
-    ]}, tmp_path / "prometheus.yml", scrape_interval="1s")
+    config = kubernetes_config_as_static(
+        {
+            "snap2caption": [
+                knative_pod(good, "snap2caption-prod", f"{GOOD}-deployment-7d9f-abcde", GOOD),
+                knative_pod(stable, "snap2caption-prod", "not-ours", "x-00001", component="something-else"),
+            ]
+        },
+        tmp_path / "prometheus.yml",
+        scrape_interval="1s",
+    )
     port = free_port()
     env = {"PROMETHEUS_DATA_DIR": str(tmp_path / "data")}
     r = prometheus_sh("start", str(config), str(port), env=env)
@@ -298,8 +362,11 @@ def test_kubernetes_relabelling_yields_the_labels_the_analysis_selects(lab, tmp_
         [series] = promql(prom, "snap2caption_model_info")
         labels = series["metric"]
         assert {k: labels[k] for k in ("namespace", "pod", "revision", "service")} == {
-            "namespace": "snap2caption-prod", "pod": f"{GOOD}-deployment-7d9f-abcde",
-            "revision": GOOD, "service": "snap2caption"}
+            "namespace": "snap2caption-prod",
+            "pod": f"{GOOD}-deployment-7d9f-abcde",
+            "revision": GOOD,
+            "service": "snap2caption",
+        }
         assert [k for k in labels if k.startswith("__") and k != "__name__"] == []  # no __meta_* left
         targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]
         assert len(targets["activeTargets"]) == 1 and len(targets["droppedTargets"]) == 1
@@ -333,6 +400,7 @@ def run_canary_workflow(lab, tmp, run_number: int, steps: str = "10 25 50 100", 
     lab's Prometheus and services. kubectl is tests/fake_knative_kubectl.py: the real kubectl
     applies every patch to the production overlay's Knative Service held in a file."""
     import yaml
+
     from test_k8s_manifests import K8S, kustomize_build
 
     job = yaml.safe_load(CANARY_WORKFLOW.read_text())["jobs"]["canary"]
@@ -341,13 +409,17 @@ def run_canary_workflow(lab, tmp, run_number: int, steps: str = "10 25 50 100", 
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "kubectl").write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fake_knative_kubectl.py"}" "$@"\n')
+        f'#!/bin/sh\nexec "{sys.executable}" "{REPO / "tests" / "fake_knative_kubectl.py"}" "$@"\n'
+    )
     (bin_dir / "kubectl").chmod(0o755)
     # A wrapper, not a symlink: a venv's python finds its packages only when run by its own path.
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(0o755)
-    [ksvc] = [d for d in kustomize_build(K8S / "overlays" / "production")
-              if d["kind"] == "Service" and d["apiVersion"] == "serving.knative.dev/v1"]
+    [ksvc] = [
+        d
+        for d in kustomize_build(K8S / "overlays" / "production")
+        if d["kind"] == "Service" and d["apiVersion"] == "serving.knative.dev/v1"
+    ]
     ksvc["metadata"]["namespace"] = NAMESPACE
     state = tmp / "ksvc.json"
     state.write_text(json.dumps(ksvc))
@@ -355,24 +427,40 @@ def run_canary_workflow(lab, tmp, run_number: int, steps: str = "10 25 50 100", 
         (tmp / name).write_text("")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SNAP2CAPTION_", "GITHUB_"))},
-        "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
         # The job's env block, with its expressions evaluated for this run:
-        "KSVC": "snap2caption", "NAMESPACE": NAMESPACE, "IMAGE": IMAGE, "STEPS": steps, "WAIT_SECONDS": "0",
-        "MAX_RETRIES": max_retries, "RETRY_SECONDS": "0",
-        "SNAP2CAPTION_PROMETHEUS_URL": lab["prometheus"], "SNAP2CAPTION_PROMETHEUS_TOKEN": "",
-        "SNAP2CAPTION_API_KEY": "", "SNAP2CAPTION_CANARY_WINDOW": "5m",
+        "KSVC": "snap2caption",
+        "NAMESPACE": NAMESPACE,
+        "IMAGE": IMAGE,
+        "STEPS": steps,
+        "WAIT_SECONDS": "0",
+        "MAX_RETRIES": max_retries,
+        "RETRY_SECONDS": "0",
+        "SNAP2CAPTION_PROMETHEUS_URL": lab["prometheus"],
+        "SNAP2CAPTION_PROMETHEUS_TOKEN": "",
+        "SNAP2CAPTION_API_KEY": "",
+        "SNAP2CAPTION_CANARY_WINDOW": "5m",
         "SNAP2CAPTION_CANARY_CONFIG": job["env"]["SNAP2CAPTION_CANARY_CONFIG"],
         # Step-level env (secrets), and GitHub's own:
-        "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n", "ENVIRONMENT": "production",
-        "GITHUB_ENV": str(tmp / "github_env"), "GITHUB_STEP_SUMMARY": str(tmp / "summary"),
-        "RUNNER_TEMP": str(tmp), "GITHUB_RUN_NUMBER": str(run_number), "GITHUB_RUN_ATTEMPT": "1",
+        "KUBE_CONFIG": "apiVersion: v1\nkind: Config\n",
+        "ENVIRONMENT": "production",
+        "GITHUB_ENV": str(tmp / "github_env"),
+        "GITHUB_STEP_SUMMARY": str(tmp / "summary"),
+        "RUNNER_TEMP": str(tmp),
+        "GITHUB_RUN_NUMBER": str(run_number),
+        "GITHUB_RUN_ATTEMPT": "1",
         # The lab's thresholds on top of the shipped file (env beats the file):
-        "SNAP2CAPTION_CANARY_MIN_REQUESTS": "40", "SNAP2CAPTION_CANARY_MAX_P95_SECONDS": "8",
+        "SNAP2CAPTION_CANARY_MIN_REQUESTS": "40",
+        "SNAP2CAPTION_CANARY_MAX_P95_SECONDS": "8",
         "SNAP2CAPTION_CANARY_MAX_P95_RATIO": "2",
         # The fake cluster: the candidate's tag URL is the healthy service (the smoke test must
         # pass for every scenario; the analysis judges the candidate's own metrics).
-        "REAL_KUBECTL": real_kubectl, "FAKE_KSVC_STATE": str(state), "FAKE_KUBECTL_LOG": str(tmp / "kubectl.log"),
-        "FAKE_INITIAL_REVISION": STABLE, "FAKE_TAG_URLS": json.dumps({"candidate": lab["services"][GOOD].url}),
+        "REAL_KUBECTL": real_kubectl,
+        "FAKE_KSVC_STATE": str(state),
+        "FAKE_KUBECTL_LOG": str(tmp / "kubectl.log"),
+        "FAKE_INITIAL_REVISION": STABLE,
+        "FAKE_TAG_URLS": json.dumps({"candidate": lab["services"][GOOD].url}),
     }
     assert set(job["env"]) <= set(env), f"job env not provided by the test: {set(job['env']) - set(env)}"
     ran, failed = [], False
@@ -390,18 +478,29 @@ def run_canary_workflow(lab, tmp, run_number: int, steps: str = "10 25 50 100", 
         for line in (tmp / "github_env").read_text().splitlines():
             key, _, value = line.partition("=")
             env[key] = value
-        r = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], env=env,
-                           cwd=REPO, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         ran.append((step["name"], r.returncode, r.stdout + r.stderr))
         failed = failed or r.returncode != 0
-    patches = [json.loads(c[c.index("-p") + 1]) for c in map(json.loads, (tmp / "kubectl.log").read_text().splitlines())
-               if c[2] == "patch"]
+    patches = [
+        json.loads(c[c.index("-p") + 1])
+        for c in map(json.loads, (tmp / "kubectl.log").read_text().splitlines())
+        if c[2] == "patch"
+    ]
     return ran, json.loads(state.read_text()), (tmp / "summary").read_text(), patches
 
 
 def _percents(patches):
-    return [[(t["revisionName"], t["percent"], t["tag"]) for op in p if op["path"] == "/spec/traffic"
-             for t in op["value"]] for p in patches]
+    return [
+        [(t["revisionName"], t["percent"], t["tag"]) for op in p if op["path"] == "/spec/traffic" for t in op["value"]]
+        for p in patches
+    ]
 
 
 def test_canary_workflow_promotes_the_healthy_candidate(lab, tmp_path):
@@ -427,8 +526,10 @@ def test_canary_workflow_rolls_back_a_failing_candidate_and_fails(lab, tmp_path)
     assert rc == 1 and "verdict: ROLLBACK" in out and "10 %: analysis says roll back" in out, out
     assert results["Roll back to the stable revision"][0] == 1  # the job fails
     assert "Promote the candidate to stable" not in results
-    assert _percents(patches)[-2:] == [[(STABLE, 90, "stable"), (ERRORS, 10, "candidate")],
-                                       [(STABLE, 100, "stable"), (ERRORS, 0, "candidate")]]
+    assert _percents(patches)[-2:] == [
+        [(STABLE, 90, "stable"), (ERRORS, 10, "candidate")],
+        [(STABLE, 100, "stable"), (ERRORS, 0, "candidate")],
+    ]
     assert ksvc["spec"]["traffic"][0] == {"revisionName": STABLE, "percent": 100, "tag": "stable"}
     assert "ROLLED BACK" in summary
 

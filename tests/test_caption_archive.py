@@ -16,9 +16,21 @@ def test_archive_takes_the_same_image_from_many_threads_at_once(tmp_path):
     image = b"\x89PNG" + bytes(range(256)) * 400
 
     def put(i: int):
-        archive.put(ServedCaption(request_id=f"r{i}", image_sha256="ab" * 32, tone="casual", audience="personal",
-                                  num_hashtags=8, caption="c", hashtags=["#a"], alt_text="a",
-                                  model_version="v", served_at="2026-11-25T00:00:00+00:00"), image)
+        archive.put(
+            ServedCaption(
+                request_id=f"r{i}",
+                image_sha256="ab" * 32,
+                tone="casual",
+                audience="personal",
+                num_hashtags=8,
+                caption="c",
+                hashtags=["#a"],
+                alt_text="a",
+                model_version="v",
+                served_at="2026-11-25T00:00:00+00:00",
+            ),
+            image,
+        )
 
     for _ in range(5):
         with concurrent.futures.ThreadPoolExecutor(16) as pool:

@@ -12,49 +12,77 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from training.caption_metrics import (PredictionRow, bleu4, cider_d, evaluate, hashtag_prf, length_stats,
-                                      rouge_l, tokenize, write_predictions_table)
+from training.caption_metrics import (
+    PredictionRow,
+    bleu4,
+    cider_d,
+    evaluate,
+    hashtag_prf,
+    length_stats,
+    rouge_l,
+    tokenize,
+    write_predictions_table,
+)
 
 
 def coco(predictions, references):
     """pycocoevalcap's three scores on our tokens (it expects space-joined, pre-tokenised text)."""
     gts = {i: [" ".join(tokenize(r)) for r in refs if tokenize(r)] for i, refs in enumerate(references)}
     res = {i: [" ".join(tokenize(p))] for i, p in enumerate(predictions)}
-    return {"cider_d": Cider().compute_score(gts, res)[0],
-            "bleu4": Bleu(4).compute_score(gts, res, verbose=0)[0][3],
-            "rouge_l": Rouge().compute_score(gts, res)[0]}
+    return {
+        "cider_d": Cider().compute_score(gts, res)[0],
+        "bleu4": Bleu(4).compute_score(gts, res, verbose=0)[0][3],
+        "rouge_l": Rouge().compute_score(gts, res)[0],
+    }
 
 
 def ours(predictions, references):
-    return {"cider_d": cider_d(predictions, references), "bleu4": bleu4(predictions, references),
-            "rouge_l": rouge_l(predictions, references)}
+    return {
+        "cider_d": cider_d(predictions, references),
+        "bleu4": bleu4(predictions, references),
+        "rouge_l": rouge_l(predictions, references),
+    }
 
 
 CAPTIONS = [
-    ("Golden hour at the beach, feeling grateful!",
-     ["Golden hour on the beach and I'm grateful.", "Sunset at the beach, so grateful", "Beach sunset glow"]),
-    ("A red circle on a blue background.",
-     ["A red circle sits on a blue background", "Red circle, blue backdrop"]),
-    ("Coffee first, questions later ☕ #MondayMood",
-     ["Coffee first. Questions later.", "Monday means coffee first", "But first, coffee!",
-      "coffee before questions"]),
-    ("Our new spring collection drops Friday.",
-     ["New spring collection drops this Friday!", "Spring collection: out Friday"]),
+    (
+        "Golden hour at the beach, feeling grateful!",
+        ["Golden hour on the beach and I'm grateful.", "Sunset at the beach, so grateful", "Beach sunset glow"],
+    ),
+    ("A red circle on a blue background.", ["A red circle sits on a blue background", "Red circle, blue backdrop"]),
+    (
+        "Coffee first, questions later ☕ #MondayMood",
+        [
+            "Coffee first. Questions later.",
+            "Monday means coffee first",
+            "But first, coffee!",
+            "coffee before questions",
+        ],
+    ),
+    (
+        "Our new spring collection drops Friday.",
+        ["New spring collection drops this Friday!", "Spring collection: out Friday"],
+    ),
     ("", ["An empty prediction still has references"]),
-    ("Figure 2: the measured spectrum of the sample.",
-     ["Figure 2 shows the measured spectrum of the sample", "The sample's measured spectrum"]),
+    (
+        "Figure 2: the measured spectrum of the sample.",
+        ["Figure 2 shows the measured spectrum of the sample", "The sample's measured spectrum"],
+    ),
     ("Don't stop believing", ["don't stop believing", "never stop believing"]),
 ]
 
 
 def random_corpus(seed: int, size: int):
     rng = random.Random(seed)
-    vocab = ("a the red blue green yellow circle square star triangle on in with background sunny "
-             "beach coffee friends weekend vibes golden hour new drop").split()
+    vocab = (
+        "a the red blue green yellow circle square star triangle on in with background sunny "
+        "beach coffee friends weekend vibes golden hour new drop"
+    ).split()
     base = [[rng.choice(vocab) for _ in range(rng.randint(3, 14))] for _ in range(size)]
     # Predictions that share real n-grams with their references, so BLEU-4 is not ~0.
-    preds = [" ".join(w[: rng.randint(1, len(w))] + [rng.choice(vocab) for _ in range(rng.randint(0, 4))])
-             for w in base]
+    preds = [
+        " ".join(w[: rng.randint(1, len(w))] + [rng.choice(vocab) for _ in range(rng.randint(0, 4))]) for w in base
+    ]
     refs = [[" ".join(w)] + [" ".join(rng.sample(w, len(w))) for _ in range(rng.randint(0, 4))] for w in base]
     return preds, refs
 
@@ -118,8 +146,10 @@ def test_hashtag_prf_known_values():
     # Image 1: predicted {sunset, beach, love}, reference {sunset, beach, summer, ocean}: 2 hits.
     # Image 2: predicted {coffee, monday}, reference {coffee}: 1 hit. Duplicate/case/'#' variants
     # of one tag count once.
-    got = hashtag_prf([["#Sunset", "beach", "#love", "#sunset"], ["#coffee", "#MONDAY"]],
-                      [["#sunset", "#beach", "#summer", "#ocean"], ["Coffee"]])
+    got = hashtag_prf(
+        [["#Sunset", "beach", "#love", "#sunset"], ["#coffee", "#MONDAY"]],
+        [["#sunset", "#beach", "#summer", "#ocean"], ["Coffee"]],
+    )
     assert got["precision"] == pytest.approx(3 / 5)
     assert got["recall"] == pytest.approx(3 / 5)
     assert got["f1"] == pytest.approx(3 / 5)
@@ -153,14 +183,34 @@ def test_length_stats_known_values():
 
 def rows():
     return [
-        PredictionRow("img-1", "Golden hour at the beach!", "Golden hour on the beach",
-                      ("#goldenhour", "#beach"), ("#GoldenHour", "#sunset"),
-                      "A beach at sunset.", "The sun sets over a sandy beach.",
-                      extra_references=("Beach sunset",)),
-        PredictionRow("img-2", "A red circle on blue.", "A red circle on a blue background",
-                      ("#red", "#circle", "#blue"), ("#red", "#circle"), "", ""),
-        PredictionRow("img-3", "Coffee first", "Coffee first, questions later",
-                      ("#coffee",), ("#coffee", "#monday"), "A mug of coffee.", "A coffee mug on a desk."),
+        PredictionRow(
+            "img-1",
+            "Golden hour at the beach!",
+            "Golden hour on the beach",
+            ("#goldenhour", "#beach"),
+            ("#GoldenHour", "#sunset"),
+            "A beach at sunset.",
+            "The sun sets over a sandy beach.",
+            extra_references=("Beach sunset",),
+        ),
+        PredictionRow(
+            "img-2",
+            "A red circle on blue.",
+            "A red circle on a blue background",
+            ("#red", "#circle", "#blue"),
+            ("#red", "#circle"),
+            "",
+            "",
+        ),
+        PredictionRow(
+            "img-3",
+            "Coffee first",
+            "Coffee first, questions later",
+            ("#coffee",),
+            ("#coffee", "#monday"),
+            "A mug of coffee.",
+            "A coffee mug on a desk.",
+        ),
     ]
 
 
@@ -178,8 +228,11 @@ def test_evaluate_returns_flat_named_metrics():
     assert metrics["caption_words_max"] == 5.0 and metrics["num_rows"] == 3.0
     # Alt text is scored over the two rows that have a reference alt text.
     assert metrics["alt_text_rouge_l"] == pytest.approx(
-        rouge_l(["A beach at sunset.", "A mug of coffee."],
-                [["The sun sets over a sandy beach."], ["A coffee mug on a desk."]]))
+        rouge_l(
+            ["A beach at sunset.", "A mug of coffee."],
+            [["The sun sets over a sandy beach."], ["A coffee mug on a desk."]],
+        )
+    )
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     with pytest.raises(ValueError, match="empty set"):
         evaluate([])
@@ -208,7 +261,7 @@ def test_idf_documents_match_pycocoevalcap_with_those_references_as_more_images(
     gts = {i: [" ".join(tokenize(r)) for r in rs if tokenize(r)] for i, rs in enumerate(refs + background)}
     res = {i: [" ".join(tokenize(p))] for i, p in enumerate(preds + background_preds)}
     _, per_image = Cider().compute_score(gts, res)
-    expected = sum(per_image[:len(preds)]) / len(preds)
+    expected = sum(per_image[: len(preds)]) / len(preds)
     assert cider_d(preds, refs, idf_documents=background) == pytest.approx(expected, abs=1e-6, rel=1e-6)
     assert cider_d(preds, refs, idf_documents=[]) == cider_d(preds, refs)
     assert cider_d(preds, refs, idf_documents=background) != pytest.approx(cider_d(preds, refs), abs=1e-3)
@@ -218,8 +271,12 @@ def test_a_phrase_every_reference_shares_counts_only_with_a_background_corpus():
     """The retrain proof's situation: creators prefix every caption with one phrase. Scored on
     the references alone that phrase has idf 0, so a model that adopts it gains nothing; with
     captions from the model's usual distribution as background documents it does."""
-    scenes = [f"a {c} {s} on a {b} background" for c in ("red", "blue", "green", "yellow")
-              for s in ("circle", "square", "star") for b in ("white", "black")]
+    scenes = [
+        f"a {c} {s} on a {b} background"
+        for c in ("red", "blue", "green", "yellow")
+        for s in ("circle", "square", "star")
+        for b in ("white", "black")
+    ]
     refs = [["keep it simple " + s] for s in scenes]
     adopted = ["keep it simple " + s for s in scenes]
     plain = list(scenes)

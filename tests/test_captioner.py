@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from snap2caption_service.core.captioner import CaptionJob, Captioner, GenerationSettings
+from snap2caption_service.core.captioner import Captioner, CaptionJob, GenerationSettings
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,13 @@ def test_sampling_is_seeded(tiny_model_dir):
 
 
 def test_lora_adapter_is_merged_at_load(tiny_model_dir, tmp_path):
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
     base = LlavaForConditionalGeneration.from_pretrained(tiny_model_dir)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     adapter_dir = tmp_path / "adapter"
     peft_model.save_pretrained(adapter_dir)
 

@@ -4,15 +4,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO, png_bytes
 
 
 def run_cli(*args, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_ENV_FILE": "/nonexistent", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "snap2caption_service", *args], capture_output=True,
-                          text=True, env=full_env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "snap2caption_service", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_help_lists_commands():
@@ -28,9 +33,21 @@ def test_caption_files_as_json(tmp_path, tiny_model_dir):
     a, b = tmp_path / "a.png", tmp_path / "b.jpg"
     a.write_bytes(png_bytes())
     b.write_bytes(png_bytes((0, 0, 200), fmt="JPEG"))
-    r = run_cli("caption", str(a), str(b), "--tone", "funny", "--audience", "academic", "--json",
-                "--num-hashtags", "5", "--model", str(tiny_model_dir),
-                env={"SNAP2CAPTION_MAX_NEW_TOKENS": "16"})
+    r = run_cli(
+        "caption",
+        str(a),
+        str(b),
+        "--tone",
+        "funny",
+        "--audience",
+        "academic",
+        "--json",
+        "--num-hashtags",
+        "5",
+        "--model",
+        str(tiny_model_dir),
+        env={"SNAP2CAPTION_MAX_NEW_TOKENS": "16"},
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [o["file"] for o in out] == [str(a), str(b)]
@@ -41,8 +58,9 @@ def test_caption_reports_bad_file_and_still_captions_good_one(tmp_path, tiny_mod
     good, bad = tmp_path / "good.png", tmp_path / "notes.txt"
     good.write_bytes(png_bytes())
     bad.write_text("not an image")
-    r = run_cli("caption", str(good), str(bad), "--model", str(tiny_model_dir),
-                env={"SNAP2CAPTION_MAX_NEW_TOKENS": "8"})
+    r = run_cli(
+        "caption", str(good), str(bad), "--model", str(tiny_model_dir), env={"SNAP2CAPTION_MAX_NEW_TOKENS": "8"}
+    )
     assert r.returncode == 1
     assert "notes.txt" in r.stderr and "caption:" in r.stdout
 

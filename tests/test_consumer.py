@@ -30,8 +30,16 @@ class FakeService:
         self.calls += 1
         if self.failures:
             raise self.failures.pop(0)
-        return CaptionResult(caption="hi", hashtags=["#a"], alt_text="alt", candidates=[], model_version="v1",
-                             request_id="r1", latency_ms=1.0, image_sha256="abc")
+        return CaptionResult(
+            caption="hi",
+            hashtags=["#a"],
+            alt_text="alt",
+            candidates=[],
+            model_version="v1",
+            request_id="r1",
+            latency_ms=1.0,
+            image_sha256="abc",
+        )
 
 
 def _handler(service, **kw) -> Handler:
@@ -65,23 +73,36 @@ def test_handler_gives_up_transient_as_retry_later_never_dead_letter():
     assert isinstance(out, RetryLater) and out.reason == "overloaded" and svc.calls == 3
 
 
-@pytest.mark.parametrize("mutate,reason,stage", [
-    (lambda k, v, h: (k, b"{not json", h), "invalid_json", "decode"),
-    (lambda k, v, h: (k, v, []), "not_a_cloudevent", "decode"),
-    (lambda k, v, h: (k, v, [(n, b"com.example.other" if n == "ce_type" else x) for n, x in h]),
-     "unexpected_event_type", "decode"),
-    (lambda k, v, h: (k, v, [(n, b"text/plain" if n == "content-type" else x) for n, x in h]),
-     "unsupported_content_type", "decode"),
-    (lambda k, v, h: (k, json.dumps({"creator_id": "c", "image": inline()}).encode(), h),
-     "schema_violation", "validate"),
-    (lambda k, v, h: (k, None, h), "empty_value", "decode"),
-])
+@pytest.mark.parametrize(
+    "mutate,reason,stage",
+    [
+        (lambda k, v, h: (k, b"{not json", h), "invalid_json", "decode"),
+        (lambda k, v, h: (k, v, []), "not_a_cloudevent", "decode"),
+        (
+            lambda k, v, h: (k, v, [(n, b"com.example.other" if n == "ce_type" else x) for n, x in h]),
+            "unexpected_event_type",
+            "decode",
+        ),
+        (
+            lambda k, v, h: (k, v, [(n, b"text/plain" if n == "content-type" else x) for n, x in h]),
+            "unsupported_content_type",
+            "decode",
+        ),
+        (
+            lambda k, v, h: (k, json.dumps({"creator_id": "c", "image": inline()}).encode(), h),
+            "schema_violation",
+            "validate",
+        ),
+        (lambda k, v, h: (k, None, h), "empty_value", "decode"),
+    ],
+)
 def test_handler_poison_reasons(mutate, reason, stage):
     out = _handler(FakeService())(_record(*mutate(*upload_event("m-3", inline()))), 0.0)
     assert isinstance(out, DeadLetter) and (out.reason, out.stage) == (reason, stage)
 
 
 # --- the in-flight window: only finished prefixes are committable -------------------------
+
 
 def test_window_commits_only_each_partitions_finished_prefix():
     from kafka import TopicPartition

@@ -20,7 +20,10 @@ def png(color) -> bytes:
 
 
 def test_instacities_reader(tmp_path):
-    for city, name, text in [("london", "1", "Rainy walk by the Thames #london #Rain"), ("paris", "a", "Croissant o'clock")]:
+    for city, name, text in [
+        ("london", "1", "Rainy walk by the Thames #london #Rain"),
+        ("paris", "a", "Croissant o'clock"),
+    ]:
         (tmp_path / city).mkdir(exist_ok=True)
         Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / city / f"{name}.jpg")
         (tmp_path / city / f"{name}.txt").write_text(text)
@@ -40,9 +43,17 @@ def test_manifest_reader_local_and_s3(tmp_path, moto_s3, monkeypatch):
     (tmp_path / "img").mkdir()
     Image.new("RGB", (10, 10), (9, 9, 9)).save(tmp_path / "img" / "a.png")
     uri = moto_s3.put("train/b.png", png((0, 200, 0)))
-    lines = [{"image": "img/a.png", "caption": "Local one", "hashtags": "#a #b", "tone": "funny",
-              "audience": "academic", "alt_text": "A grey square."},
-             {"image": uri, "caption": "From S3", "hashtags": ["#Green!"]}]
+    lines = [
+        {
+            "image": "img/a.png",
+            "caption": "Local one",
+            "hashtags": "#a #b",
+            "tone": "funny",
+            "audience": "academic",
+            "alt_text": "A grey square.",
+        },
+        {"image": uri, "caption": "From S3", "hashtags": ["#Green!"]},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     recs = read_source({"kind": "manifest", "path": str(tmp_path / "m.jsonl")})
     assert recs[0].image == str(tmp_path / "img" / "a.png") and recs[0].audience == "academic"

@@ -17,8 +17,9 @@ from stream_support import inline
 
 def _event(data: bytes | dict, content_type: str | None = cloudevents.JSON) -> cloudevents.CloudEvent:
     body = json.dumps(data).encode() if isinstance(data, dict) else data
-    return cloudevents.CloudEvent(id="e-1", source="urn:test", type=EVENT_TYPE_UPLOADED, data=body,
-                                  datacontenttype=content_type)
+    return cloudevents.CloudEvent(
+        id="e-1", source="urn:test", type=EVENT_TYPE_UPLOADED, data=body, datacontenttype=content_type
+    )
 
 
 def test_check_type_accepts_only_upload_events():
@@ -36,13 +37,21 @@ def test_decode_upload_gives_the_upload_event():
     assert (upload.media_id, upload.creator_id, upload.tone, upload.image.kind) == ("m-1", "c", "funny", "inline")
 
 
-@pytest.mark.parametrize("data,content_type,reason,stage", [
-    (b"{not json", cloudevents.JSON, "invalid_json", "decode"),
-    (b'{"media_id": "m"}', "text/plain", "unsupported_content_type", "decode"),
-    ({"creator_id": "c", "image": {"url": "https://img.test/a.png"}}, cloudevents.JSON, "schema_violation", "validate"),
-    ({"media_id": "m", "creator_id": "c", "image": {}}, cloudevents.JSON, "schema_violation", "validate"),
-    (b"[1, 2]", cloudevents.JSON, "schema_violation", "validate"),
-])
+@pytest.mark.parametrize(
+    "data,content_type,reason,stage",
+    [
+        (b"{not json", cloudevents.JSON, "invalid_json", "decode"),
+        (b'{"media_id": "m"}', "text/plain", "unsupported_content_type", "decode"),
+        (
+            {"creator_id": "c", "image": {"url": "https://img.test/a.png"}},
+            cloudevents.JSON,
+            "schema_violation",
+            "validate",
+        ),
+        ({"media_id": "m", "creator_id": "c", "image": {}}, cloudevents.JSON, "schema_violation", "validate"),
+        (b"[1, 2]", cloudevents.JSON, "schema_violation", "validate"),
+    ],
+)
 def test_decode_upload_refusals_are_poison_with_a_reason(data, content_type, reason, stage):
     with pytest.raises(Poison) as exc:
         decode_upload(_event(data, content_type))

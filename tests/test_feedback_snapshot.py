@@ -17,8 +17,7 @@ from stream.settings import StreamSettings
 from stream.topics import ensure_topics
 from stream_support import bootstrap, moto_s3, produce  # noqa: F401  (fixtures)
 from training.datasets import load_image
-from training.feedback_snapshot import (build_snapshot, load_latest, pending_events, read_snapshot,
-                                        records_from_feedback)
+from training.feedback_snapshot import build_snapshot, load_latest, pending_events, read_snapshot, records_from_feedback
 
 
 def png(color) -> bytes:
@@ -28,36 +27,58 @@ def png(color) -> bytes:
 
 
 def served(archive: CaptionArchive, n: int, caption: str = "A red circle.") -> ServedCaption:
-    s = ServedCaption(request_id=f"req-{n}", image_sha256=f"{n:064x}", tone="funny", audience="personal",
-                      caption=caption, hashtags=["#red", "#circle", "#art", "#fun", "#shapes"],
-                      alt_text="A red circle on white.", model_version="demo-x")
+    s = ServedCaption(
+        request_id=f"req-{n}",
+        image_sha256=f"{n:064x}",
+        tone="funny",
+        audience="personal",
+        caption=caption,
+        hashtags=["#red", "#circle", "#art", "#fun", "#shapes"],
+        alt_text="A red circle on white.",
+        model_version="demo-x",
+    )
     archive.put(s, png((n * 40 % 255, 10, 10)))
     return s
 
 
 def feedback(s: ServedCaption | None, rating: str, request_id: str | None = None, **edit) -> FeedbackRecord:
-    return FeedbackRecord(request_id=request_id or s.request_id, rating=rating, feedback_id=uuid.uuid4().hex,
-                          received_at="2026-11-25T00:00:00Z", served=s, **edit)
+    return FeedbackRecord(
+        request_id=request_id or s.request_id,
+        rating=rating,
+        feedback_id=uuid.uuid4().hex,
+        received_at="2026-11-25T00:00:00Z",
+        served=s,
+        **edit,
+    )
 
 
 # --- the rules ------------------------------------------------------------------------------
+
 
 def test_feedback_rules(tmp_path):
     archive = CaptionArchive(str(tmp_path / "archive"))
     s = [served(archive, i) for i in range(6)]
     ghost = ServedCaption(**{**s[0].model_dump(), "request_id": "req-ghost", "image_sha256": "f" * 64})
     events = [
-        feedback(s[0], "down", edited_caption="Studio pick: a red circle."),    # correction (caption)
-        feedback(s[1], "down", edited_hashtags=["#red", "#studio"]),             # correction (hashtags)
-        feedback(s[2], "up"),                                                     # positive
-        feedback(s[3], "down"),                                                   # counted, not trained
-        feedback(None, "up", request_id="req-old"),                               # no served record
-        feedback(ghost, "up"),                                                    # image not archived
-        feedback(s[4], "up"), feedback(s[4], "down", edited_caption="Better."),  # the last one wins
+        feedback(s[0], "down", edited_caption="Studio pick: a red circle."),  # correction (caption)
+        feedback(s[1], "down", edited_hashtags=["#red", "#studio"]),  # correction (hashtags)
+        feedback(s[2], "up"),  # positive
+        feedback(s[3], "down"),  # counted, not trained
+        feedback(None, "up", request_id="req-old"),  # no served record
+        feedback(ghost, "up"),  # image not archived
+        feedback(s[4], "up"),
+        feedback(s[4], "down", edited_caption="Better."),  # the last one wins
     ]
     records, counts = records_from_feedback(events, archive, tmp_path)
-    assert counts == {"events": 8, "corrections": 3, "positives": 1, "downvotes_without_edit": 1,
-                      "unmatched": 1, "image_missing": 1, "superseded": 1}
+    assert counts == {
+        "events": 8,
+        "corrections": 3,
+        "positives": 1,
+        "downvotes_without_edit": 1,
+        "unmatched": 1,
+        "image_missing": 1,
+        "superseded": 1,
+    }
     by_id = {r.extra["request_id"]: r for r in records}
     assert set(by_id) == {"req-0", "req-1", "req-2", "req-4"}
     assert by_id["req-0"].caption == "Studio pick: a red circle." and by_id["req-0"].kind == "correction"
@@ -71,6 +92,7 @@ def test_feedback_rules(tmp_path):
 
 
 # --- snapshots from the real topic ----------------------------------------------------------
+
 
 def _topic(bootstrap: str) -> str:
     topic = f"snap-{uuid.uuid4().hex[:8]}.feedback"
@@ -127,8 +149,10 @@ def test_snapshot_to_s3(tmp_path, bootstrap, moto_s3, monkeypatch):
     _send(bootstrap, topic, [feedback(served(archive, i), "down", edited_caption=f"Edit {i}") for i in range(4)])
     snap = build_snapshot(root, archive, bootstrap, topic)
     assert snap.location == f"{root}/{snap.id}"
-    keys = {o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=moto_s3.bucket,
-                                                                 Prefix=f"snapshots/{snap.id}/")["Contents"]}
+    keys = {
+        o["Key"]
+        for o in moto_s3.client().list_objects_v2(Bucket=moto_s3.bucket, Prefix=f"snapshots/{snap.id}/")["Contents"]
+    }
     assert f"snapshots/{snap.id}/records.jsonl" in keys and len([k for k in keys if k.endswith(".png")]) == 4
     assert load_latest(root).id == snap.id
     recs = read_snapshot(snap.location)

@@ -17,9 +17,27 @@ from stream_support import image_site, moto_s3, settings  # noqa: F401  (fixture
 
 # --- SSRF rules --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1",
-                                     "169.254.169.254", "169.254.1.1", "fd00:ec2::254", "fe80::1", "0.0.0.0",
-                                     "100.64.0.1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "224.0.0.1"])
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "fd00:ec2::254",
+        "fe80::1",
+        "0.0.0.0",
+        "100.64.0.1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "224.0.0.1",
+    ],
+)
 def test_non_public_addresses_are_blocked(address):
     assert blocked_reason(ipaddress.ip_address(address)) is not None
 
@@ -39,24 +57,28 @@ def test_allowlist_opens_hosts_and_cidrs_but_not_metadata_by_accident():
     assert policy.address_allowed("x", ip("169.254.1.1"))
     assert not policy.address_allowed("x", ip("169.254.169.254"))  # a broad CIDR does not open metadata
     assert UrlPolicy.from_settings(settings(url_allowlist="169.254.169.254")).address_allowed(
-        "x", ip("169.254.169.254"))
+        "x", ip("169.254.169.254")
+    )
 
 
 def _fetcher(**kw) -> ImageFetcher:
     return ImageFetcher(settings(**kw))
 
 
-@pytest.mark.parametrize("url,reason", [
-    ("https://127.0.0.1/x.png", "ssrf_blocked"),
-    ("https://localhost/x.png", "ssrf_blocked"),
-    ("https://169.254.169.254/latest/meta-data/", "ssrf_blocked"),
-    ("https://[fd00:ec2::254]/latest/", "ssrf_blocked"),
-    ("https://10.0.0.1/x.png", "ssrf_blocked"),
-    ("https://2130706433/x.png", "ssrf_blocked"),  # 127.0.0.1 as a decimal integer
-    ("http://example.com/x.png", "url_scheme_not_allowed"),
-    ("https://user:pw@example.com/x.png", "invalid_url"),
-    ("https://name.invalid/x.png", "url_unresolvable"),
-])
+@pytest.mark.parametrize(
+    "url,reason",
+    [
+        ("https://127.0.0.1/x.png", "ssrf_blocked"),
+        ("https://localhost/x.png", "ssrf_blocked"),
+        ("https://169.254.169.254/latest/meta-data/", "ssrf_blocked"),
+        ("https://[fd00:ec2::254]/latest/", "ssrf_blocked"),
+        ("https://10.0.0.1/x.png", "ssrf_blocked"),
+        ("https://2130706433/x.png", "ssrf_blocked"),  # 127.0.0.1 as a decimal integer
+        ("http://example.com/x.png", "url_scheme_not_allowed"),
+        ("https://user:pw@example.com/x.png", "invalid_url"),
+        ("https://name.invalid/x.png", "url_unresolvable"),
+    ],
+)
 def test_url_fetch_refusals(url, reason):
     with pytest.raises(Poison) as exc:
         _fetcher().fetch_url(url)
@@ -65,18 +87,30 @@ def test_url_fetch_refusals(url, reason):
 
 def test_url_fetch_from_allowlisted_server_and_every_redirect_hop_rechecked(image_site):
     img = png_bytes()
-    image_site.routes.update({
-        "/a.png": img, "/hop": ("redirect", "/a.png"), "/to-private": ("redirect", "https://10.1.1.1/x.png"),
-        "/to-meta": ("redirect", "https://169.254.169.254/latest/meta-data/"),
-        "/to-file": ("redirect", "file:///etc/passwd"), "/loop": ("redirect", "/loop"),
-        "/big": b"x" * 5000, "/gone": 404, "/busy": 503,
-    })
+    image_site.routes.update(
+        {
+            "/a.png": img,
+            "/hop": ("redirect", "/a.png"),
+            "/to-private": ("redirect", "https://10.1.1.1/x.png"),
+            "/to-meta": ("redirect", "https://169.254.169.254/latest/meta-data/"),
+            "/to-file": ("redirect", "file:///etc/passwd"),
+            "/loop": ("redirect", "/loop"),
+            "/big": b"x" * 5000,
+            "/gone": 404,
+            "/busy": 503,
+        }
+    )
     f = _fetcher(url_allowlist="127.0.0.1", fetch_max_bytes=4096, fetch_max_redirects=3)
     assert f.fetch_url(image_site.url + "/a.png") == img
     assert f.fetch_url(image_site.url + "/hop") == img
-    for path, reason in [("/to-private", "ssrf_blocked"), ("/to-meta", "ssrf_blocked"),
-                         ("/to-file", "url_scheme_not_allowed"), ("/loop", "too_many_redirects"),
-                         ("/big", "image_too_large"), ("/gone", "url_not_found")]:
+    for path, reason in [
+        ("/to-private", "ssrf_blocked"),
+        ("/to-meta", "ssrf_blocked"),
+        ("/to-file", "url_scheme_not_allowed"),
+        ("/loop", "too_many_redirects"),
+        ("/big", "image_too_large"),
+        ("/gone", "url_not_found"),
+    ]:
         with pytest.raises(Poison) as exc:
             f.fetch_url(image_site.url + path)
         assert exc.value.reason == reason, path
@@ -88,8 +122,9 @@ def test_url_fetch_from_allowlisted_server_and_every_redirect_hop_rechecked(imag
     with pytest.raises(Poison, match="url_scheme_not_allowed"):
         _fetcher().fetch_url(image_site.url + "/a.png")
     with pytest.raises(Poison, match="ssrf_blocked"):
-        _fetcher(url_allowlist="10.0.0.0/8").fetch_url(image_site.url.replace("http://127.0.0.1", "https://localhost")
-                                                       + "/a.png")
+        _fetcher(url_allowlist="10.0.0.0/8").fetch_url(
+            image_site.url.replace("http://127.0.0.1", "https://localhost") + "/a.png"
+        )
     assert image_site.hits == hits
 
 
@@ -113,8 +148,11 @@ def test_connection_goes_to_the_checked_address(image_site, monkeypatch):
     f = _fetcher(url_allowlist="127.0.0.1,img.test")
     assert f.fetch_url(f"http://img.test:{port}/a.png") == png_bytes()
     assert image_site.hosts[-1] == f"img.test:{port}"
-    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real("10.66.66.66", *a, **k)
-                        if host == "evil.test" else real(host, *a, **k))
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, *a, **k: real("10.66.66.66", *a, **k) if host == "evil.test" else real(host, *a, **k),
+    )
     with pytest.raises(Poison, match="ssrf_blocked"):
         _fetcher(url_allowlist="127.0.0.1").fetch_url("https://evil.test/a.png")
 
@@ -148,8 +186,11 @@ def test_s3_fetch(moto_s3):
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     assert f.fetch(ImageRef(s3_uri=uri)) == img
-    for ref, reason in [(f"s3://{moto_s3.bucket}/unit/missing.png", "object_not_found"),
-                        (big, "image_too_large"), (other, "s3_bucket_not_allowed")]:
+    for ref, reason in [
+        (f"s3://{moto_s3.bucket}/unit/missing.png", "object_not_found"),
+        (big, "image_too_large"),
+        (other, "s3_bucket_not_allowed"),
+    ]:
         with pytest.raises(Poison) as exc:
             f.fetch(ImageRef(s3_uri=ref))
         assert exc.value.reason == reason

@@ -9,8 +9,10 @@ from training.finetune import holdout_split, lora_target_pattern
 
 
 def test_holdout_split_is_by_image_and_deterministic():
-    recs = [CaptionRecord(image=f"/x/{i % 50}.png", caption=f"c{i}", hashtags=(), image_id=f"img{i % 50}")
-            for i in range(200)]  # 4 captions per image
+    recs = [
+        CaptionRecord(image=f"/x/{i % 50}.png", caption=f"c{i}", hashtags=(), image_id=f"img{i % 50}")
+        for i in range(200)
+    ]  # 4 captions per image
     train, held = holdout_split(recs, 0.2, seed=1)
     assert len(train) + len(held) == 200 and 20 <= len(held) <= 60
     assert not {r.image_id for r in train} & {r.image_id for r in held}

@@ -15,8 +15,9 @@ def test_normalize_rejects_empty_and_numeric():
 
 
 def test_finalize_dedupes_keeps_order_and_count():
-    tags = finalize_hashtags(["#Red", "#red", "#RED!", "#circle", "#shapes", "#art", "#design",
-                              "#mood", "#vibes", "#x1", "#extra"], 8)
+    tags = finalize_hashtags(
+        ["#Red", "#red", "#RED!", "#circle", "#shapes", "#art", "#design", "#mood", "#vibes", "#x1", "#extra"], 8
+    )
     assert tags == ["#red", "#circle", "#shapes", "#art", "#design", "#mood", "#vibes", "#x1"]
 
 

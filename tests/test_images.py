@@ -12,8 +12,8 @@ import zlib
 import pytest
 from PIL import Image, ImageFile
 
-from snap2caption_service.core.errors import ErrorAnswer
 from snap2caption_service.core import images
+from snap2caption_service.core.errors import ErrorAnswer
 from snap2caption_service.core.images import (
     ImageError,
     decode_base64_image,
@@ -468,7 +468,12 @@ def test_decode_png_base64_refuses_other_formats_and_garbage():
 
 @pytest.mark.parametrize(
     "size,max_side,expected",
-    [((400, 100), 100, (100, 25)), ((100, 400), 100, (25, 100)), ((1000, 3), 10, (10, 1)), ((333, 333), 100, (100, 100))],
+    [
+        ((400, 100), 100, (100, 25)),
+        ((100, 400), 100, (25, 100)),
+        ((1000, 3), 10, (10, 1)),
+        ((333, 333), 100, (100, 100)),
+    ],
 )
 def test_downscale_keeps_aspect(size, max_side, expected):
     out = downscale(Image.new("RGB", size, RED), max_side)

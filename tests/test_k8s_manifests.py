@@ -67,34 +67,66 @@ KNATIVE_MAX_REVISION_TIMEOUT_S = 600
 MODEL_LOAD_BUDGET_S = 600
 
 SERVICE_ENV = {
-    "SNAP2CAPTION_MODEL", "SNAP2CAPTION_ADAPTER", "SNAP2CAPTION_DATA_DIR",
-    "SNAP2CAPTION_API_KEYS", "SNAP2CAPTION_MAX_BATCH_SIZE", "SNAP2CAPTION_MAX_LATENCY_MS",
-    "SNAP2CAPTION_DEVICE", "KAFKA_BOOTSTRAP_SERVERS", "SNAP2CAPTION_TOPIC_FEEDBACK",
-    "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "SNAP2CAPTION_S3_BUCKETS", "MLFLOW_TRACKING_URI", "SNAP2CAPTION_REGISTERED_MODEL", "SNAP2CAPTION_ARCHIVE",
+    "SNAP2CAPTION_MODEL",
+    "SNAP2CAPTION_ADAPTER",
+    "SNAP2CAPTION_DATA_DIR",
+    "SNAP2CAPTION_API_KEYS",
+    "SNAP2CAPTION_MAX_BATCH_SIZE",
+    "SNAP2CAPTION_MAX_LATENCY_MS",
+    "SNAP2CAPTION_DEVICE",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "SNAP2CAPTION_TOPIC_FEEDBACK",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "SNAP2CAPTION_S3_BUCKETS",
+    "MLFLOW_TRACKING_URI",
+    "SNAP2CAPTION_REGISTERED_MODEL",
+    "SNAP2CAPTION_ARCHIVE",
 }
 CONSUMER_ENV = {
-    "KAFKA_BOOTSTRAP_SERVERS", "SNAP2CAPTION_TOPIC_UPLOADED", "SNAP2CAPTION_TOPIC_CAPTIONED",
-    "SNAP2CAPTION_TOPIC_DLQ", "SNAP2CAPTION_SERVICE_URL", "SNAP2CAPTION_API_KEYS",
-    "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "SNAP2CAPTION_TOPIC_UPLOADED",
+    "SNAP2CAPTION_TOPIC_CAPTIONED",
+    "SNAP2CAPTION_TOPIC_DLQ",
+    "SNAP2CAPTION_SERVICE_URL",
+    "SNAP2CAPTION_API_KEYS",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
     "SNAP2CAPTION_S3_BUCKETS",
 }
 RETRAIN_ENV = {
-    "SNAP2CAPTION_MODEL", "SNAP2CAPTION_ADAPTER", "SNAP2CAPTION_DATA_DIR",
-    "SNAP2CAPTION_DEVICE", "KAFKA_BOOTSTRAP_SERVERS", "SNAP2CAPTION_TOPIC_FEEDBACK",
-    "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-    "MLFLOW_TRACKING_URI", "SNAP2CAPTION_REGISTERED_MODEL", "SNAP2CAPTION_ARCHIVE", "SNAP2CAPTION_SNAPSHOTS",
-    "SNAP2CAPTION_RETRAIN_CONFIG", "SNAP2CAPTION_RETRAIN_MIN_EVENTS",
+    "SNAP2CAPTION_MODEL",
+    "SNAP2CAPTION_ADAPTER",
+    "SNAP2CAPTION_DATA_DIR",
+    "SNAP2CAPTION_DEVICE",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "SNAP2CAPTION_TOPIC_FEEDBACK",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_URI",
+    "SNAP2CAPTION_REGISTERED_MODEL",
+    "SNAP2CAPTION_ARCHIVE",
+    "SNAP2CAPTION_SNAPSHOTS",
+    "SNAP2CAPTION_RETRAIN_CONFIG",
+    "SNAP2CAPTION_RETRAIN_MIN_EVENTS",
 }
 ALL_ENV = SERVICE_ENV | CONSUMER_ENV | RETRAIN_ENV
 SECRET_ENV = {"SNAP2CAPTION_API_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 CORE_KINDS = {
-    ("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"),
-    ("apps/v1", "Deployment"), ("batch/v1", "CronJob"),
+    ("v1", "Namespace"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("batch/v1", "CronJob"),
 }
 KNATIVE_CRD_KINDS = {
-    ("serving.knative.dev", "Service"), ("sources.knative.dev", "KafkaSource"),
+    ("serving.knative.dev", "Service"),
+    ("sources.knative.dev", "KafkaSource"),
     ("eventing.knative.dev", "KafkaSink"),
 }
 SEQUENCE = ("flows.knative.dev/v1", "Sequence")
@@ -108,14 +140,13 @@ ISO8601_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?
 # Tools
 # --------------------------------------------------------------------------------------
 
+
 def _run_install_script() -> dict[str, str]:
     """Run infra/install_k8s_tools.sh; a failure fails the calling test (never a skip)."""
     env = dict(os.environ, PYTHON=sys.executable, SNAP2CAPTION_CACHE=str(CACHE))
-    proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], env=env, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
-        pytest.fail(f"infra/install_k8s_tools.sh failed ({proc.returncode}):\n"
-                    f"{proc.stdout}\n{proc.stderr}")
+        pytest.fail(f"infra/install_k8s_tools.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
@@ -146,8 +177,7 @@ def kubernetes_validate():
 
 
 def kustomize_build(path: Path) -> list[dict]:
-    proc = subprocess.run([kustomize_bin(), "build", str(path)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([kustomize_bin(), "build", str(path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"kustomize build {path} failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -155,6 +185,7 @@ def kustomize_build(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # Schemas
 # --------------------------------------------------------------------------------------
+
 
 def shared_dir() -> Path:
     env = os.environ.get("SNAP2CAPTION_SHARED_DIR")
@@ -166,12 +197,10 @@ def k8s_definitions() -> dict:
     """kubernetes-validate's shared definitions for K8S_VERSION (ObjectMeta for CRs)."""
     utils = kubernetes_validate().utils
     version = [v for v in utils.all_versions() if utils.major_minor(v) == K8S_VERSION][-1]
-    return utils.schema_contents(
-        f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", K8S_VERSION)
+    return utils.schema_contents(f"kubernetes-json-schema/v{version}-local-strict/_definitions.json", K8S_VERSION)
 
 
-OBJECT_META_REF = ("https://kubernetes.io/api/_definitions.json"
-                   "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+OBJECT_META_REF = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 
 def openapi_to_jsonschema(node: dict) -> dict:
@@ -185,8 +214,13 @@ def openapi_to_jsonschema(node: dict) -> dict:
             out[key] = openapi_to_jsonschema(value)
         elif key in ("allOf", "anyOf", "oneOf"):
             out[key] = [openapi_to_jsonschema(v) for v in value]
-        elif key.startswith("x-kubernetes-") or key in ("description", "default", "example",
-                                                         "nullable", "externalDocs"):
+        elif key.startswith("x-kubernetes-") or key in (
+            "description",
+            "default",
+            "example",
+            "nullable",
+            "externalDocs",
+        ):
             continue
         else:
             out[key] = value
@@ -199,8 +233,11 @@ def openapi_to_jsonschema(node: dict) -> dict:
         props.setdefault("apiVersion", {"type": "string"})
         props.setdefault("kind", {"type": "string"})
         props.setdefault("metadata", {"type": "object"})
-    if (out.get("type") == "object" and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        out.get("type") == "object"
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -229,8 +266,7 @@ def served_schema(api_version: str, kind: str) -> dict:
 
 def _registry():
     defs = k8s_definitions()
-    return referencing.Registry().with_resource(
-        defs["$id"], referencing.Resource.from_contents(defs))
+    return referencing.Registry().with_resource(defs["$id"], referencing.Resource.from_contents(defs))
 
 
 @functools.cache
@@ -252,8 +288,7 @@ def kafka_source_part(path: str) -> jsonschema.Validator:
 
 
 def errors_of(validator: jsonschema.Validator, obj) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator.iter_errors(obj)]
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)]
 
 
 def validate_sequence(obj: dict) -> list[str]:
@@ -271,9 +306,13 @@ def validate_sequence(obj: dict) -> list[str]:
     errs += [f"spec: unknown field {k}" for k in sorted(set(spec) - {"channelTemplate", "steps", "reply"})]
     tmpl = spec.get("channelTemplate")
     if tmpl is not None:
-        if not (isinstance(tmpl, dict) and isinstance(tmpl.get("apiVersion"), str)
-                and isinstance(tmpl.get("kind"), str) and isinstance(tmpl.get("spec", {}), dict)
-                and set(tmpl) <= {"apiVersion", "kind", "spec"}):
+        if not (
+            isinstance(tmpl, dict)
+            and isinstance(tmpl.get("apiVersion"), str)
+            and isinstance(tmpl.get("kind"), str)
+            and isinstance(tmpl.get("spec", {}), dict)
+            and set(tmpl) <= {"apiVersion", "kind", "spec"}
+        ):
             errs.append("spec.channelTemplate must be {apiVersion, kind, spec}")
     steps = spec.get("steps")
     if not isinstance(steps, list) or not steps:
@@ -287,8 +326,9 @@ def validate_sequence(obj: dict) -> list[str]:
         if "ref" not in dest and "uri" not in dest:
             errs.append(f"spec.steps[{i}] needs ref or uri")
         if "delivery" in step:
-            errs += [f"spec.steps[{i}].delivery/{e}"
-                     for e in errors_of(kafka_source_part("delivery"), step["delivery"])]
+            errs += [
+                f"spec.steps[{i}].delivery/{e}" for e in errors_of(kafka_source_part("delivery"), step["delivery"])
+            ]
     if "reply" in spec:
         errs += [f"spec.reply/{e}" for e in errors_of(kafka_source_part("sink"), spec["reply"])]
     return errs
@@ -299,8 +339,11 @@ def validate_object(obj: dict) -> list[str]:
     api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
     name = obj.get("metadata", {}).get("name", "")
     errs: list[str] = []
-    pattern = DNS_LABEL if (api_version, kind) in {("v1", "Namespace"), ("v1", "Service"),
-                                                   ("serving.knative.dev/v1", "Service")} else DNS_SUBDOMAIN
+    pattern = (
+        DNS_LABEL
+        if (api_version, kind) in {("v1", "Namespace"), ("v1", "Service"), ("serving.knative.dev/v1", "Service")}
+        else DNS_SUBDOMAIN
+    )
     if not pattern.match(name or ""):
         errs.append(f"metadata.name {name!r} is not a valid DNS name for a {kind}")
     if (api_version, kind) in CORE_KINDS:
@@ -322,13 +365,17 @@ def validate_object(obj: dict) -> list[str]:
 # Renderings
 # --------------------------------------------------------------------------------------
 
+
 class Rendering:
     def __init__(self, name: str, docs: list[dict]):
         self.name, self.docs = name, docs
 
     def all(self, kind: str, api_group: str | None = None) -> list[dict]:
-        return [d for d in self.docs if d["kind"] == kind
-                and (api_group is None or d["apiVersion"].split("/")[0] == api_group)]
+        return [
+            d
+            for d in self.docs
+            if d["kind"] == kind and (api_group is None or d["apiVersion"].split("/")[0] == api_group)
+        ]
 
     def one(self, kind: str, name: str, api_group: str | None = None) -> dict:
         found = [d for d in self.all(kind, api_group) if d["metadata"]["name"] == name]
@@ -341,8 +388,11 @@ class Rendering:
 
     def configmap(self, prefix: str) -> dict:
         """A generated ConfigMap by its name before the hash suffix."""
-        found = [c for c in self.all("ConfigMap")
-                 if re.fullmatch(re.escape(prefix) + r"(-[a-z0-9]{10})?", c["metadata"]["name"])]
+        found = [
+            c
+            for c in self.all("ConfigMap")
+            if re.fullmatch(re.escape(prefix) + r"(-[a-z0-9]{10})?", c["metadata"]["name"])
+        ]
         assert len(found) == 1, f"{self.name}: ConfigMap {prefix}: {len(found)} found"
         return found[0]
 
@@ -357,8 +407,11 @@ class Rendering:
 def base_secrets() -> dict[str, set[str]]:
     """Secret name -> keys, as defined (with placeholders) in the base."""
     docs = kustomize_build(K8S / "base")
-    return {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
-            for d in docs if d["kind"] == "Secret"}
+    return {
+        d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
+        for d in docs
+        if d["kind"] == "Secret"
+    }
 
 
 def _render_all(tmp_root: Path) -> dict[str, Rendering]:
@@ -368,13 +421,17 @@ def _render_all(tmp_root: Path) -> dict[str, Rendering]:
     # Staging switched to the consumer Deployment, as k8s/components/consumer-ingest says.
     variant = tmp_root / "staging-consumer-ingest"
     variant.mkdir()
-    (variant / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        # kustomize wants relative paths; a temporary folder outside the repo is fine.
-        "resources": [os.path.relpath(K8S / "overlays" / "staging", variant)],
-        "components": [os.path.relpath(K8S / "components" / "consumer-ingest", variant)],
-    }))
+    (variant / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize wants relative paths; a temporary folder outside the repo is fine.
+                "resources": [os.path.relpath(K8S / "overlays" / "staging", variant)],
+                "components": [os.path.relpath(K8S / "components" / "consumer-ingest", variant)],
+            }
+        )
+    )
     out["staging+consumer-ingest"] = Rendering("staging+consumer-ingest", kustomize_build(variant))
     return out
 
@@ -390,6 +447,7 @@ MAIN = ["base", "staging", "production"]
 # --------------------------------------------------------------------------------------
 # Helpers for the checks
 # --------------------------------------------------------------------------------------
+
 
 def go_duration_s(text: str) -> float:
     m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
@@ -428,15 +486,17 @@ def env_keys(r: Rendering, container: dict, base_secrets: dict[str, set[str]]) -
 
 
 def gpu_placement_ok(spec: dict) -> bool:
-    tol = any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule"
-              for t in spec.get("tolerations", []))
+    tol = any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in spec.get("tolerations", []))
     return tol and bool(spec.get("nodeSelector"))
 
 
 def resolve(r: Rendering, ref: dict) -> dict:
     group = ref["apiVersion"].split("/")[0]
-    found = [d for d in r.all(ref["kind"], group) if d["metadata"]["name"] == ref["name"]
-             and d["apiVersion"] == ref["apiVersion"]]
+    found = [
+        d
+        for d in r.all(ref["kind"], group)
+        if d["metadata"]["name"] == ref["name"] and d["apiVersion"] == ref["apiVersion"]
+    ]
     assert len(found) == 1, f"{r.name}: reference {ref} does not resolve to one rendered object"
     return found[0]
 
@@ -444,6 +504,7 @@ def resolve(r: Rendering, ref: dict) -> dict:
 # --------------------------------------------------------------------------------------
 # Rendering and schema validation
 # --------------------------------------------------------------------------------------
+
 
 def test_install_script_is_idempotent_and_pinned():
     first = _run_install_script()
@@ -464,17 +525,19 @@ def test_every_object_validates_against_its_schema(renderings, name):
 
 def test_base_renders_every_object_we_ship(renderings):
     kinds = {(d["apiVersion"], d["kind"]) for d in renderings["base"].docs}
-    assert kinds == CORE_KINDS | {SEQUENCE, ("serving.knative.dev/v1", "Service"),
-                                  ("sources.knative.dev/v1beta1", "KafkaSource"),
-                                  ("eventing.knative.dev/v1alpha1", "KafkaSink")}
+    assert kinds == CORE_KINDS | {
+        SEQUENCE,
+        ("serving.knative.dev/v1", "Service"),
+        ("sources.knative.dev/v1beta1", "KafkaSource"),
+        ("eventing.knative.dev/v1alpha1", "KafkaSink"),
+    }
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
 @pytest.mark.parametrize("path", ["base", "overlays/staging", "overlays/production"])
 def test_kubectl_kustomize_renders_the_same(path):
     """`kubectl apply -k` uses kubectl's own kustomize; it must agree with the pinned one."""
-    proc = subprocess.run(["kubectl", "kustomize", str(K8S / path)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert [d for d in yaml.safe_load_all(proc.stdout) if d] == kustomize_build(K8S / path)
 
@@ -482,6 +545,7 @@ def test_kubectl_kustomize_renders_the_same(path):
 # --------------------------------------------------------------------------------------
 # Negative tests: the validators do reject broken objects
 # --------------------------------------------------------------------------------------
+
 
 def test_validator_rejects_container_concurrency_of_the_wrong_type(renderings):
     ksvc = copy.deepcopy(renderings["base"].ksvc)
@@ -534,21 +598,22 @@ def test_validator_rejects_broken_sequences_and_unknown_kinds(renderings):
     broken = copy.deepcopy(seq)
     broken["spec"]["replyTo"] = broken["spec"].pop("reply")
     assert any("replyTo" in e for e in validate_sequence(broken))
-    assert validate_object({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
-                            "metadata": {"name": "t"}})
+    assert validate_object({"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": "t"}})
 
 
 # --------------------------------------------------------------------------------------
 # The caption service
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MAIN)
 def test_service_scales_to_zero_with_bounds(renderings, name):
     ann = renderings[name].ksvc["spec"]["template"]["metadata"]["annotations"]
     assert ann["autoscaling.knative.dev/min-scale"] == "0"
     assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1
-    assert ann.get("autoscaling.knative.dev/class", "kpa.autoscaling.knative.dev") == \
-        "kpa.autoscaling.knative.dev", "only the KPA scales to zero"
+    assert ann.get("autoscaling.knative.dev/class", "kpa.autoscaling.knative.dev") == "kpa.autoscaling.knative.dev", (
+        "only the KPA scales to zero"
+    )
     assert go_duration_s(ann["autoscaling.knative.dev/scale-to-zero-pod-retention-period"]) > 0
 
 
@@ -606,6 +671,7 @@ def test_service_timeout_and_environment(renderings, name, base_secrets):
 # Event path
 # --------------------------------------------------------------------------------------
 
+
 def _delivery_ok(r: Rendering, delivery: dict, dlq_topic: str) -> None:
     assert delivery["retry"] >= 1
     assert delivery["backoffPolicy"] == "exponential"
@@ -640,8 +706,9 @@ def test_kafka_source_routes_uploads_to_the_service_and_replies_to_captioned(ren
     assert step["uri"] == "/events"
     _delivery_ok(r, step["delivery"], "media.uploaded.dlq")
     timeout_s = r.ksvc["spec"]["template"]["spec"]["timeoutSeconds"]
-    assert iso_duration_s(step["delivery"]["timeout"]) >= timeout_s, \
+    assert iso_duration_s(step["delivery"]["timeout"]) >= timeout_s, (
         "a delivery attempt must not time out before the service does"
+    )
     reply = resolve(r, seq["spec"]["reply"]["ref"])
     assert reply["kind"] == "KafkaSink" and reply["spec"]["topic"] == "media.captioned"
 
@@ -655,8 +722,11 @@ def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
     say so, with a value the service accepts."""
     from conftest import REPO
 
-    env = dict(line.split("=", 1) for line in (REPO / "k8s/base/config/common.env").read_text().splitlines()
-               if line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1)
+        for line in (REPO / "k8s/base/config/common.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert env["SNAP2CAPTION_EVENTS_AUTH"] == "cluster-local"
     from snap2caption_service.core.settings import Settings
 
@@ -666,6 +736,7 @@ def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
 # --------------------------------------------------------------------------------------
 # Consumer Deployment and its metrics Service
 # --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
 def test_consumer_deployment(renderings, name, base_secrets):
@@ -705,6 +776,7 @@ def test_consumer_and_kafka_source_never_run_together(renderings):
 # Retraining CronJob
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MAIN)
 def test_retrain_cronjob(renderings, name, base_secrets):
     r = renderings[name]
@@ -725,6 +797,7 @@ def test_retrain_cronjob(renderings, name, base_secrets):
 # --------------------------------------------------------------------------------------
 # Configuration and Secrets
 # --------------------------------------------------------------------------------------
+
 
 def test_every_documented_variable_is_configured(renderings, base_secrets):
     r = renderings["base"]
@@ -756,6 +829,7 @@ def test_overlays_never_ship_the_placeholder_secrets(renderings, overlay):
 # Overlays
 # --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_namespace_is_applied_everywhere(renderings, overlay):
     r, ns = renderings[overlay], OVERLAYS[overlay]
@@ -768,9 +842,14 @@ def test_overlay_namespace_is_applied_everywhere(renderings, overlay):
 
 
 def _images(r: Rendering) -> set[str]:
-    return {c["image"] for d in r.docs if d["kind"] in ("Service", "Deployment", "CronJob")
-            and "spec" in d and ("template" in d["spec"] or "jobTemplate" in d["spec"])
-            for c in pod_spec(d)["containers"]}
+    return {
+        c["image"]
+        for d in r.docs
+        if d["kind"] in ("Service", "Deployment", "CronJob")
+        and "spec" in d
+        and ("template" in d["spec"] or "jobTemplate" in d["spec"])
+        for c in pod_spec(d)["containers"]
+    }
 
 
 def test_overlays_differ_where_intended(renderings):
@@ -788,8 +867,9 @@ def test_overlays_differ_where_intended(renderings):
     assert OVERLAYS["staging"] != OVERLAYS["production"]
     assert int(ann(prod)["autoscaling.knative.dev/max-scale"]) > int(ann(stg)["autoscaling.knative.dev/max-scale"])
     assert res(prod) != res(stg)
-    assert go_duration_s(ann(prod)["autoscaling.knative.dev/scale-to-zero-pod-retention-period"]) > \
-        go_duration_s(ann(stg)["autoscaling.knative.dev/scale-to-zero-pod-retention-period"])
+    assert go_duration_s(ann(prod)["autoscaling.knative.dev/scale-to-zero-pod-retention-period"]) > go_duration_s(
+        ann(stg)["autoscaling.knative.dev/scale-to-zero-pod-retention-period"]
+    )
     # ... and agree where they must: scale to zero, one GPU, the batcher-coupled settings.
     for key in ("autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/target"):
         assert ann(prod)[key] == ann(stg)[key]

@@ -25,7 +25,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -50,12 +49,14 @@ def bootstrap_servers() -> str:
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"infra/kafka.sh start timed out after {START_TIMEOUT_S}s\n"
-                    f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}")
+        pytest.fail(
+            f"infra/kafka.sh start timed out after {START_TIMEOUT_S}s\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}"
+        )
     match = re.search(r"^KAFKA_BOOTSTRAP_SERVERS=(\S+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not match:
-        pytest.fail(f"infra/kafka.sh start failed (exit {proc.returncode})\n"
-                    f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        pytest.fail(
+            f"infra/kafka.sh start failed (exit {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return match.group(1)
 
 
@@ -162,11 +163,22 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "KAFKA_DATA_DIR": str(tmp_path / "kafka"), "KAFKA_PORT": str(port),
-           "KAFKA_CONTROLLER_PORT": str(port + 1), "KAFKA_CLUSTER_ID": "-_ijx7MjssWeUGnarWCXyQ"}
+    env = {
+        **os.environ,
+        "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(port + 1),
+        "KAFKA_CLUSTER_ID": "-_ijx7MjssWeUGnarWCXyQ",
+    }
     try:
-        proc = subprocess.run(["bash", str(KAFKA_SH), "start"], capture_output=True, text=True,
-                              timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.run(
+            ["bash", str(KAFKA_SH), "start"],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         meta = next((tmp_path / "kafka").rglob("meta.properties")).read_text()
         assert "cluster.id=-_ijx7MjssWeUGnarWCXyQ" in meta
@@ -176,15 +188,19 @@ def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
 
 # --- which broker the tests use (tests/stream_support.py) --------------------------------
 
-@pytest.mark.parametrize("environ,source", [
-    ({}, "script"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}, "external"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "  "}, "script"),
-    ({"SNAP2CAPTION_KAFKA": "auto", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "external"),
-    ({"SNAP2CAPTION_KAFKA": "script", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "script"),
-    ({"SNAP2CAPTION_KAFKA": "testcontainers"}, "testcontainers"),
-    ({"SNAP2CAPTION_KAFKA": " TestContainers ", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "testcontainers"),
-])
+
+@pytest.mark.parametrize(
+    "environ,source",
+    [
+        ({}, "script"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}, "external"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "  "}, "script"),
+        ({"SNAP2CAPTION_KAFKA": "auto", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "external"),
+        ({"SNAP2CAPTION_KAFKA": "script", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "script"),
+        ({"SNAP2CAPTION_KAFKA": "testcontainers"}, "testcontainers"),
+        ({"SNAP2CAPTION_KAFKA": " TestContainers ", "KAFKA_BOOTSTRAP_SERVERS": "k1:9092"}, "testcontainers"),
+    ],
+)
 def test_broker_selection(environ, source):
     from stream_support import broker_source
 
@@ -209,15 +225,38 @@ def test_testcontainers_without_a_docker_engine_fails_the_kafka_tests_with_a_cle
 
     (tmp_path / "test_needs_broker.py").write_text(
         "from stream_support import bootstrap  # noqa: F401\n\n"
-        "def test_needs_a_broker(bootstrap):\n    assert bootstrap\n")
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "SNAP2CAPTION_KAFKA": "testcontainers",
-           # No Docker engine here; pointing at a socket that cannot exist keeps the test
-           # meaningful on a machine that has one.
-           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+        "def test_needs_a_broker(bootstrap):\n    assert bootstrap\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}",
+        "SNAP2CAPTION_KAFKA": "testcontainers",
+        # No Docker engine here; pointing at a socket that cannot exist keeps the test
+        # meaningful on a machine that has one.
+        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+    }
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-q",
-                           "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_needs_broker.py")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            "-q",
+            "--rootdir",
+            str(tmp_path),
+            "-c",
+            os.devnull,
+            str(tmp_path / "test_needs_broker.py"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "1 error" in out and "skipped" not in out, out

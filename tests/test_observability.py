@@ -37,8 +37,14 @@ REQUIRED_PANELS = {
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """promtool through infra/prometheus.sh, which installs it when missing (a failure fails)."""
-    return subprocess.run([str(REPO / "infra" / "prometheus.sh"), "promtool", *args], input=stdin,
-                          capture_output=True, text=True, timeout=600, cwd=OBS)
+    return subprocess.run(
+        [str(REPO / "infra" / "prometheus.sh"), "promtool", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=OBS,
+    )
 
 
 def metric_names(promql: str) -> set[str]:
@@ -90,10 +96,13 @@ def test_alert_rules_unit_tests_pass():
 def test_kubernetes_scrape_config_passes_promtool(tmp_path):
     """promtool checks the relabelling and the rule files it loads; Debian's build lacks
     Kubernetes discovery, so that one block is swapped for static targets (observability_support)."""
-    config = kubernetes_config_as_static({
-        "snap2caption": [knative_pod("127.0.0.1:3000", "snap2caption-prod", "p-1", "snap2caption-00001")],
-        "snap2caption-consumer": [consumer_pod("127.0.0.1:9400", "snap2caption-prod", "c-1")],
-    }, tmp_path / "prometheus.yml")
+    config = kubernetes_config_as_static(
+        {
+            "snap2caption": [knative_pod("127.0.0.1:3000", "snap2caption-prod", "p-1", "snap2caption-00001")],
+            "snap2caption-consumer": [consumer_pod("127.0.0.1:9400", "snap2caption-prod", "c-1")],
+        },
+        tmp_path / "prometheus.yml",
+    )
     r = promtool("check", "config", str(config))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS: 13 rules found" in r.stdout
@@ -107,8 +116,11 @@ def test_live_metrics_pass_promtool_check_metrics(live_metrics):
 
 def test_live_scrape_has_the_new_metrics(live_metrics):
     names = exported_names(live_metrics)
-    assert {"snap2caption_model_load_seconds_count", "bentoml_service_request_in_progress",
-            "snap2caption_model_info"} <= names
+    assert {
+        "snap2caption_model_load_seconds_count",
+        "bentoml_service_request_in_progress",
+        "snap2caption_model_info",
+    } <= names
     # Every outcome/source pair is exported from the start (canary increase() needs the zero).
     assert re.search(r'snap2caption_captions_total\{outcome="error",source="events"\} 0', live_metrics)
 

@@ -1,8 +1,10 @@
 from snap2caption_service.core.prompting import IMAGE_TOKEN, build_prompt, clean_tone, parse_output
 
-GOOD = ("Caption: Weekend vibes with a red circle.\n"
-        "Hashtags: #red #circle #redcircle #vibes #aesthetic #dailypic #mood #shapes #design #art\n"
-        "Alt text: A large red circle in the center, on a plain gray background.")
+GOOD = (
+    "Caption: Weekend vibes with a red circle.\n"
+    "Hashtags: #red #circle #redcircle #vibes #aesthetic #dailypic #mood #shapes #design #art\n"
+    "Alt text: A large red circle in the center, on a plain gray background."
+)
 
 
 def test_prompt_carries_tone_and_audience_and_one_image_token():

@@ -18,7 +18,7 @@ def test_demo_model_meets_quality_bar(demo_model_dir):
 
 def test_demo_model_left_padded_batch_matches_single(demo_model_dir):
     """Batching must not change answers: each item captioned alone equals it in a batch."""
-    from snap2caption_service.core.captioner import CaptionJob, Captioner
+    from snap2caption_service.core.captioner import Captioner, CaptionJob
     from training import synthetic
 
     cap = Captioner.load(str(demo_model_dir))

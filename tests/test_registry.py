@@ -52,8 +52,9 @@ def test_holds_when_a_guarded_metric_regresses_beyond_tolerance():
 
 
 def test_lower_is_better_metrics():
-    rule = GateRule(primary_metric="cider_d", guarded={"caption_words_mean": 2.0},
-                    lower_is_better=frozenset({"caption_words_mean"}))
+    rule = GateRule(
+        primary_metric="cider_d", guarded={"caption_words_mean": 2.0}, lower_is_better=frozenset({"caption_words_mean"})
+    )
     champ = {"cider_d": 1.0, "caption_words_mean": 12.0}
     assert decide({"cider_d": 1.1, "caption_words_mean": 13.9}, champ, rule).promote
     assert decide({"cider_d": 1.1, "caption_words_mean": 5.0}, champ, rule).promote  # shorter: fine
@@ -79,8 +80,11 @@ registration_rule:
   lower_is_better: [caption_words_mean]
 """)["registration_rule"]
     rule = GateRule.from_dict(section)
-    assert rule == GateRule(min_improvement=0.05, guarded={"bleu4": 0.01, "hashtag_f1": 0.02},
-                            lower_is_better=frozenset({"caption_words_mean"}))
+    assert rule == GateRule(
+        min_improvement=0.05,
+        guarded={"bleu4": 0.01, "hashtag_f1": 0.02},
+        lower_is_better=frozenset({"caption_words_mean"}),
+    )
     assert GateRule.from_dict(rule.to_dict()) == rule
     assert GateRule.from_dict(None) == GateRule() and GateRule().primary_metric == "cider_d"
     with pytest.raises(ValueError, match="unknown keys"):
@@ -103,11 +107,13 @@ def test_tracking_refuses_to_run_without_a_server(monkeypatch):
 
 # --- against the real server ---------------------------------------------------------------
 
+
 def make_adapter(folder: Path, marker: str) -> Path:
     """A PEFT-adapter-shaped folder; the registry treats its files as opaque."""
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "marker": marker,
-                                                            "base_model_name_or_path": "llava-base"}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "marker": marker, "base_model_name_or_path": "llava-base"})
+    )
     (folder / "adapter_model.safetensors").write_bytes(marker.encode() * 64)
     return folder
 
@@ -144,9 +150,16 @@ def test_run_records_params_metrics_datasets_and_artifacts(mlflow_uri, mlflow_se
     from training.caption_metrics import PredictionRow, evaluate, write_predictions_table
     from training.tracking import log_adapter, log_dataset, log_eval, log_step, start_run
 
-    rows = [PredictionRow("img-1", "a red circle on blue", "a red circle on a blue background",
-                          ("#red", "#circle"), ("#red", "#circle", "#blue")),
-            PredictionRow("img-2", "coffee first", "coffee first questions later", ("#coffee",), ("#coffee",))]
+    rows = [
+        PredictionRow(
+            "img-1",
+            "a red circle on blue",
+            "a red circle on a blue background",
+            ("#red", "#circle"),
+            ("#red", "#circle", "#blue"),
+        ),
+        PredictionRow("img-2", "coffee first", "coffee first questions later", ("#coffee",), ("#coffee",)),
+    ]
     metrics = evaluate(rows)
     table = write_predictions_table(rows, tmp_path / "predictions.csv")
     config = {"base_model": "demo", "lora": {"r": 8, "alpha": 16}, "registration_rule": {"min_improvement": 0.05}}
@@ -183,7 +196,9 @@ def test_run_records_params_metrics_datasets_and_artifacts(mlflow_uri, mlflow_se
     assert listing() == ["adapter", "config.yaml", "eval"]
     assert listing("adapter") == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
     assert listing("eval") == ["eval/champion", "eval/predictions.csv"]
-    config_back = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    config_back = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
     assert config_back == config
     # Uploaded through the server (mlflow-artifacts:/ proxy) into the server's own data dir.
     assert got.info.artifact_uri.startswith("mlflow-artifacts:/")
@@ -285,11 +300,13 @@ def test_failure_midway_leaves_champion_untouched(mlflow_uri, tmp_path):
     tags = reg.version(v2.version).tags
     assert tags["gate_decision"] == "failed" and "maximum length" in tags["gate_error"]
 
-    # Evaluated against a champion that is no longer the champion: refused before any write.
+    # Evaluated against a champion that is no longer the champion: refused, and the refusal is
+    # the version's verdict (a version never stays without one after the gate ran).
     with pytest.raises(ChampionChanged, match="re-run the evaluation"):
         reg.apply_gate(v2.version, better, {"cider_d": 2.0}, expected_champion="7")
     assert reg.aliases() == {"champion": "1"}
-    assert reg.version(v2.version).tags["gate_decision"] == "failed"  # untouched by the refusal
+    tags = reg.version(v2.version).tags
+    assert tags["gate_decision"] == "aborted" and "ChampionChanged" in tags["gate_error"]
 
 
 @pytest.mark.mlflow
@@ -352,8 +369,8 @@ def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow
     Bento holding another version still gets the champion from the registry."""
     from snap2caption_service.core.model_loading import champion_choice
     from snap2caption_service.core.model_store import StoredCaptioner
-    from snap2caption_service.core.settings import Settings
     from snap2caption_service.core.registry import RegistryReader
+    from snap2caption_service.core.settings import Settings
 
     reg = new_registry()
     v1 = reg.register(logged_run(tmp_path, "champ"))
@@ -361,8 +378,14 @@ def test_a_bento_that_packages_the_champion_serves_it_without_downloading(mlflow
     settings = Settings(data_dir=tmp_path / "data", registered_model=reg.name)
 
     def packaged(version):
-        return StoredCaptioner(tag=f"snap2caption-captioner:{version}", path=tmp_path / "bento-weights",
-                               version=version, source="", base_model="", adapter="")
+        return StoredCaptioner(
+            tag=f"snap2caption-captioner:{version}",
+            path=tmp_path / "bento-weights",
+            version=version,
+            source="",
+            base_model="",
+            adapter="",
+        )
 
     def no_download(self, *a, **k):
         raise AssertionError("downloaded although the Bento holds the champion")

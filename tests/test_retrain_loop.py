@@ -27,9 +27,13 @@ def test_feedback_retrain_promote_serve_and_refuse(tmp_path, bootstrap, mlflow_u
     from snap2caption_service.core.settings import get_settings
 
     tag = uuid.uuid4().hex[:8]
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SNAP2CAPTION_TOPIC_FEEDBACK": f"loop-{tag}.feedback",
-           "SNAP2CAPTION_REGISTERED_MODEL": f"loop-{tag}", "SNAP2CAPTION_ARCHIVE": str(tmp_path / "archive"),
-           "SNAP2CAPTION_MAX_NEW_TOKENS": "96"}
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SNAP2CAPTION_TOPIC_FEEDBACK": f"loop-{tag}.feedback",
+        "SNAP2CAPTION_REGISTERED_MODEL": f"loop-{tag}",
+        "SNAP2CAPTION_ARCHIVE": str(tmp_path / "archive"),
+        "SNAP2CAPTION_MAX_NEW_TOKENS": "96",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
@@ -41,14 +45,21 @@ def test_feedback_retrain_promote_serve_and_refuse(tmp_path, bootstrap, mlflow_u
     def restart_with_mlflow() -> str:
         stop_service(running[-1].proc)
         # No explicit model: with MLFLOW_TRACKING_URI set, the service must pick the champion.
-        again = start_service(tmp_path / "second", demo_model_dir,
-                              {**env, "SNAP2CAPTION_MODEL": "", "MLFLOW_TRACKING_URI": mlflow_uri})
+        again = start_service(
+            tmp_path / "second", demo_model_dir, {**env, "SNAP2CAPTION_MODEL": "", "MLFLOW_TRACKING_URI": mlflow_uri}
+        )
         running.append(again)
         return again.url
 
     try:
-        report = run_proof(svc.url, bootstrap, env["SNAP2CAPTION_TOPIC_FEEDBACK"], tmp_path, events=240,
-                           restart_service=restart_with_mlflow)
+        report = run_proof(
+            svc.url,
+            bootstrap,
+            env["SNAP2CAPTION_TOPIC_FEEDBACK"],
+            tmp_path,
+            events=240,
+            restart_service=restart_with_mlflow,
+        )
     finally:
         for s in running:
             stop_service(s.proc)

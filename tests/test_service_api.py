@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import io
 import concurrent.futures
+import io
 import json
 import re
 
@@ -22,13 +22,19 @@ def b64(data: bytes) -> str:
 
 def test_generate_caption_contract(service):
     with service.client() as c:
-        r = c.post("/generate-caption", json={"image": b64(png_bytes()), "tone": "funny",
-                                              "audience": "promotional", "num_hashtags": 6,
-                                              "num_candidates": 3})
+        r = c.post(
+            "/generate-caption",
+            json={
+                "image": b64(png_bytes()),
+                "tone": "funny",
+                "audience": "promotional",
+                "num_hashtags": 6,
+                "num_candidates": 3,
+            },
+        )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) >= {"caption", "hashtags", "alt_text", "candidates", "model_version",
-                         "request_id", "latency_ms"}
+    assert set(body) >= {"caption", "hashtags", "alt_text", "candidates", "model_version", "request_id", "latency_ms"}
     assert len(body["candidates"]) == 3
     scores = [c["score"] for c in body["candidates"]]
     assert scores == sorted(scores, reverse=True)
@@ -43,8 +49,11 @@ def test_data_url_and_upload_variant(service):
     data = png_bytes(fmt="JPEG")
     with service.client() as c:
         r1 = c.post("/generate-caption", json={"image": "data:image/jpeg;base64," + b64(data)})
-        r2 = c.post("/generate-caption/upload", files={"image": ("p.jpg", data, "image/jpeg")},
-                    data={"tone": "serious", "audience": "academic", "num_hashtags": "5"})
+        r2 = c.post(
+            "/generate-caption/upload",
+            files={"image": ("p.jpg", data, "image/jpeg")},
+            data={"tone": "serious", "audience": "academic", "num_hashtags": "5"},
+        )
     assert r1.status_code == 200, r1.text
     assert r2.status_code == 200, r2.text
     assert r1.json()["image_sha256"] == r2.json()["image_sha256"]
@@ -63,8 +72,9 @@ def _pdf() -> bytes:
 
 
 def _bomb() -> bytes:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buf, "PNG")
@@ -96,8 +106,7 @@ def test_bad_images_get_4xx_with_reason(service, name, body, status, code):
 def test_over_byte_limit(tmp_path_factory, tiny_model_dir):
     from conftest import start_service, stop_service
 
-    svc = start_service(tmp_path_factory.mktemp("svc-small"), tiny_model_dir,
-                        {"SNAP2CAPTION_MAX_IMAGE_BYTES": "2048"})
+    svc = start_service(tmp_path_factory.mktemp("svc-small"), tiny_model_dir, {"SNAP2CAPTION_MAX_IMAGE_BYTES": "2048"})
     try:
         big = png_bytes(size=(400, 400), fmt="BMP")
         with svc.client() as c:
@@ -136,6 +145,7 @@ def test_bad_fields_get_400_naming_the_field(service, name, body, field):
 def test_image_variants_are_accepted(service):
     """EXIF-rotated, grayscale, CMYK, 16-bit, palette, alpha and animated images all caption."""
     import io
+
     from PIL import Image
 
     def enc(img, fmt, **kw):
@@ -169,9 +179,17 @@ def test_feedback_is_persisted(service):
 
     with service.client() as c:
         cap = c.post("/generate-caption", json={"image": b64(png_bytes())}).json()
-        r = c.post("/feedback", json={"request_id": cap["request_id"], "rating": "down",
-                                      "edited_caption": "A better caption", "edited_hashtags": ["#red"],
-                                      "reason": "too generic", "creator_id": "aisha"})
+        r = c.post(
+            "/feedback",
+            json={
+                "request_id": cap["request_id"],
+                "rating": "down",
+                "edited_caption": "A better caption",
+                "edited_hashtags": ["#red"],
+                "reason": "too generic",
+                "creator_id": "aisha",
+            },
+        )
         bad = c.post("/feedback", json={"request_id": cap["request_id"], "rating": "meh"})
     assert r.status_code == 202, r.text
     fid = r.json()["feedback_id"]
@@ -189,6 +207,7 @@ def test_feedback_is_persisted(service):
     assert served["hashtags"] == cap["hashtags"] and served["model_version"] == cap["model_version"]
     archive = CaptionArchive(str(Path(service.env["SNAP2CAPTION_DATA_DIR"]) / "archive"))
     from PIL import Image
+
     assert Image.open(io.BytesIO(archive.image(cap["image_sha256"]))).size == (96, 72)
 
 
@@ -204,15 +223,21 @@ def test_health_and_metrics(service):
         assert c.get("/readyz").status_code == 200
         c.post("/generate-caption", json={"image": b64(png_bytes())})
         text = c.get("/metrics").text
-    for name in ("snap2caption_captions_total", "snap2caption_caption_latency_seconds_bucket",
-                 "snap2caption_model_batch_size_bucket", "snap2caption_generated_tokens_total",
-                 "snap2caption_model_info", "bentoml_service_request_total"):
+    for name in (
+        "snap2caption_captions_total",
+        "snap2caption_caption_latency_seconds_bucket",
+        "snap2caption_model_batch_size_bucket",
+        "snap2caption_generated_tokens_total",
+        "snap2caption_model_info",
+        "bentoml_service_request_total",
+    ):
         assert name in text, name
     assert re.search(r'snap2caption_captions_total\{outcome="ok",source="http"\} [1-9]', text)
 
 
 def test_concurrent_requests_are_batched(service):
     """16 simultaneous requests must reach the model in batches larger than one."""
+
     def batch_stats(text):
         count = float(re.search(r"^snap2caption_model_batch_size_count(?:\{[^}]*\})? (\S+)", text, re.M).group(1))
         total = float(re.search(r"^snap2caption_model_batch_size_sum(?:\{[^}]*\})? (\S+)", text, re.M).group(1))
@@ -260,9 +285,15 @@ def test_overload_answers_429_quickly(tmp_path_factory, tiny_model_dir):
 
     from conftest import start_service, stop_service
 
-    svc = start_service(tmp_path_factory.mktemp("svc-busy"), tiny_model_dir,
-                        {"SNAP2CAPTION_MAX_CONCURRENCY": "2", "SNAP2CAPTION_MAX_NEW_TOKENS": "64",
-                         "SNAP2CAPTION_FAULT_LATENCY_MS": "1500"})
+    svc = start_service(
+        tmp_path_factory.mktemp("svc-busy"),
+        tiny_model_dir,
+        {
+            "SNAP2CAPTION_MAX_CONCURRENCY": "2",
+            "SNAP2CAPTION_MAX_NEW_TOKENS": "64",
+            "SNAP2CAPTION_FAULT_LATENCY_MS": "1500",
+        },
+    )
     try:
         body = {"image": b64(png_bytes())}
 

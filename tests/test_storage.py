@@ -91,12 +91,15 @@ def test_split_and_join():
     assert join("/data/root", "x") == str(Path("/data/root") / "x")
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-1"),
-    ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
-    ({"AWS_REGION": "", "AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
-    ({}, "us-east-1"),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "ap-south-1"}, "eu-west-1"),
+        ({"AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+        ({"AWS_REGION": "", "AWS_DEFAULT_REGION": "ap-south-1"}, "ap-south-1"),
+        ({}, "us-east-1"),
+    ],
+)
 def test_region_rule(monkeypatch, no_env_file, env, expected):
     for name in REGION_VARS:
         monkeypatch.delenv(name, raising=False)

@@ -16,8 +16,19 @@ from collections import Counter
 import pytest
 
 from conftest import start_service, stop_service
-from stream_support import (KAFKA_SH, ConsumerProcess, consumer_env, create_topics, ensure_broker, free_port_pair,
-                            inline, produce, read_topic, topic_env, upload_event)
+from stream_support import (
+    KAFKA_SH,
+    ConsumerProcess,
+    consumer_env,
+    create_topics,
+    ensure_broker,
+    free_port_pair,
+    inline,
+    produce,
+    read_topic,
+    topic_env,
+    upload_event,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.service, pytest.mark.chaos]
 
@@ -34,8 +45,13 @@ class Progress(threading.Thread):
     def run(self):
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, isolation_level="read_committed",
-                                 auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         consumer.assign([TopicPartition(self.topic, p) for p in range(3)])
         consumer.seek_to_beginning()
         while not self.stop.is_set():
@@ -56,19 +72,27 @@ class Progress(threading.Thread):
 def log_summary(text: str) -> str:
     """Warning and error lines of the consumer log, counted by kind (numbers, ids and offsets
     blanked), so a failure shows what went on across all the restarts, not only the tail."""
-    kinds = Counter(re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", line.split(" ", 2)[2][:110])
-                    for line in text.splitlines() if re.match(r"\S+ \S+ (WARNING|ERROR) ", line))
+    kinds = Counter(
+        re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", line.split(" ", 2)[2][:110])
+        for line in text.splitlines()
+        if re.match(r"\S+ \S+ (WARNING|ERROR) ", line)
+    )
     return "\n".join(f"{n:6d}  {kind}" for kind, n in kinds.most_common(25))
 
 
 def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny_model_dir):
     t_start = time.monotonic()
-    kafka_env = {**os.environ, "KAFKA_PORT": str(free_port_pair()), "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
-                 "KAFKA_HEAP": "-Xms128m -Xmx384m"}
+    kafka_env = {
+        **os.environ,
+        "KAFKA_PORT": str(free_port_pair()),
+        "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
+        "KAFKA_HEAP": "-Xms128m -Xmx384m",
+    }
 
     def kafka(cmd: str):
-        subprocess.run(["bash", str(KAFKA_SH), cmd], env=kafka_env, capture_output=True, text=True,
-                       timeout=300, check=True)
+        subprocess.run(
+            ["bash", str(KAFKA_SH), cmd], env=kafka_env, capture_output=True, text=True, timeout=300, check=True
+        )
 
     bootstrap = ensure_broker({k: kafka_env[k] for k in ("KAFKA_PORT", "KAFKA_DATA_DIR", "KAFKA_HEAP")})
     topics = topic_env("chaos")
@@ -76,8 +100,14 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
     svc = start_service(tmp_path, tiny_model_dir, {"SNAP2CAPTION_MAX_NEW_TOKENS": "8"})
     # A consumer that can consume nothing for 90 s exits (status 70) for its supervisor, here
     # the loop below, to restart it: that recovery is part of what is under test.
-    env = consumer_env(bootstrap, svc.url, topics, SNAP2CAPTION_MAX_IN_FLIGHT=64, SNAP2CAPTION_RETRY_LATER_S=2,
-                       SNAP2CAPTION_STALL_TIMEOUT_S=90)
+    env = consumer_env(
+        bootstrap,
+        svc.url,
+        topics,
+        SNAP2CAPTION_MAX_IN_FLIGHT=64,
+        SNAP2CAPTION_RETRY_LATER_S=2,
+        SNAP2CAPTION_STALL_TIMEOUT_S=90,
+    )
     log = tmp_path / "consumer.log"
     progress = Progress(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"])
     consumer = None
@@ -88,10 +118,14 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
         if consumer.proc.poll() is not None:  # crash-only recovery, as a supervisor would do
             exits[consumer.proc.returncode] += 1
             consumer = ConsumerProcess(env, log)
+
     try:
         media_ids = [f"chaos-{i:04d}" for i in range(EVENTS)]
-        produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"],
-                [upload_event(m, inline((i % 256, i // 256 * 60, 90), (24, 24))) for i, m in enumerate(media_ids)])
+        produce(
+            bootstrap,
+            topics["SNAP2CAPTION_TOPIC_UPLOADED"],
+            [upload_event(m, inline((i % 256, i // 256 * 60, 90), (24, 24))) for i, m in enumerate(media_ids)],
+        )
         progress.start()
         consumer = ConsumerProcess(env, log)
         for fraction in (0.15, 0.35, 0.55):
@@ -122,9 +156,11 @@ def test_exactly_once_through_consumer_kills_and_a_broker_restart(tmp_path, tiny
     keys = Counter(r.key.decode() for r in out)
     duplicates = {k: n for k, n in keys.items() if n > 1}
     missing = set(media_ids) - set(keys)
-    print(f"\nchaos: {len(out)} captioned, {len(duplicates)} duplicated, {len(missing)} missing, {len(dlq)} DLQ; "
-          f"{kills} SIGKILLs, 1 broker restart, consumer exits by status {dict(exits)}; "
-          f"{time.monotonic() - t_start:.0f}s")
+    print(
+        f"\nchaos: {len(out)} captioned, {len(duplicates)} duplicated, {len(missing)} missing, {len(dlq)} DLQ; "
+        f"{kills} SIGKILLs, 1 broker restart, consumer exits by status {dict(exits)}; "
+        f"{time.monotonic() - t_start:.0f}s"
+    )
     text = log.read_text(errors="replace")
     assert not duplicates and not missing and not dlq, f"{log_summary(text)}\n...\n{text[-4000:]}"
     assert len(out) == EVENTS

@@ -17,9 +17,23 @@ import pytest
 
 from conftest import png_bytes
 from snap2caption_service.core import cloudevents
-from stream_support import (ConsumerProcess, LoopbackServer, bootstrap, consumer_env, create_topics, data_of,  # noqa: F401
-                            headers_dict, image_site, inline, moto_s3, produce, read_topic, topic_env,
-                            upload_event, wait_for)
+from stream_support import (  # noqa: F401
+    ConsumerProcess,
+    LoopbackServer,
+    bootstrap,
+    consumer_env,
+    create_topics,
+    data_of,
+    headers_dict,
+    image_site,
+    inline,
+    moto_s3,
+    produce,
+    read_topic,
+    topic_env,
+    upload_event,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.service]
 
@@ -39,8 +53,9 @@ def _batch_stats(service) -> tuple[float, float]:
     return _metric(text, "snap2caption_model_batch_size_sum"), _metric(text, "snap2caption_model_batch_size_count")
 
 
-def test_upload_events_from_s3_http_and_inline_are_captioned_exactly_once(bootstrap, service, moto_s3,
-                                                                          image_site, tmp_path):
+def test_upload_events_from_s3_http_and_inline_are_captioned_exactly_once(
+    bootstrap, service, moto_s3, image_site, tmp_path
+):
     topics = topic_env("e2e")
     create_topics(bootstrap, topics)
     per_source = 10
@@ -109,8 +124,9 @@ def test_sigterm_finishes_in_flight_work_and_commits_it(bootstrap, service, tmp_
     env = consumer_env(bootstrap, service.url, topics)
     consumer = ConsumerProcess(env, tmp_path / "consumer.log")
     produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
-    wait_for(lambda: re.search(r"snap2caption_consumer_in_flight [1-9]", _safe_metrics(consumer)), 90,
-             "events in flight")
+    wait_for(
+        lambda: re.search(r"snap2caption_consumer_in_flight [1-9]", _safe_metrics(consumer)), 90, "events in flight"
+    )
     assert consumer.terminate() == 0, consumer.log()[-3000:]
     log = consumer.log()
     finishing = int(re.search(r"stopping: finishing (\d+) in-flight", log).group(1))
@@ -152,8 +168,9 @@ class FlakyProxy(LoopbackServer):
                 if fail:
                     status, content = 503, b'{"error": "overloaded", "detail": "try again"}'
                 else:
-                    resp = httpx.post(target + self.path, content=body, timeout=120,
-                                      headers={"Content-Type": "application/json"})
+                    resp = httpx.post(
+                        target + self.path, content=body, timeout=120, headers={"Content-Type": "application/json"}
+                    )
                     status, content = resp.status_code, resp.content
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -182,8 +199,15 @@ def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstra
         assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events)
         assert read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 0, timeout=3, settle=1) == []
         assert "pausing the partition" in consumer.log()
-        assert _metric(consumer.metrics(), "snap2caption_consumer_transient_failures_total",
-                       reason="overloaded", stage="caption") == 10
+        assert (
+            _metric(
+                consumer.metrics(),
+                "snap2caption_consumer_transient_failures_total",
+                reason="overloaded",
+                stage="caption",
+            )
+            == 10
+        )
     finally:
         consumer.terminate()
         proxy.close()
@@ -207,8 +231,9 @@ class CountingProxy(LoopbackServer):
                     proxy.total += 1
                     proxy.peak = max(proxy.peak, proxy.open)
                 try:
-                    resp = httpx.post(target + self.path, content=body, timeout=120,
-                                      headers={"Content-Type": "application/json"})
+                    resp = httpx.post(
+                        target + self.path, content=body, timeout=120, headers={"Content-Type": "application/json"}
+                    )
                 finally:
                     with lock:
                         proxy.open -= 1
@@ -231,8 +256,14 @@ def test_the_service_sees_max_in_flight_requests_never_more(bootstrap, service, 
     create_topics(bootstrap, topics)
     events = [upload_event(f"f-{i}", inline((i * 7 % 256, 60, 200))) for i in range(40)]
     proxy = CountingProxy(service.url)
-    env = consumer_env(bootstrap, proxy.url, topics, SNAP2CAPTION_MAX_IN_FLIGHT=6, SNAP2CAPTION_MAX_PENDING=12,
-                       SNAP2CAPTION_COMMIT_INTERVAL_MS=1000)
+    env = consumer_env(
+        bootstrap,
+        proxy.url,
+        topics,
+        SNAP2CAPTION_MAX_IN_FLIGHT=6,
+        SNAP2CAPTION_MAX_PENDING=12,
+        SNAP2CAPTION_COMMIT_INTERVAL_MS=1000,
+    )
     consumer = ConsumerProcess(env, tmp_path / "consumer.log")
     try:
         produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
@@ -252,8 +283,12 @@ def _hold_offsets_in_an_open_transaction(bootstrap: str, group: str, topic: str,
     from kafka import KafkaProducer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    blocker = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{group}-blocker",
-                            enable_idempotence=True, transaction_timeout_ms=900_000)
+    blocker = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"{group}-blocker",
+        enable_idempotence=True,
+        transaction_timeout_ms=900_000,
+    )
     blocker.init_transactions()
     blocker.begin_transaction()
     blocker.send_offsets_to_transaction({TopicPartition(topic, 0): OffsetAndMetadata(offset, "", -1)}, group)
@@ -261,7 +296,8 @@ def _hold_offsets_in_an_open_transaction(bootstrap: str, group: str, topic: str,
 
 
 def test_offsets_held_by_an_open_transaction_are_waited_for_and_a_stall_exits_for_a_restart(
-        bootstrap, service, tmp_path):
+    bootstrap, service, tmp_path
+):
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
@@ -285,13 +321,17 @@ def test_offsets_held_by_an_open_transaction_are_waited_for_and_a_stall_exits_fo
         # Held for longer than stall_timeout_s: it exits with status 70 for its supervisor to restart it.
         produce(bootstrap, uploaded, [upload_event("u-late", inline())])
         blocker.begin_transaction()
-        blocker.send_offsets_to_transaction({TopicPartition(uploaded, 0): OffsetAndMetadata(4, "", -1)},
-                                            topics["SNAP2CAPTION_CONSUMER_GROUP"])
+        blocker.send_offsets_to_transaction(
+            {TopicPartition(uploaded, 0): OffsetAndMetadata(4, "", -1)}, topics["SNAP2CAPTION_CONSUMER_GROUP"]
+        )
         consumer.kill()
         consumer = ConsumerProcess(env, tmp_path / "consumer.log")
         assert consumer.proc.wait(120) == 70, consumer.log()[-3000:]
-        assert re.search(r"stalled: nothing polled or committed for \d+s while \S+-0: committed offset unreadable "
-                         r"\(\w+\), end offset 5; exiting with status 70", consumer.log()), consumer.log()[-3000:]
+        assert re.search(
+            r"stalled: nothing polled or committed for \d+s while \S+-0: committed offset unreadable "
+            r"\(\w+\), end offset 5; exiting with status 70",
+            consumer.log(),
+        ), consumer.log()[-3000:]
     finally:
         consumer.kill()
         blocker.close(timeout=5)

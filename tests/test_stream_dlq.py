@@ -10,8 +10,20 @@ import json
 import pytest
 
 from conftest import png_bytes
-from stream_support import (ConsumerProcess, bootstrap, consumer_env, create_topics, headers_dict,  # noqa: F401
-                            image_site, inline, moto_s3, produce, read_topic, topic_env, upload_event)
+from stream_support import (  # noqa: F401
+    ConsumerProcess,
+    bootstrap,
+    consumer_env,
+    create_topics,
+    headers_dict,
+    image_site,
+    inline,
+    moto_s3,
+    produce,
+    read_topic,
+    topic_env,
+    upload_event,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.service]
 
@@ -37,35 +49,75 @@ def _bad_cases(moto_s3, site) -> list[tuple[str, str, str, tuple]]:
 
     return [
         ("invalid JSON", "invalid_json", "decode", (b"bad-json", b'{"media_id": "x", oops', h)),
-        ("no CloudEvents headers", "not_a_cloudevent", "decode",
-         (b"bad-plain", v, [("content-type", b"application/json")])),
+        (
+            "no CloudEvents headers",
+            "not_a_cloudevent",
+            "decode",
+            (b"bad-plain", v, [("content-type", b"application/json")]),
+        ),
         ("CloudEvents 0.3", "unsupported_specversion", "decode", (b"bad-spec", v, _with(h, ce_specversion="0.3"))),
-        ("another event type", "unexpected_event_type", "decode",
-         (b"bad-type", v, _with(h, ce_type="com.example.deleted"))),
-        ("XML data", "unsupported_content_type", "decode",
-         (b"bad-ct", b"<upload/>", _with(h, **{"content-type": "application/xml"}))),
+        (
+            "another event type",
+            "unexpected_event_type",
+            "decode",
+            (b"bad-type", v, _with(h, ce_type="com.example.deleted")),
+        ),
+        (
+            "XML data",
+            "unsupported_content_type",
+            "decode",
+            (b"bad-ct", b"<upload/>", _with(h, **{"content-type": "application/xml"})),
+        ),
         ("tombstone", "empty_value", "decode", (b"bad-tombstone", None, h)),
-        ("no media_id", "schema_violation", "validate",
-         (b"bad-nomedia", json.dumps({"creator_id": "c", "image": inline()}).encode(), h)),
-        ("two image sources", "schema_violation", "validate",
-         ev("bad-two", {"s3_uri": "s3://snap2caption-uploads/a.png", "url": "https://example.com/a.png"})),
+        (
+            "no media_id",
+            "schema_violation",
+            "validate",
+            (b"bad-nomedia", json.dumps({"creator_id": "c", "image": inline()}).encode(), h),
+        ),
+        (
+            "two image sources",
+            "schema_violation",
+            "validate",
+            ev("bad-two", {"s3_uri": "s3://snap2caption-uploads/a.png", "url": "https://example.com/a.png"}),
+        ),
         ("tone too long", "schema_violation", "validate", ev("bad-tone", inline(), tone="t" * 40)),
-        ("missing S3 object", "object_not_found", "fetch",
-         ev("bad-nokey", {"s3_uri": f"s3://{moto_s3.bucket}/dlq/nope.png"})),
+        (
+            "missing S3 object",
+            "object_not_found",
+            "fetch",
+            ev("bad-nokey", {"s3_uri": f"s3://{moto_s3.bucket}/dlq/nope.png"}),
+        ),
         ("bucket not allowlisted", "s3_bucket_not_allowed", "fetch", ev("bad-bucket", {"s3_uri": other_bucket})),
         ("oversized S3 object", "image_too_large", "fetch", ev("bad-big", {"s3_uri": big})),
-        ("cloud metadata URL", "ssrf_blocked", "fetch",
-         ev("bad-meta", {"url": "https://169.254.169.254/latest/meta-data/"})),
-        ("redirect to a private address", "ssrf_blocked", "fetch",
-         ev("bad-redirect", {"url": site.url + "/to-private"})),
+        (
+            "cloud metadata URL",
+            "ssrf_blocked",
+            "fetch",
+            ev("bad-meta", {"url": "https://169.254.169.254/latest/meta-data/"}),
+        ),
+        (
+            "redirect to a private address",
+            "ssrf_blocked",
+            "fetch",
+            ev("bad-redirect", {"url": site.url + "/to-private"}),
+        ),
         ("plain http", "url_scheme_not_allowed", "fetch", ev("bad-http", {"url": "http://example.com/a.png"})),
         ("404 URL", "url_not_found", "fetch", ev("bad-404", {"url": site.url + "/missing.png"})),
         ("redirect loop", "too_many_redirects", "fetch", ev("bad-loop", {"url": site.url + "/loop"})),
         ("invalid base64", "invalid_base64", "fetch", ev("bad-b64", {"inline_base64": "this is *not* base64!"})),
-        ("a PDF, not an image", "not_an_image", "caption",
-         ev("bad-pdf", {"inline_base64": base64.b64encode(b"%PDF-1.4\n" + b"x" * 200).decode()})),
-        ("truncated PNG", "truncated_image", "caption",
-         ev("bad-trunc", {"inline_base64": base64.b64encode(png[: len(png) // 2]).decode()})),
+        (
+            "a PDF, not an image",
+            "not_an_image",
+            "caption",
+            ev("bad-pdf", {"inline_base64": base64.b64encode(b"%PDF-1.4\n" + b"x" * 200).decode()}),
+        ),
+        (
+            "truncated PNG",
+            "truncated_image",
+            "caption",
+            ev("bad-trunc", {"inline_base64": base64.b64encode(png[: len(png) // 2]).decode()}),
+        ),
     ]
 
 
@@ -77,14 +129,24 @@ def test_dead_letter_table(bootstrap, service, moto_s3, image_site, tmp_path):
     records, good = [], []
     for i, (_name, _reason, _stage, record) in enumerate(cases):
         records.append(record)
-        source = ({"url": image_site.url + "/good.png"} if i % 5 == 1 else
-                  {"s3_uri": moto_s3.put(f"dlq/good-{i}.png", png_bytes((i, 9, 9)))} if i % 5 == 2 else
-                  inline((i * 10, 50, 50)))
+        source = (
+            {"url": image_site.url + "/good.png"}
+            if i % 5 == 1
+            else {"s3_uri": moto_s3.put(f"dlq/good-{i}.png", png_bytes((i, 9, 9)))}
+            if i % 5 == 2
+            else inline((i * 10, 50, 50))
+        )
         good.append(upload_event(f"good-{i}", source))
         records.append(good[-1])
 
-    env = consumer_env(bootstrap, service.url, topics, SNAP2CAPTION_URL_ALLOWLIST="127.0.0.1",
-                       SNAP2CAPTION_FETCH_MAX_BYTES=MAX_BYTES, **moto_s3.env)
+    env = consumer_env(
+        bootstrap,
+        service.url,
+        topics,
+        SNAP2CAPTION_URL_ALLOWLIST="127.0.0.1",
+        SNAP2CAPTION_FETCH_MAX_BYTES=MAX_BYTES,
+        **moto_s3.env,
+    )
     consumer = ConsumerProcess(env, tmp_path / "consumer.log")
     try:
         sent = produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], records)

@@ -14,39 +14,61 @@ import httpx
 import pytest
 
 from conftest import png_bytes, start_service, stop_service
-from snap2caption_service.core.contracts import FeedbackRecord
 from snap2caption_service.core import cloudevents
+from snap2caption_service.core.contracts import FeedbackRecord
 from stream_support import KAFKA_SH, create_topics, ensure_broker, free_port_pair, read_topic, topic_env, wait_for
 
 
 @pytest.mark.kafka
 @pytest.mark.service
 def test_feedback_sent_while_broker_is_down_arrives_once_in_order(tmp_path, tiny_model_dir):
-    kafka_env = {"KAFKA_PORT": str(free_port_pair()), "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
-                 "KAFKA_HEAP": "-Xms128m -Xmx384m"}
+    kafka_env = {
+        "KAFKA_PORT": str(free_port_pair()),
+        "KAFKA_DATA_DIR": str(tmp_path / "kafka"),
+        "KAFKA_HEAP": "-Xms128m -Xmx384m",
+    }
 
     def kafka(cmd: str):
-        subprocess.run(["bash", str(KAFKA_SH), cmd], env={**os.environ, **kafka_env},
-                       capture_output=True, text=True, timeout=300, check=True)
+        subprocess.run(
+            ["bash", str(KAFKA_SH), cmd],
+            env={**os.environ, **kafka_env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
 
     bootstrap = ensure_broker(kafka_env)
     topics = topic_env("feedback")
     topic = topics["SNAP2CAPTION_TOPIC_FEEDBACK"]
     create_topics(bootstrap, {"SNAP2CAPTION_TOPIC_FEEDBACK": topic}, partitions=1)  # one order to check
-    svc = start_service(tmp_path, tiny_model_dir, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                                                   "SNAP2CAPTION_TOPIC_FEEDBACK": topic})
+    svc = start_service(
+        tmp_path, tiny_model_dir, {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SNAP2CAPTION_TOPIC_FEEDBACK": topic}
+    )
     spool = tmp_path / "data" / "feedback-spool.jsonl"
     sent: list[str] = []
     # Feedback must name captions the service really returned (it 404s unknown request ids).
-    request_ids = [httpx.post(svc.url + "/generate-caption", timeout=120,
-                              json={"image": base64.b64encode(png_bytes((i * 30, 80, 120))).decode()}
-                              ).json()["request_id"] for i in range(8)]
+    request_ids = [
+        httpx.post(
+            svc.url + "/generate-caption",
+            timeout=120,
+            json={"image": base64.b64encode(png_bytes((i * 30, 80, 120))).decode()},
+        ).json()["request_id"]
+        for i in range(8)
+    ]
 
     def post(i: int) -> float:
         t0 = time.monotonic()
-        r = httpx.post(svc.url + "/feedback", timeout=30, json={
-            "request_id": request_ids[i], "rating": "up" if i % 2 else "down", "creator_id": "c1",
-            "edited_caption": f"edit number {i}"})
+        r = httpx.post(
+            svc.url + "/feedback",
+            timeout=30,
+            json={
+                "request_id": request_ids[i],
+                "rating": "up" if i % 2 else "down",
+                "creator_id": "c1",
+                "edited_caption": f"edit number {i}",
+            },
+        )
         assert r.status_code == 202, r.text
         sent.append(r.json()["feedback_id"])
         return time.monotonic() - t0
@@ -67,8 +89,9 @@ def test_feedback_sent_while_broker_is_down_arrives_once_in_order(tmp_path, tiny
         wait_for(lambda: spool.stat().st_size == 0, 30, "the spool to drain")
     finally:
         stop_service(svc.proc)
-        subprocess.run(["bash", str(KAFKA_SH), "stop"], env={**os.environ, **kafka_env},
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["bash", str(KAFKA_SH), "stop"], env={**os.environ, **kafka_env}, capture_output=True, timeout=120
+        )
 
     assert [r.key.decode() for r in records] == sent  # exactly once each, in the order received
     for record, feedback_id in zip(records, sent):

@@ -22,18 +22,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _config(tmp: Path, base: Path, manifest: Path) -> Path:
-    cfg = {"name": "ddp-check", "base_model": str(base), "data": [{"kind": "manifest", "path": str(manifest)}],
-           "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["multi_modal_projector"]},
-           "optimizer": {"lr": 0.003, "warmup_steps": 2}, "steps": 12, "batch_size": 8, "precision": "fp32",
-           "seed": 3, "eval": {"holdout_fraction": 0.0}}
+    cfg = {
+        "name": "ddp-check",
+        "base_model": str(base),
+        "data": [{"kind": "manifest", "path": str(manifest)}],
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["multi_modal_projector"]},
+        "optimizer": {"lr": 0.003, "warmup_steps": 2},
+        "steps": 12,
+        "batch_size": 8,
+        "precision": "fp32",
+        "seed": 3,
+        "eval": {"holdout_fraction": 0.0},
+    }
     path = tmp / "ddp.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def _run(cmd: list[str], tmp: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_DATA_DIR": str(tmp / "data"),
-           "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SNAP2CAPTION_DATA_DIR": str(tmp / "data"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
@@ -43,8 +50,20 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_model_dir):
     cfg = _config(tmp_path, tiny_model_dir, manifest)
     train = ["-m", "snap2caption_service", "train", "--config", str(cfg), "--train-only"]
     _run([sys.executable, *train, "--output-dir", str(tmp_path / "single")], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train,
-          "--output-dir", str(tmp_path / "ddp")], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            *train,
+            "--output-dir",
+            str(tmp_path / "ddp"),
+        ],
+        tmp_path,
+    )
 
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())

@@ -12,8 +12,10 @@ SMALL = DemoArchitecture(vision_hidden=32, vision_layers=1, text_hidden=64, text
 @pytest.fixture(scope="module")
 def tiny():
     model, processor = build_untrained(SMALL)
-    examples = [TrainExample(synthetic.render_scene(e.scene), e.tone, e.audience, e.target)
-                for e in synthetic.make_examples(16, 3)]
+    examples = [
+        TrainExample(synthetic.render_scene(e.scene), e.tone, e.audience, e.target)
+        for e in synthetic.make_examples(16, 3)
+    ]
     return model, processor, EncodedDataset(processor, examples, progress=False)
 
 
@@ -29,8 +31,12 @@ def test_labels_cover_only_the_answer(tiny):
 
 def test_loss_goes_down(tiny):
     model, _, data = tiny
-    result = train(model, data, TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=3,
-                                            log_every=10, precision="fp32"), progress=False)
+    result = train(
+        model,
+        data,
+        TrainConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, log_every=10, precision="fp32"),
+        progress=False,
+    )
     assert result.losses[-1] < result.losses[0] * 0.6, result.losses
 
 

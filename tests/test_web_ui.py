@@ -21,7 +21,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import ARTIFACTS, REPO, start_service, stop_service
@@ -34,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 # ---------------------------------------------------------------- browser and inputs
+
 
 @pytest.fixture(scope="session")
 def node_dir() -> Path:
@@ -129,19 +129,28 @@ def image_site(inputs):
 
 def run_scenario(node_dir: Path, name: str, svc, timeout: float = 300, **params) -> dict:
     ARTIFACTS.mkdir(exist_ok=True)
-    config = {"scenario": name, "baseUrl": svc.url, "nodeDir": str(node_dir), "chromium": CHROMIUM,
-              "artifacts": str(ARTIFACTS), **{k: str(v) if isinstance(v, Path) else v for k, v in params.items()}}
+    config = {
+        "scenario": name,
+        "baseUrl": svc.url,
+        "nodeDir": str(node_dir),
+        "chromium": CHROMIUM,
+        "artifacts": str(ARTIFACTS),
+        **{k: str(v) if isinstance(v, Path) else v for k, v in params.items()},
+    }
     t0 = time.monotonic()
-    proc = subprocess.run(["node", str(SCENARIOS), json.dumps(config)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    proc = subprocess.run(
+        ["node", str(SCENARIOS), json.dumps(config)], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     try:
         out = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         out = {"ok": False, "error": "no JSON result"}
     if proc.returncode != 0 or not out.get("ok"):
-        pytest.fail(f"browser scenario {name!r} failed after {time.monotonic() - t0:.1f}s: {out.get('error')}\n"
-                    f"--- node stderr ---\n{proc.stderr[-6000:]}\n--- service log ---\n{svc.log()[-3000:]}")
+        pytest.fail(
+            f"browser scenario {name!r} failed after {time.monotonic() - t0:.1f}s: {out.get('error')}\n"
+            f"--- node stderr ---\n{proc.stderr[-6000:]}\n--- service log ---\n{svc.log()[-3000:]}"
+        )
     return out
 
 
@@ -154,10 +163,12 @@ def feedback_records(svc) -> list[dict]:
 
 # ---------------------------------------------------------------- extra services
 
+
 @pytest.fixture(scope="module")
 def small_limit_service(tmp_path_factory, tiny_model_dir):
-    svc = start_service(tmp_path_factory.mktemp("svc-small-limit"), tiny_model_dir,
-                        {"SNAP2CAPTION_MAX_IMAGE_BYTES": "4096"})
+    svc = start_service(
+        tmp_path_factory.mktemp("svc-small-limit"), tiny_model_dir, {"SNAP2CAPTION_MAX_IMAGE_BYTES": "4096"}
+    )
     yield svc
     stop_service(svc.proc)
 
@@ -165,13 +176,15 @@ def small_limit_service(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def demo_service(tmp_path_factory, demo_model_dir):
     # Room for the alt text too (the tiny-model services stop at 24 tokens).
-    svc = start_service(tmp_path_factory.mktemp("svc-demo"), demo_model_dir,
-                        {"SNAP2CAPTION_MAX_NEW_TOKENS": "96"}, timeout=600)
+    svc = start_service(
+        tmp_path_factory.mktemp("svc-demo"), demo_model_dir, {"SNAP2CAPTION_MAX_NEW_TOKENS": "96"}, timeout=600
+    )
     yield svc
     stop_service(svc.proc)
 
 
 # ---------------------------------------------------------------- tests
+
 
 def test_page_is_served_and_open_without_key(service, auth_service):
     for svc in (service, auth_service):
@@ -191,9 +204,14 @@ def test_page_is_served_and_open_without_key(service, auth_service):
 
 
 def test_upload_generate_copy_rate_and_edit_feedback(node_dir, service, inputs):
-    out = run_scenario(node_dir, "main", service, image=inputs["image"],
-                       editedCaption="Red box, blue sky, best day. Edited by me!",
-                       editedHashtags="sunset #red, #square #Red")
+    out = run_scenario(
+        node_dir,
+        "main",
+        service,
+        image=inputs["image"],
+        editedCaption="Red box, blue sky, best day. Edited by me!",
+        editedHashtags="sunset #red, #square #Red",
+    )
     result = out["result"]
     assert result["caption"].strip()
     assert len(result["hashtags"]) <= 6 and all(t.startswith("#") for t in result["hashtags"])
@@ -218,8 +236,14 @@ def test_drop_and_keyboard_only(node_dir, service, inputs):
 
 
 def test_image_from_url(node_dir, service, image_site):
-    out = run_scenario(node_dir, "url", service, corsUrl=f"{image_site}/cors/sunny.png",
-                       noCorsUrl=f"{image_site}/nocors/sunny.png", htmlUrl=f"{image_site}/cors/page.html")
+    out = run_scenario(
+        node_dir,
+        "url",
+        service,
+        corsUrl=f"{image_site}/cors/sunny.png",
+        noCorsUrl=f"{image_site}/nocors/sunny.png",
+        htmlUrl=f"{image_site}/cors/page.html",
+    )
     assert out["name"] == "sunny.png"
     assert out["result"]["caption"].strip()
     assert "CORS" in out["cors"]["detail"] and "choose" in out["cors"]["detail"].lower()
@@ -236,8 +260,9 @@ def test_error_states_not_image_busy_server_network(node_dir, service, inputs):
 
 
 def test_too_large_photo(node_dir, small_limit_service, inputs, image_site):
-    out = run_scenario(node_dir, "too_large", small_limit_service, image=inputs["large"],
-                       corsUrl=f"{image_site}/cors/large.png")
+    out = run_scenario(
+        node_dir, "too_large", small_limit_service, image=inputs["large"], corsUrl=f"{image_site}/cors/large.png"
+    )
     for how in ("upload", "json"):
         assert out[how]["title"] == "That photo is too large"
         detail = out[how]["detail"]
@@ -269,8 +294,7 @@ def test_webcam_photo_and_no_camera(node_dir, service):
 
 def test_changing_tone_changes_wording(node_dir, demo_service, inputs):
     """Trained demo model (slow the first time: it trains). Runs last."""
-    out = run_scenario(node_dir, "tone", demo_service, timeout=600, image=inputs["image"],
-                       tones=["funny", "serious"])
+    out = run_scenario(node_dir, "tone", demo_service, timeout=600, image=inputs["image"], tones=["funny", "serious"])
     funny, serious = out["captions"]["funny"], out["captions"]["serious"]
     assert funny["caption"].strip() and serious["caption"].strip()
     assert funny["caption"] != serious["caption"], (funny, serious)

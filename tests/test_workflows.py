@@ -28,8 +28,9 @@ def tools() -> dict[str, str]:
 
 
 def actionlint(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([tools()["ACTIONLINT"], "-no-color", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [tools()["ACTIONLINT"], "-no-color", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def workflow(name: str) -> dict:
@@ -102,8 +103,15 @@ def test_release_builds_pushes_by_digest_and_attaches_the_bento():
     assert rel["permissions"] == {"contents": "write", "packages": "write"}
     job = rel["jobs"]["release"]
     script = "\n".join(s.get("run", "") for s in job["steps"])
-    for needed in ("bentoml build", "bentoml containerize", "--opt push", "containerimage.digest",
-                   "bentoml export", "gh release create", "import-model"):
+    for needed in (
+        "bentoml build",
+        "bentoml containerize",
+        "--opt push",
+        "containerimage.digest",
+        "bentoml export",
+        "gh release create",
+        "import-model",
+    ):
         assert needed in script, needed
     assert job["outputs"]["image"] == "${{ steps.push.outputs.image }}"
     assert "@$digest" in script  # the output is repository@sha256:..., never a tag

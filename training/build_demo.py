@@ -47,9 +47,16 @@ class DemoRecipe:
 
 
 def recipe_key(recipe: DemoRecipe, arch: DemoArchitecture) -> str:
-    blob = json.dumps({"generator": synthetic.GENERATOR_VERSION, "architecture": ARCHITECTURE_VERSION,
-                       "trainer": TRAINER_VERSION, "recipe": asdict(recipe), "arch": asdict(arch)},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "generator": synthetic.GENERATOR_VERSION,
+            "architecture": ARCHITECTURE_VERSION,
+            "trainer": TRAINER_VERSION,
+            "recipe": asdict(recipe),
+            "arch": asdict(arch),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -62,8 +69,9 @@ def is_built(path: Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 
 
-def ensure_demo_model(data_dir: Path, progress: bool = True, recipe: DemoRecipe | None = None,
-                      arch: DemoArchitecture | None = None) -> Path:
+def ensure_demo_model(
+    data_dir: Path, progress: bool = True, recipe: DemoRecipe | None = None, arch: DemoArchitecture | None = None
+) -> Path:
     """The cached demo model's folder, training it first if it is not there yet."""
     import fcntl
 
@@ -98,9 +106,9 @@ def _build_into(target: Path, recipe: DemoRecipe, arch: DemoArchitecture, progre
 
 
 def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, progress: bool = True) -> dict:
-    import torch
-
     import random
+
+    import torch
 
     from training.vision_pretrain import SceneLabelDataset, held_out_accuracy, make_pretrainer, vision_tower_of
 
@@ -108,20 +116,32 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
     model, processor = build_untrained(arch, seed=recipe.train_seed)
 
     rng = random.Random(recipe.train_seed)
-    scenes = SceneLabelDataset(processor.image_processor,
-                               [synthetic.sample_scene(rng) for _ in range(recipe.vision_scenes)], progress)
+    scenes = SceneLabelDataset(
+        processor.image_processor, [synthetic.sample_scene(rng) for _ in range(recipe.vision_scenes)], progress
+    )
     held_rng = random.Random(recipe.train_seed + 10_000)
-    held = SceneLabelDataset(processor.image_processor, [synthetic.sample_scene(held_rng) for _ in range(512)],
-                             progress=False)
+    held = SceneLabelDataset(
+        processor.image_processor, [synthetic.sample_scene(held_rng) for _ in range(512)], progress=False
+    )
     tower = vision_tower_of(model)
     pretrainer = make_pretrainer(tower, arch.vision_hidden)
-    vision_cfg = TrainConfig(steps=recipe.vision_steps, batch_size=recipe.vision_batch_size, lr=recipe.vision_lr,
-                             warmup_steps=30, seed=recipe.train_seed, time_budget_s=recipe.time_budget_s / 2,
-                             precision="auto")
+    vision_cfg = TrainConfig(
+        steps=recipe.vision_steps,
+        batch_size=recipe.vision_batch_size,
+        lr=recipe.vision_lr,
+        warmup_steps=30,
+        seed=recipe.train_seed,
+        time_budget_s=recipe.time_budget_s / 2,
+        precision="auto",
+    )
     vision_result = train(pretrainer, scenes, vision_cfg, progress=progress)
     vision_acc = held_out_accuracy(pretrainer, held)
-    log.info("vision tower: held-out accuracy %s after %d steps (%.0fs)", vision_acc, vision_result.steps,
-             vision_result.wall_s)
+    log.info(
+        "vision tower: held-out accuracy %s after %d steps (%.0fs)",
+        vision_acc,
+        vision_result.steps,
+        vision_result.wall_s,
+    )
     del pretrainer, scenes
     for p in tower.parameters():
         p.requires_grad = False
@@ -131,9 +151,15 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
         for e in synthetic.make_examples(recipe.train_examples, recipe.train_seed)
     ]
     data = EncodedDataset(processor, examples, progress=progress)
-    cfg = TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                      warmup_steps=recipe.warmup_steps, seed=recipe.train_seed,
-                      time_budget_s=recipe.time_budget_s - vision_result.wall_s, precision="auto")
+    cfg = TrainConfig(
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        warmup_steps=recipe.warmup_steps,
+        seed=recipe.train_seed,
+        time_budget_s=recipe.time_budget_s - vision_result.wall_s,
+        precision="auto",
+    )
     result = train(model, data, cfg, progress=progress)
     for p in tower.parameters():
         p.requires_grad = True

@@ -56,13 +56,17 @@ def tokenize(text: str) -> list[str]:
 
 # --- input checks -------------------------------------------------------------------------
 
-def _check_corpus(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[tuple[list[str], list[list[str]]]]:
+
+def _check_corpus(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> list[tuple[list[str], list[list[str]]]]:
     """Tokenised (prediction, references) pairs; a clear error for anything unscorable."""
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError("predictions and references must be lists (one entry per image), not a string")
     if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists; "
-                         "they must pair up one to one")
+        raise ValueError(
+            f"{len(predictions)} predictions but {len(references)} reference lists; they must pair up one to one"
+        )
     if not predictions:
         raise ValueError("cannot score an empty set: no predictions were given")
     pairs = []
@@ -83,11 +87,12 @@ def _ngrams(words: list[str], n_max: int = MAX_N) -> Counter:
     counts: Counter = Counter()
     for n in range(1, n_max + 1):
         for i in range(len(words) - n + 1):
-            counts[tuple(words[i:i + n])] += 1
+            counts[tuple(words[i : i + n])] += 1
     return counts
 
 
 # --- BLEU-4 -------------------------------------------------------------------------------
+
 
 def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus-level BLEU-4 in [0, 1], as coco-caption computes it."""
@@ -118,6 +123,7 @@ def bleu4(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> fl
 
 # --- ROUGE-L ------------------------------------------------------------------------------
 
+
 def _lcs(a: list[str], b: list[str]) -> int:
     if len(a) < len(b):
         a, b = b, a
@@ -138,7 +144,7 @@ def _rouge_l_one(pred: list[str], refs: list[list[str]]) -> float:
     rec = max(l / len(r) for l, r in zip(lcs, refs))
     if prec == 0 or rec == 0:
         return 0.0
-    return (1 + ROUGE_BETA ** 2) * prec * rec / (rec + ROUGE_BETA ** 2 * prec)
+    return (1 + ROUGE_BETA**2) * prec * rec / (rec + ROUGE_BETA**2 * prec)
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
@@ -149,8 +155,10 @@ def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
 
 # --- CIDEr-D ------------------------------------------------------------------------------
 
-def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]],
-            idf_documents: Sequence[Sequence[str]] = ()) -> float:
+
+def cider_d(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], idf_documents: Sequence[Sequence[str]] = ()
+) -> float:
     """Corpus CIDEr-D (mean over images; 0 to ~10, higher is better), as coco-caption computes it.
 
     The idf comes from this set's references, each image's references counting as one
@@ -178,8 +186,9 @@ def _tokenised_documents(documents: Sequence[Sequence[str]]) -> list[list[list[s
     return out
 
 
-def _cider_scores(pairs: list[tuple[list[str], list[list[str]]]],
-                  extra_documents: list[list[list[str]]] = ()) -> list[float]:
+def _cider_scores(
+    pairs: list[tuple[list[str], list[list[str]]]], extra_documents: list[list[list[str]]] = ()
+) -> list[float]:
     """Each image's CIDEr-D, with document frequencies from the whole set's references (and
     any extra documents)."""
     doc_freq: Counter = Counter()
@@ -205,7 +214,7 @@ def _cider_scores(pairs: list[tuple[list[str], list[list[str]]]],
         per_n = [0.0] * MAX_N
         for ref in refs:
             vec_r, norm_r, length_r = tfidf(ref)
-            penalty = math.exp(-((length - length_r) ** 2) / (2 * CIDER_SIGMA ** 2))
+            penalty = math.exp(-((length - length_r) ** 2) / (2 * CIDER_SIGMA**2))
             for n in range(MAX_N):
                 # Clipping: a candidate n-gram earns at most the reference's own weight.
                 val = sum(min(w, vec_r[n].get(g, 0.0)) * vec_r[n].get(g, 0.0) for g, w in vec[n].items())
@@ -217,6 +226,7 @@ def _cider_scores(pairs: list[tuple[list[str], list[list[str]]]],
 
 
 # --- hashtags -----------------------------------------------------------------------------
+
 
 def _tag_set(tags: Sequence[str], where: str) -> set[str]:
     if isinstance(tags, str):
@@ -250,6 +260,7 @@ def hashtag_prf(predicted: Sequence[Sequence[str]], reference: Sequence[Sequence
 
 # --- length statistics --------------------------------------------------------------------
 
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default method)."""
     pos = (len(sorted_values) - 1) * q
@@ -260,8 +271,13 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def _stats(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
-    return {"mean": statistics.fmean(ordered), "median": float(statistics.median(ordered)),
-            "p90": _percentile(ordered, 0.9), "min": float(ordered[0]), "max": float(ordered[-1])}
+    return {
+        "mean": statistics.fmean(ordered),
+        "median": float(statistics.median(ordered)),
+        "p90": _percentile(ordered, 0.9),
+        "min": float(ordered[0]),
+        "max": float(ordered[-1]),
+    }
 
 
 def length_stats(captions: Sequence[str]) -> dict[str, float]:
@@ -277,6 +293,7 @@ def length_stats(captions: Sequence[str]) -> dict[str, float]:
 
 
 # --- one evaluation over a prediction table ----------------------------------------------
+
 
 @dataclass(frozen=True)
 class PredictionRow:
@@ -313,9 +330,11 @@ def evaluate(rows: Sequence[PredictionRow], idf_documents: Sequence[Sequence[str
             raise TypeError(f"row {i} is {type(row).__name__}, expected PredictionRow")
     predictions = [r.prediction for r in rows]
     references = [r.references for r in rows]
-    metrics = {"cider_d": cider_d(predictions, references, idf_documents),
-               "bleu4": bleu4(predictions, references),
-               "rouge_l": rouge_l(predictions, references)}
+    metrics = {
+        "cider_d": cider_d(predictions, references, idf_documents),
+        "bleu4": bleu4(predictions, references),
+        "rouge_l": rouge_l(predictions, references),
+    }
     tags = hashtag_prf([list(r.predicted_hashtags) for r in rows], [list(r.reference_hashtags) for r in rows])
     metrics.update({f"hashtag_{k}": v for k, v in tags.items()})
     metrics.update({f"caption_{k}": v for k, v in length_stats(predictions).items()})
@@ -324,21 +343,35 @@ def evaluate(rows: Sequence[PredictionRow], idf_documents: Sequence[Sequence[str
     if with_alt:
         alt_pred = [r.predicted_alt_text for r in with_alt]
         alt_ref = [[r.reference_alt_text] for r in with_alt]
-        metrics.update({"alt_text_cider_d": cider_d(alt_pred, alt_ref),
-                        "alt_text_bleu4": bleu4(alt_pred, alt_ref),
-                        "alt_text_rouge_l": rouge_l(alt_pred, alt_ref)})
+        metrics.update(
+            {
+                "alt_text_cider_d": cider_d(alt_pred, alt_ref),
+                "alt_text_bleu4": bleu4(alt_pred, alt_ref),
+                "alt_text_rouge_l": rouge_l(alt_pred, alt_ref),
+            }
+        )
     metrics["num_rows"] = len(rows)
     metrics["idf_documents"] = len(idf_documents)
     return {name: float(value) for name, value in metrics.items()}
 
 
-TABLE_COLUMNS = ("image_id", "prediction", "reference", "predicted_hashtags", "reference_hashtags",
-                 "predicted_alt_text", "reference_alt_text", "extra_references",
-                 "cider_d", "rouge_l")
+TABLE_COLUMNS = (
+    "image_id",
+    "prediction",
+    "reference",
+    "predicted_hashtags",
+    "reference_hashtags",
+    "predicted_alt_text",
+    "reference_alt_text",
+    "extra_references",
+    "cider_d",
+    "rouge_l",
+)
 
 
-def write_predictions_table(rows: Sequence[PredictionRow], path: str | Path,
-                            idf_documents: Sequence[Sequence[str]] = ()) -> Path:
+def write_predictions_table(
+    rows: Sequence[PredictionRow], path: str | Path, idf_documents: Sequence[Sequence[str]] = ()
+) -> Path:
     """The evaluated predictions as CSV with a header, one row per image, with each caption's
     own CIDEr-D and ROUGE-L so the worst captions can be sorted to the top. Hashtags are
     space-separated; extra references are joined with ' ||| '."""
@@ -347,15 +380,26 @@ def write_predictions_table(rows: Sequence[PredictionRow], path: str | Path,
         raise ValueError("cannot write a predictions table without rows")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    per_cider = _cider_scores(_check_corpus([r.prediction for r in rows], [r.references for r in rows]),
-                              _tokenised_documents(idf_documents))
+    per_cider = _cider_scores(
+        _check_corpus([r.prediction for r in rows], [r.references for r in rows]), _tokenised_documents(idf_documents)
+    )
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(TABLE_COLUMNS)
         for row, cider in zip(rows, per_cider):
             rouge = _rouge_l_one(tokenize(row.prediction), [t for t in map(tokenize, row.references) if t])
-            writer.writerow([row.image_id, row.prediction, row.reference,
-                             " ".join(row.predicted_hashtags), " ".join(row.reference_hashtags),
-                             row.predicted_alt_text, row.reference_alt_text,
-                             " ||| ".join(row.extra_references), f"{cider:.6f}", f"{rouge:.6f}"])
+            writer.writerow(
+                [
+                    row.image_id,
+                    row.prediction,
+                    row.reference,
+                    " ".join(row.predicted_hashtags),
+                    " ".join(row.reference_hashtags),
+                    row.predicted_alt_text,
+                    row.reference_alt_text,
+                    " ||| ".join(row.extra_references),
+                    f"{cider:.6f}",
+                    f"{rouge:.6f}",
+                ]
+            )
     return path

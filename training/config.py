@@ -28,7 +28,7 @@ class DataSource(_Strict):
     seed: int = 77
 
     @model_validator(mode="after")
-    def _check(self) -> "DataSource":
+    def _check(self) -> DataSource:
         if self.kind == "synthetic":
             if not self.scenes or self.path:
                 raise ValueError("a synthetic data source takes `scenes` (and optionally `seed`), not a path")
@@ -91,13 +91,15 @@ class TrainingConfig(_Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     # The promotion gate (training/gate.py): primary_metric, min_improvement, guarded, lower_is_better.
     registration_rule: dict = Field(default_factory=dict)
-    registered_model: str = Field("", description="MLflow registered model name; empty: "
-                                                  "SNAP2CAPTION_REGISTERED_MODEL, else snap2caption-captioner.")
+    registered_model: str = Field(
+        "",
+        description="MLflow registered model name; empty: SNAP2CAPTION_REGISTERED_MODEL, else snap2caption-captioner.",
+    )
     mlflow_experiment: str = "snap2caption-training"
     output_dir: str = Field("", description="Default: <data_dir>/runs/<name>-<time>.")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainingConfig":
+    def _check(self) -> TrainingConfig:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps or epochs")
         self.gate_rule()  # a bad rule fails at load time, not after an hour of training

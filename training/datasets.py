@@ -57,9 +57,17 @@ class CaptionRecord:
         return format_target(self.caption, list(self.hashtags), self.alt_text or self.caption)
 
     def to_json(self) -> dict:
-        return {"image": self.image, "image_id": self.image_id, "caption": self.caption,
-                "hashtags": list(self.hashtags), "alt_text": self.alt_text, "tone": self.tone,
-                "audience": self.audience, "kind": self.kind, **self.extra}
+        return {
+            "image": self.image,
+            "image_id": self.image_id,
+            "caption": self.caption,
+            "hashtags": list(self.hashtags),
+            "alt_text": self.alt_text,
+            "tone": self.tone,
+            "audience": self.audience,
+            "kind": self.kind,
+            **self.extra,
+        }
 
 
 def split_inline_hashtags(text: str) -> tuple[str, list[str]]:
@@ -85,8 +93,16 @@ def read_instacities(root: str | Path, tone: str = "casual", audience: str = "pe
             if not caption:
                 log.warning("skipping %s: caption is only hashtags", img)
                 continue
-            records.append(CaptionRecord(image=str(img), caption=caption, hashtags=tuple(tags), tone=tone,
-                                         audience=audience, image_id=f"{city.name}/{img.stem}"))
+            records.append(
+                CaptionRecord(
+                    image=str(img),
+                    caption=caption,
+                    hashtags=tuple(tags),
+                    tone=tone,
+                    audience=audience,
+                    image_id=f"{city.name}/{img.stem}",
+                )
+            )
     if not records:
         raise DataError(f"no <city>/<name>.jpg + <name>.txt pairs under {root}")
     return records
@@ -128,11 +144,17 @@ def _manifest_record(obj: dict, base: Path) -> CaptionRecord:
     audience = obj.get("audience") or "personal"
     if audience not in AUDIENCES:
         raise ValueError(f"audience must be one of {AUDIENCES}, got {audience!r}")
-    return CaptionRecord(image=image, caption=caption, hashtags=tuple(dict.fromkeys(tags)),
-                         alt_text=str(obj.get("alt_text") or ""), tone=str(obj.get("tone") or "casual"),
-                         audience=audience, image_id=str(obj.get("image_id") or obj["image"]),
-                         kind=str(obj.get("kind") or "reference"),
-                         extra={k: v for k, v in obj.items() if k not in _KNOWN})
+    return CaptionRecord(
+        image=image,
+        caption=caption,
+        hashtags=tuple(dict.fromkeys(tags)),
+        alt_text=str(obj.get("alt_text") or ""),
+        tone=str(obj.get("tone") or "casual"),
+        audience=audience,
+        image_id=str(obj.get("image_id") or obj["image"]),
+        kind=str(obj.get("kind") or "reference"),
+        extra={k: v for k, v in obj.items() if k not in _KNOWN},
+    )
 
 
 def write_manifest(records: list[CaptionRecord], path: str | Path) -> None:
@@ -158,8 +180,7 @@ def read_source(spec: dict) -> list[CaptionRecord]:
         from training.feedback_snapshot import read_snapshot
 
         return read_snapshot(path)
-    raise DataError(f"unknown data source kind {kind!r}; use instacities, manifest, feedback_snapshot "
-                    "or synthetic")
+    raise DataError(f"unknown data source kind {kind!r}; use instacities, manifest, feedback_snapshot or synthetic")
 
 
 def read_captions(spec: dict) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from snap2caption_service.core.prompting import IMAGE_TOKEN, LAYOUT_LABELS, build_prompt
-
 from training import synthetic
 
 # Bump when the architecture or tokenizer recipe changes: the demo-model cache is keyed by it.
@@ -58,7 +57,10 @@ def train_tokenizer(vocab_size: int):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": IMAGE_TOKEN},
         padding_side="left",
         model_max_length=512,
@@ -131,5 +133,3 @@ def build_untrained(arch: DemoArchitecture | None = None, seed: int = 0):
     arch = arch or DemoArchitecture()
     tokenizer = train_tokenizer(arch.vocab_size)
     return build_model(arch, tokenizer, seed), build_processor(arch, tokenizer)
-
-

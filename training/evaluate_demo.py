@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 
 from training import synthetic
 
-THRESHOLDS = {"caption_and_alt_correct": 0.95, "hashtags_have_color_and_shape": 0.95,
-              "tone_changes_wording": 0.90}
+THRESHOLDS = {"caption_and_alt_correct": 0.95, "hashtags_have_color_and_shape": 0.95, "tone_changes_wording": 0.90}
 
-_PAIR = re.compile(r"\b(" + "|".join(synthetic.COLORS) + r")\s+(" + "|".join(synthetic.SHAPES) + r")s?\b",
-                   re.IGNORECASE)
+_PAIR = re.compile(
+    r"\b(" + "|".join(synthetic.COLORS) + r")\s+(" + "|".join(synthetic.SHAPES) + r")s?\b", re.IGNORECASE
+)
 
 
 _COLOR = re.compile(r"\b(" + "|".join(synthetic.COLORS) + r")\b", re.IGNORECASE)
@@ -53,15 +53,26 @@ class QualityReport:
         return all(getattr(self, k) >= v for k, v in THRESHOLDS.items())
 
     def table(self) -> str:
-        rows = [("scenes", str(self.scenes), ""),
-                ("main colour+shape in caption", f"{self.caption_correct:.1%}", ""),
-                ("main colour+shape in alt text", f"{self.alt_text_correct:.1%}", ""),
-                ("both (quality bar)", f"{self.caption_and_alt_correct:.1%}",
-                 f">= {THRESHOLDS['caption_and_alt_correct']:.0%}"),
-                ("hashtags carry colour and shape", f"{self.hashtags_have_color_and_shape:.1%}",
-                 f">= {THRESHOLDS['hashtags_have_color_and_shape']:.0%}"),
-                ("other tone changes caption", f"{self.tone_changes_wording:.1%}",
-                 f">= {THRESHOLDS['tone_changes_wording']:.0%}")]
+        rows = [
+            ("scenes", str(self.scenes), ""),
+            ("main colour+shape in caption", f"{self.caption_correct:.1%}", ""),
+            ("main colour+shape in alt text", f"{self.alt_text_correct:.1%}", ""),
+            (
+                "both (quality bar)",
+                f"{self.caption_and_alt_correct:.1%}",
+                f">= {THRESHOLDS['caption_and_alt_correct']:.0%}",
+            ),
+            (
+                "hashtags carry colour and shape",
+                f"{self.hashtags_have_color_and_shape:.1%}",
+                f">= {THRESHOLDS['hashtags_have_color_and_shape']:.0%}",
+            ),
+            (
+                "other tone changes caption",
+                f"{self.tone_changes_wording:.1%}",
+                f">= {THRESHOLDS['tone_changes_wording']:.0%}",
+            ),
+        ]
         width = max(len(r[0]) for r in rows)
         lines = [f"model {self.model_version}, {self.seconds:.0f}s"]
         lines += [f"{name:<{width}}  {value:>7}  {bar}" for name, value, bar in rows]
@@ -80,8 +91,10 @@ def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int
     def run(tones):
         out = []
         for start in range(0, num_scenes, batch_size):
-            jobs = [CaptionJob(images[i], tones[i], examples[i].audience, 10, 1)
-                    for i in range(start, min(num_scenes, start + batch_size))]
+            jobs = [
+                CaptionJob(images[i], tones[i], examples[i].audience, 10, 1)
+                for i in range(start, min(num_scenes, start + batch_size))
+            ]
             out += [c[0] for c in captioner.caption_batch(jobs)]
         return out
 
@@ -97,8 +110,16 @@ def evaluate(captioner, num_scenes: int = 300, seed: int = 9001, batch_size: int
         tags_ok += f"#{main[0]}" in a.hashtags and f"#{main[1]}" in a.hashtags
         changed += a.caption.strip().lower() != b.caption.strip().lower()
     n = float(num_scenes)
-    return QualityReport(num_scenes, cap_ok / n, alt_ok / n, both / n, tags_ok / n, changed / n,
-                         time.perf_counter() - t0, captioner.version)
+    return QualityReport(
+        num_scenes,
+        cap_ok / n,
+        alt_ok / n,
+        both / n,
+        tags_ok / n,
+        changed / n,
+        time.perf_counter() - t0,
+        captioner.version,
+    )
 
 
 def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, batch_size: int = 50) -> dict:
@@ -109,7 +130,7 @@ def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, bat
     examples = synthetic.make_examples(num_scenes, seed)
     ok = tags_ok = 0
     for start in range(0, num_scenes, batch_size):
-        part = examples[start:start + batch_size]
+        part = examples[start : start + batch_size]
         jobs = [CaptionJob(synthetic.render_scene(e.scene), e.tone, e.audience, 10, 1) for e in part]
         for ex, cands in zip(part, captioner.caption_batch(jobs)):
             best, main = cands[0], (ex.scene.main.color, ex.scene.main.shape)
@@ -121,7 +142,6 @@ def color_shape_accuracy(captioner, num_scenes: int = 200, seed: int = 9001, bat
 def main(num_scenes: int = 300, seed: int = 9001, batch_size: int = 50, json_out: str | None = None) -> int:
     from snap2caption_service.core.model_loading import load_captioner
     from snap2caption_service.core.settings import get_settings
-
     from training.build_demo import ensure_demo_model
 
     report = evaluate(load_captioner(get_settings(), ensure_demo_model), num_scenes, seed, batch_size)

@@ -21,14 +21,23 @@ def predict(captioner, records: list[CaptionRecord], batch_size: int = 32) -> li
 
     rows = []
     for start in range(0, len(records), batch_size):
-        part = records[start:start + batch_size]
-        jobs = [CaptionJob(load_image(r.image), r.tone, r.audience, max(5, min(10, len(r.hashtags) or 8)), 1)
-                for r in part]
+        part = records[start : start + batch_size]
+        jobs = [
+            CaptionJob(load_image(r.image), r.tone, r.audience, max(5, min(10, len(r.hashtags) or 8)), 1) for r in part
+        ]
         for r, cands in zip(part, captioner.caption_batch(jobs)):
             best = cands[0]
-            rows.append(PredictionRow(image_id=r.image_id or r.image, prediction=best.caption, reference=r.caption,
-                                      predicted_hashtags=tuple(best.hashtags), reference_hashtags=tuple(r.hashtags),
-                                      predicted_alt_text=best.alt_text, reference_alt_text=r.alt_text))
+            rows.append(
+                PredictionRow(
+                    image_id=r.image_id or r.image,
+                    prediction=best.caption,
+                    reference=r.caption,
+                    predicted_hashtags=tuple(best.hashtags),
+                    reference_hashtags=tuple(r.hashtags),
+                    predicted_alt_text=best.alt_text,
+                    reference_alt_text=r.alt_text,
+                )
+            )
     return rows
 
 
@@ -37,8 +46,9 @@ def idf_documents(settings: EvalSettings) -> list[list[str]]:
     return [[c] for src in settings.idf_corpus for c in read_captions(src.model_dump())]
 
 
-def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
-          predictions_csv: Path | None = None) -> tuple[dict[str, float], list[PredictionRow]]:
+def score(
+    captioner, records: list[CaptionRecord], settings: EvalSettings, predictions_csv: Path | None = None
+) -> tuple[dict[str, float], list[PredictionRow]]:
     """All eval metrics of one captioner; the predictions table is written if a path is given."""
     if not records and not settings.guard_scenes:
         raise ValueError("nothing to evaluate on: no eval records and no guard scenes")
@@ -54,6 +64,5 @@ def score(captioner, records: list[CaptionRecord], settings: EvalSettings,
     if settings.guard_scenes:
         from training.evaluate_demo import color_shape_accuracy
 
-        metrics.update(color_shape_accuracy(captioner, settings.guard_scenes, settings.guard_seed,
-                                            settings.batch_size))
+        metrics.update(color_shape_accuracy(captioner, settings.guard_scenes, settings.guard_seed, settings.batch_size))
     return metrics, rows

@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import Field
@@ -41,7 +41,6 @@ from snap2caption_service.core.caption_archive import CaptionArchive
 from snap2caption_service.core.contracts import FeedbackRecord
 from snap2caption_service.core.settings import _config
 from snap2caption_service.core.storage import Storage, is_s3, join, split_s3_uri
-
 from training.datasets import CaptionRecord, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,8 @@ class SnapshotSettings(BaseSettings):
 
     snapshot_cache: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "snap2caption-snapshots",
-        description="Local copies of s3:// snapshots (immutable, keyed by id) [SNAP2CAPTION_SNAPSHOT_CACHE]")
+        description="Local copies of s3:// snapshots (immutable, keyed by id) [SNAP2CAPTION_SNAPSHOT_CACHE]",
+    )
 
 
 @dataclass
@@ -75,11 +75,19 @@ class SnapshotInfo:
         return self.counts.get("corrections", 0) + self.counts.get("positives", 0)
 
 
-def records_from_feedback(feedback: list[FeedbackRecord], archive: CaptionArchive, image_dir: Path
-                          ) -> tuple[list[CaptionRecord], dict[str, int]]:
+def records_from_feedback(
+    feedback: list[FeedbackRecord], archive: CaptionArchive, image_dir: Path
+) -> tuple[list[CaptionRecord], dict[str, int]]:
     """The snapshot's rules, independent of Kafka: feedback in offset order -> records + counts."""
-    counts = {"events": len(feedback), "corrections": 0, "positives": 0, "downvotes_without_edit": 0,
-              "unmatched": 0, "image_missing": 0, "superseded": 0}
+    counts = {
+        "events": len(feedback),
+        "corrections": 0,
+        "positives": 0,
+        "downvotes_without_edit": 0,
+        "unmatched": 0,
+        "image_missing": 0,
+        "superseded": 0,
+    }
     latest: dict[str, FeedbackRecord] = {}
     for fb in feedback:
         if fb.request_id in latest:
@@ -105,18 +113,29 @@ def records_from_feedback(feedback: list[FeedbackRecord], archive: CaptionArchiv
             image_file.write_bytes(data)
         kind = "correction" if edited else "positive"
         counts["corrections" if edited else "positives"] += 1
-        records.append(CaptionRecord(
-            image=f"images/{image_file.name}", image_id=served.image_sha256,
-            caption=(fb.edited_caption if fb.edited_caption is not None else served.caption).strip(),
-            hashtags=tuple(fb.edited_hashtags if fb.edited_hashtags is not None else served.hashtags),
-            alt_text=served.alt_text, tone=served.tone, audience=served.audience, kind=kind,
-            extra={"feedback_id": fb.feedback_id, "request_id": fb.request_id,
-                   "shown_model_version": served.model_version}))
+        records.append(
+            CaptionRecord(
+                image=f"images/{image_file.name}",
+                image_id=served.image_sha256,
+                caption=(fb.edited_caption if fb.edited_caption is not None else served.caption).strip(),
+                hashtags=tuple(fb.edited_hashtags if fb.edited_hashtags is not None else served.hashtags),
+                alt_text=served.alt_text,
+                tone=served.tone,
+                audience=served.audience,
+                kind=kind,
+                extra={
+                    "feedback_id": fb.feedback_id,
+                    "request_id": fb.request_id,
+                    "shown_model_version": served.model_version,
+                },
+            )
+        )
     return records, counts
 
 
-def read_feedback_range(bootstrap: str, topic: str, start: dict[int, int] | None, timeout_s: float = 60.0
-                        ) -> tuple[list[FeedbackRecord], dict[str, list[int]], int]:
+def read_feedback_range(
+    bootstrap: str, topic: str, start: dict[int, int] | None, timeout_s: float = 60.0
+) -> tuple[list[FeedbackRecord], dict[str, list[int]], int]:
     """Committed feedback from ``start`` (default: the beginning) to the end offsets as of now.
 
     Returns (records in offset order per partition, {partition: [start, end]}, unparseable count).
@@ -125,8 +144,13 @@ def read_feedback_range(bootstrap: str, topic: str, start: dict[int, int] | None
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             isolation_level="read_committed", consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+    )
     try:
         parts = consumer.partitions_for_topic(topic)
         deadline = time.monotonic() + timeout_s
@@ -174,8 +198,9 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def build_snapshot(root: str, archive: CaptionArchive, bootstrap: str, topic: str,
-                   advance: bool = True) -> SnapshotInfo | None:
+def build_snapshot(
+    root: str, archive: CaptionArchive, bootstrap: str, topic: str, advance: bool = True
+) -> SnapshotInfo | None:
     """Write the next snapshot; None when no feedback arrived since the last one.
 
     ``advance=False`` writes the snapshot but leaves latest.json alone: retraining calls
@@ -195,16 +220,28 @@ def build_snapshot(root: str, archive: CaptionArchive, bootstrap: str, topic: st
             return None
         write_manifest(records, work / "records.jsonl")
         digest = content_hash(work)
-        info = SnapshotInfo(id=f"fb-{digest[:12]}", content_hash=digest, location="", topic=topic, offsets=ranges,
-                            counts=counts, created_at=datetime.now(timezone.utc).isoformat(),
-                            previous=previous.id if previous else None)
+        info = SnapshotInfo(
+            id=f"fb-{digest[:12]}",
+            content_hash=digest,
+            location="",
+            topic=topic,
+            offsets=ranges,
+            counts=counts,
+            created_at=datetime.now(UTC).isoformat(),
+            previous=previous.id if previous else None,
+        )
         info.location = join(root, info.id)
         (work / "snapshot.json").write_text(json.dumps(asdict(info), indent=2))
         _publish(work, info)
     if advance:
         mark_consumed(root, info)
-    log.info("snapshot %s: %d corrections, %d positives -> %s", info.id, counts["corrections"],
-             counts["positives"], info.location)
+    log.info(
+        "snapshot %s: %d corrections, %d positives -> %s",
+        info.id,
+        counts["corrections"],
+        counts["positives"],
+        info.location,
+    )
     return info
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from snap2caption_service.core.model_loading import ADAPTER_META, resolve_base
@@ -23,7 +23,6 @@ from training.datasets import CaptionRecord, load_image, read_source
 from training.loop import Distributed, EncodedDataset, TrainConfig, TrainExample, distributed_from_env, train
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -39,8 +38,9 @@ class FinetuneResult:
     losses: list[float] = field(default_factory=list)
 
 
-def holdout_split(records: list[CaptionRecord], fraction: float, seed: int = 0
-                  ) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
+def holdout_split(
+    records: list[CaptionRecord], fraction: float, seed: int = 0
+) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
     """Deterministic split by image: a photo is either trained on or evaluated on, never both."""
     if fraction <= 0:
         return records, []
@@ -93,9 +93,14 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
         model = PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
         log.info("resuming from adapter %s", resume_adapter)
     else:
-        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=lora_target_pattern(cfg.lora.target_modules, cfg.lora.layers),
-                          modules_to_save=cfg.lora.modules_to_save or None, bias="none")
+        lora = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=lora_target_pattern(cfg.lora.target_modules, cfg.lora.layers),
+            modules_to_save=cfg.lora.modules_to_save or None,
+            bias="none",
+        )
         model = get_peft_model(model, lora)
     for p in model.parameters():  # peft leaves trainable weights in the base dtype
         if p.requires_grad and p.dtype != torch.float32:
@@ -111,10 +116,17 @@ def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
     return [TrainExample(load_image(r.image), r.tone, r.audience, r.target()) for r in records]
 
 
-def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None = None,
-             train_records: list[CaptionRecord] | None = None, eval_records: list[CaptionRecord] | None = None,
-             on_log=None, progress: bool = True, device: str = "auto",
-             dist_info: Distributed | None = None) -> FinetuneResult:
+def finetune(
+    cfg: TrainingConfig,
+    output_dir: Path,
+    resume_adapter: str | None = None,
+    train_records: list[CaptionRecord] | None = None,
+    eval_records: list[CaptionRecord] | None = None,
+    on_log=None,
+    progress: bool = True,
+    device: str = "auto",
+    dist_info: Distributed | None = None,
+) -> FinetuneResult:
     """Train an adapter; records default to the config's data (split into train and eval)."""
     import torch
 
@@ -135,28 +147,53 @@ def finetune(cfg: TrainingConfig, output_dir: Path, resume_adapter: str | None =
     model, processor = load_trainable(base_ref, cfg, resume_adapter, device)
     data = EncodedDataset(processor, examples_of(train_records), progress=progress and ddp.is_main)
     steps = cfg.total_steps(len(data))
-    loop_cfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                           lr=cfg.optimizer.lr, min_lr_ratio=cfg.optimizer.min_lr_ratio,
-                           warmup_steps=min(cfg.optimizer.warmup_steps, max(0, steps - 1)),
-                           weight_decay=cfg.optimizer.weight_decay, grad_clip=cfg.optimizer.grad_clip,
-                           seed=cfg.seed, log_every=max(1, min(10, steps // 10)),
-                           checkpoint_dir=str(output_dir / "checkpoint"), checkpoint_every=cfg.checkpoint_every,
-                           precision=cfg.precision)
-    log.info("fine-tuning %s on %d records for %d steps (global batch %d)", cfg.name, len(data), steps,
-             cfg.batch_size * cfg.grad_accum)
-    result = train(model, data, loop_cfg, on_log=on_log if ddp.is_main else None, progress=progress,
-                   dist_info=ddp)
+    loop_cfg = TrainConfig(
+        steps=steps,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        lr=cfg.optimizer.lr,
+        min_lr_ratio=cfg.optimizer.min_lr_ratio,
+        warmup_steps=min(cfg.optimizer.warmup_steps, max(0, steps - 1)),
+        weight_decay=cfg.optimizer.weight_decay,
+        grad_clip=cfg.optimizer.grad_clip,
+        seed=cfg.seed,
+        log_every=max(1, min(10, steps // 10)),
+        checkpoint_dir=str(output_dir / "checkpoint"),
+        checkpoint_every=cfg.checkpoint_every,
+        precision=cfg.precision,
+    )
+    log.info(
+        "fine-tuning %s on %d records for %d steps (global batch %d)",
+        cfg.name,
+        len(data),
+        steps,
+        cfg.batch_size * cfg.grad_accum,
+    )
+    result = train(model, data, loop_cfg, on_log=on_log if ddp.is_main else None, progress=progress, dist_info=ddp)
     adapter_dir = None
     if ddp.is_main:
         adapter_dir = output_dir / "adapter"
         model.save_pretrained(adapter_dir)
-        meta = {"base_model": cfg.base_model, "base_ref": base_ref, "config": cfg.name,
-                "resumed_from": resume_adapter, "steps": result.steps, "train_records": len(data),
-                "created_at": datetime.now(timezone.utc).isoformat()}
+        meta = {
+            "base_model": cfg.base_model,
+            "base_ref": base_ref,
+            "config": cfg.name,
+            "resumed_from": resume_adapter,
+            "steps": result.steps,
+            "train_records": len(data),
+            "created_at": datetime.now(UTC).isoformat(),
+        }
         if cfg.base_model == "demo":
             meta["base_version"] = Path(base_ref).name  # the demo model's recipe hash
         (adapter_dir / ADAPTER_META).write_text(json.dumps(meta, indent=2))
-    return FinetuneResult(adapter_dir, base_ref, result.steps, result.samples_per_s, result.wall_s,
-                          result.final_loss, len(data), list(eval_records or []), result.losses)
-
-
+    return FinetuneResult(
+        adapter_dir,
+        base_ref,
+        result.steps,
+        result.samples_per_s,
+        result.wall_s,
+        result.final_loss,
+        len(data),
+        list(eval_records or []),
+        result.losses,
+    )

@@ -53,14 +53,16 @@ class GateRule:
             raise ValueError("registration_rule.guarded must be a mapping of metric name -> allowed regression")
         for name, tolerance in self.guarded.items():
             if not _is_number(tolerance) or tolerance < 0:
-                raise ValueError(f"registration_rule.guarded.{name} must be a finite number >= 0 "
-                                 f"(the largest allowed regression), got {tolerance!r}")
+                raise ValueError(
+                    f"registration_rule.guarded.{name} must be a finite number >= 0 "
+                    f"(the largest allowed regression), got {tolerance!r}"
+                )
         object.__setattr__(self, "min_improvement", float(self.min_improvement))
         object.__setattr__(self, "guarded", {str(k): float(v) for k, v in self.guarded.items()})
         object.__setattr__(self, "lower_is_better", frozenset(self.lower_is_better))
 
     @classmethod
-    def from_dict(cls, section: Mapping | None) -> "GateRule":
+    def from_dict(cls, section: Mapping | None) -> GateRule:
         """From the config's ``registration_rule`` section (None or {} -> the defaults)."""
         if section is None:
             return cls()
@@ -72,14 +74,20 @@ class GateRule:
         lower = section.get("lower_is_better") or []
         if isinstance(lower, str) or not all(isinstance(m, str) for m in lower):
             raise ValueError("registration_rule.lower_is_better must be a list of metric names")
-        return cls(primary_metric=section.get("primary_metric", DEFAULT_PRIMARY),
-                   min_improvement=section.get("min_improvement", 0.0),
-                   guarded=section.get("guarded") or {},
-                   lower_is_better=frozenset(lower))
+        return cls(
+            primary_metric=section.get("primary_metric", DEFAULT_PRIMARY),
+            min_improvement=section.get("min_improvement", 0.0),
+            guarded=section.get("guarded") or {},
+            lower_is_better=frozenset(lower),
+        )
 
     def to_dict(self) -> dict:
-        return {"primary_metric": self.primary_metric, "min_improvement": self.min_improvement,
-                "guarded": dict(self.guarded), "lower_is_better": sorted(self.lower_is_better)}
+        return {
+            "primary_metric": self.primary_metric,
+            "min_improvement": self.min_improvement,
+            "guarded": dict(self.guarded),
+            "lower_is_better": sorted(self.lower_is_better),
+        }
 
     def gain(self, metric: str, candidate: float, champion: float) -> float:
         """How much better the candidate is (negative: worse), whatever the metric's direction."""
@@ -105,28 +113,40 @@ def decide(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
     bad = [m for m in needed if not _is_number(candidate[m])]
     compared = {m: (candidate[m], None if champion is None else champion.get(m)) for m in needed}
     if bad:
-        return GateDecision(False, f"candidate metric(s) {', '.join(bad)} not a finite number: "
-                                   f"{', '.join(f'{m}={candidate[m]!r}' for m in bad)}", compared)
+        return GateDecision(
+            False,
+            f"candidate metric(s) {', '.join(bad)} not a finite number: "
+            f"{', '.join(f'{m}={candidate[m]!r}' for m in bad)}",
+            compared,
+        )
     if champion is None:
-        return GateDecision(True, f"first version: no champion yet ({rule.primary_metric} "
-                                  f"{candidate[rule.primary_metric]:.4f})", compared)
+        return GateDecision(
+            True,
+            f"first version: no champion yet ({rule.primary_metric} {candidate[rule.primary_metric]:.4f})",
+            compared,
+        )
     _require(champion, needed, "champion")
     bad = [m for m in needed if not _is_number(champion[m])]
     if bad:
-        return GateDecision(False, f"champion metric(s) {', '.join(bad)} not a finite number; "
-                                   "cannot compare, champion kept", compared)
+        return GateDecision(
+            False, f"champion metric(s) {', '.join(bad)} not a finite number; cannot compare, champion kept", compared
+        )
 
     primary = rule.primary_metric
     gain = rule.gain(primary, candidate[primary], champion[primary])
-    line = (f"{primary} {candidate[primary]:.4f} vs champion {champion[primary]:.4f} "
-            f"({gain:+.4f}, needs > {rule.min_improvement:+.4f})")
+    line = (
+        f"{primary} {candidate[primary]:.4f} vs champion {champion[primary]:.4f} "
+        f"({gain:+.4f}, needs > {rule.min_improvement:+.4f})"
+    )
     failures = [] if gain - rule.min_improvement > _EPS else [f"{line}: not enough improvement"]
     regressions = []
     for metric, tolerance in rule.guarded.items():
         drop = -rule.gain(metric, candidate[metric], champion[metric])
         if drop - tolerance > _EPS:
-            regressions.append(f"guarded {metric} regressed by {drop:.4f} ({champion[metric]:.4f} -> "
-                               f"{candidate[metric]:.4f}), tolerance {tolerance:.4f}")
+            regressions.append(
+                f"guarded {metric} regressed by {drop:.4f} ({champion[metric]:.4f} -> "
+                f"{candidate[metric]:.4f}), tolerance {tolerance:.4f}"
+            )
     failures += regressions
     if failures:
         return GateDecision(False, "; ".join(failures), compared)
@@ -139,8 +159,7 @@ def _require(metrics: Mapping[str, float], names: list[str], whose: str) -> None
         raise ValueError(f"{whose} metrics must be a mapping of name -> value, got {type(metrics).__name__}")
     missing = [m for m in names if m not in metrics]
     if missing:
-        raise ValueError(f"{whose} metrics lack {missing} (named by the registration rule); "
-                         f"have {sorted(metrics)}")
+        raise ValueError(f"{whose} metrics lack {missing} (named by the registration rule); have {sorted(metrics)}")
 
 
 def _is_number(value) -> bool:

@@ -14,9 +14,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from snap2caption_service.core.prompting import build_prompt
 
@@ -85,7 +85,7 @@ class EncodedDataset:
         chunk = 256
         bar = tqdm(total=len(examples), desc="encode", unit="ex", disable=not progress)
         for start in range(0, len(examples), chunk):
-            part = examples[start:start + chunk]
+            part = examples[start : start + chunk]
             prompts = [build_prompt(e.tone, e.audience) for e in part]
             enc = processor(text=prompts, images=[e.image for e in part], return_tensors="pt", padding=True)
             pixels.append(enc["pixel_values"])
@@ -114,8 +114,12 @@ class EncodedDataset:
             ids[row, :n] = torch.tensor(self.input_ids[i])
             labels[row, :n] = torch.tensor(self.labels[i])
             mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-                "pixel_values": self.pixel_values[list(idx)]}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values": self.pixel_values[list(idx)],
+        }
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -184,7 +188,8 @@ def train(
     no_decay = [p for p in params if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
     )
     start_step = _maybe_resume(model, opt, cfg)
     device = next(model.parameters()).device
@@ -201,8 +206,7 @@ def train(
     t0 = time.perf_counter()
     seen = 0
     stopped_early = False
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step",
-               disable=not (progress and ddp.is_main))
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not (progress and ddp.is_main))
     step = start_step
     for step in range(start_step, cfg.steps):
         for group in opt.param_groups:
@@ -213,8 +217,8 @@ def train(
                 fresh = list(range(len(data)))
                 rng.shuffle(fresh)
                 order.extend(fresh)
-            idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-            local = idx[ddp.rank::ddp.world_size]
+            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            local = idx[ddp.rank :: ddp.world_size]
             batch = {k: v.to(device) for k, v in data.batch(local).items()}
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = forward(**batch)
@@ -251,8 +255,9 @@ def train(
     done = step + 1
     if cfg.checkpoint_dir and ddp.is_main:
         _save_checkpoint(model, opt, done, cfg)
-    return TrainResult(done, losses[-1] if losses else float("nan"), seen / max(wall, 1e-9), wall,
-                       stopped_early, losses)
+    return TrainResult(
+        done, losses[-1] if losses else float("nan"), seen / max(wall, 1e-9), wall, stopped_early, losses
+    )
 
 
 def _mean_across_processes(value: float) -> float:

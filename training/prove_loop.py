@@ -66,23 +66,33 @@ class ProofReport:
         return self.accuracy_before - self.accuracy_after
 
     def passed(self) -> bool:
-        return (self.retrain.get("status") == "promoted" and self.adoption >= 0.80 and self.accuracy_drop <= 0.02
-                and self.degraded.get("status") == "held"
-                and self.champion_after_degraded == self.retrain.get("version")
-                and self.served_caption.startswith(PHRASE.strip()))
+        return (
+            self.retrain.get("status") == "promoted"
+            and self.adoption >= 0.80
+            and self.accuracy_drop <= 0.02
+            and self.degraded.get("status") == "held"
+            and self.champion_after_degraded == self.retrain.get("version")
+            and self.served_caption.startswith(PHRASE.strip())
+        )
 
     def table(self) -> str:
         r, d = self.retrain, self.degraded
         rows = [
             ("feedback events (edits to one phrasing)", f"{self.events}", ">= 200"),
             ("retrain: gate", f"{r.get('status')} (v{r.get('version')})", "promoted"),
-            ("retrain: CIDEr-D candidate / champion", f"{r['candidate'].get('cider_d', 0):.3f} / "
-                                                      f"{r['champion'].get('cider_d', 0):.3f}", ""),
+            (
+                "retrain: CIDEr-D candidate / champion",
+                f"{r['candidate'].get('cider_d', 0):.3f} / {r['champion'].get('cider_d', 0):.3f}",
+                "",
+            ),
             ("retrain: train samples/s", f"{r.get('samples_per_s')}", ""),
             ("retrain: wall time (snapshot+train+eval+gate)", f"{r['timings_s']['total']:.0f} s", "<= 600 s"),
             ("held-out captions adopting the phrase", f"{self.adoption:.1%}", ">= 80%"),
-            ("colour+shape accuracy before -> after", f"{self.accuracy_before:.1%} -> {self.accuracy_after:.1%}",
-             "drop <= 2 pts"),
+            (
+                "colour+shape accuracy before -> after",
+                f"{self.accuracy_before:.1%} -> {self.accuracy_after:.1%}",
+                "drop <= 2 pts",
+            ),
             ("service serves", self.served_version, "the champion"),
             ("degraded round (shuffled edits): gate", f"{d.get('status')} (v{d.get('version')})", "held"),
             ("degraded round: reason", d.get("reason", "")[:70], ""),
@@ -100,8 +110,7 @@ def _png_b64(img) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def caption_and_correct(service_url: str, n: int, seed: int, shuffle: bool = False,
-                        headers: dict | None = None) -> int:
+def caption_and_correct(service_url: str, n: int, seed: int, shuffle: bool = False, headers: dict | None = None) -> int:
     """Caption n scenes through the service and send one edit per caption; returns feedback sent."""
     examples = synthetic.make_examples(n, seed)
 
@@ -120,9 +129,17 @@ def caption_and_correct(service_url: str, n: int, seed: int, shuffle: bool = Fal
 
     def send(pair):
         result, edit = pair
-        r = httpx.post(f"{service_url}/feedback", headers=headers, timeout=60,
-                       json={"request_id": result["request_id"], "rating": "down", "edited_caption": edit,
-                             "reason": "house style" if not shuffle else "degraded drill"})
+        r = httpx.post(
+            f"{service_url}/feedback",
+            headers=headers,
+            timeout=60,
+            json={
+                "request_id": result["request_id"],
+                "rating": "down",
+                "edited_caption": edit,
+                "reason": "house style" if not shuffle else "degraded drill",
+            },
+        )
         r.raise_for_status()
 
     with ThreadPoolExecutor(8) as pool:
@@ -142,15 +159,14 @@ def wait_for_topic(snapshots: str, bootstrap: str, topic: str, at_least: int, ti
 
 def held_out_check(adapter_dir: Path | None, base_dir: str, n: int = 300) -> tuple[float, float]:
     """(phrase adoption, colour+shape accuracy) on held-out scenes; adapter None = the base model."""
-    from snap2caption_service.core.captioner import CaptionJob, Captioner
-
+    from snap2caption_service.core.captioner import Captioner, CaptionJob
     from training.evaluate_demo import first_color_and_shape, first_pair
 
     captioner = Captioner.load(base_dir, str(adapter_dir) if adapter_dir else "")
     examples = synthetic.make_examples(n, HELD_OUT_SEED)
     adopted = correct = 0
     for start in range(0, n, 50):
-        part = examples[start:start + 50]
+        part = examples[start : start + 50]
         jobs = [CaptionJob(synthetic.render_scene(e.scene), e.tone, e.audience, 10, 1) for e in part]
         for ex, cands in zip(part, captioner.caption_batch(jobs)):
             best, main = cands[0], (ex.scene.main.color, ex.scene.main.shape)
@@ -159,8 +175,15 @@ def held_out_check(adapter_dir: Path | None, base_dir: str, n: int = 300) -> tup
     return adopted / n, correct / n
 
 
-def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, events: int = 240,
-              restart_service=None, headers: dict | None = None) -> ProofReport:
+def run_proof(
+    service_url: str,
+    bootstrap: str,
+    topic: str,
+    workdir: Path,
+    events: int = 240,
+    restart_service=None,
+    headers: dict | None = None,
+) -> ProofReport:
     """The loop, on services that are already running. Environment: MLFLOW_TRACKING_URI,
     KAFKA_BOOTSTRAP_SERVERS, SNAP2CAPTION_TOPIC_FEEDBACK, SNAP2CAPTION_ARCHIVE (the service's).
 
@@ -168,7 +191,6 @@ def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, event
     check it serves the champion (skipped when None).
     """
     from snap2caption_service.core.settings import get_settings
-
     from training.build_demo import ensure_demo_model
     from training.registry import Registry
     from training.retrain import RetrainSettings, retrain
@@ -176,8 +198,13 @@ def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, event
     timings: dict[str, float] = {}
     snapshots = str(workdir / "snapshots")
     config = str(REPO / "training" / "configs" / "demo-retrain.yaml")
-    rs = RetrainSettings(config=config, snapshots=snapshots, archive=os.environ["SNAP2CAPTION_ARCHIVE"],
-                         min_new_events=events, output_dir=str(workdir / "run-1"))
+    rs = RetrainSettings(
+        config=config,
+        snapshots=snapshots,
+        archive=os.environ["SNAP2CAPTION_ARCHIVE"],
+        min_new_events=events,
+        output_dir=str(workdir / "run-1"),
+    )
 
     t0 = time.perf_counter()
     sent = caption_and_correct(service_url, events, FEEDBACK_SEED, headers=headers)
@@ -201,8 +228,12 @@ def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, event
     if restart_service is not None:
         url = restart_service()
         ex = synthetic.make_examples(1, HELD_OUT_SEED + 1)[0]
-        r = httpx.post(f"{url}/generate-caption", headers=headers, timeout=120,
-                       json={"image": _png_b64(synthetic.render_scene(ex.scene)), "tone": ex.tone})
+        r = httpx.post(
+            f"{url}/generate-caption",
+            headers=headers,
+            timeout=120,
+            json={"image": _png_b64(synthetic.render_scene(ex.scene)), "tone": ex.tone},
+        )
         r.raise_for_status()
         served_version, served_caption = r.json()["model_version"], r.json()["caption"]
         service_url = url
@@ -210,22 +241,42 @@ def run_proof(service_url: str, bootstrap: str, topic: str, workdir: Path, event
     t2 = time.perf_counter()
     sent2 = caption_and_correct(service_url, events, FEEDBACK_SEED + 1, shuffle=True, headers=headers)
     wait_for_topic(snapshots, bootstrap, topic, sent2)
-    degraded = retrain(RetrainSettings(config=config, snapshots=snapshots, archive=rs.archive,
-                                       min_new_events=sent2, output_dir=str(workdir / "run-2")))
+    degraded = retrain(
+        RetrainSettings(
+            config=config,
+            snapshots=snapshots,
+            archive=rs.archive,
+            min_new_events=sent2,
+            output_dir=str(workdir / "run-2"),
+        )
+    )
     timings["degraded_round"] = time.perf_counter() - t2
     champion = registry.champion()
-    return ProofReport(events=sent, retrain=report, adoption=adoption, accuracy_before=acc_before,
-                       accuracy_after=acc_after, degraded=degraded,
-                       champion_after_degraded=champion.version if champion else None,
-                       served_version=served_version, served_caption=served_caption,
-                       timings_s={k: round(v, 1) for k, v in timings.items()})
+    return ProofReport(
+        events=sent,
+        retrain=report,
+        adoption=adoption,
+        accuracy_before=acc_before,
+        accuracy_after=acc_after,
+        degraded=degraded,
+        champion_after_degraded=champion.version if champion else None,
+        served_version=served_version,
+        served_caption=served_caption,
+        timings_s={k: round(v, 1) for k, v in timings.items()},
+    )
 
 
 # --- the command line: start everything, run, stop --------------------------------------------
 
+
 def _start(script: str, pattern: str) -> str:
-    out = subprocess.run(["bash", str(REPO / "infra" / script), "start"], capture_output=True, text=True,
-                         check=False, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["bash", str(REPO / "infra" / script), "start"],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     for line in out.stdout.splitlines():
         if line.startswith(pattern + "="):
             return line.split("=", 1)[1].strip()
@@ -233,9 +284,14 @@ def _start(script: str, pattern: str) -> str:
 
 
 def _serve(port: int, env: dict, log_path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "snap2caption_service", "serve", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snap2caption_service", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     from snap2caption_service.core.process_tree import wait_until_up
 
     wait_until_up(f"http://127.0.0.1:{port}/readyz", proc, 300, log_path)
@@ -249,8 +305,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.prove_loop", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.prove_loop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--events", type=int, default=240, help="feedback events per round (>= 200)")
     p.add_argument("--port", type=int, default=3077)
     p.add_argument("--workdir", type=Path, help="default: a fresh folder under <data_dir>/prove-loop")
@@ -265,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or get_settings().data_dir / "prove-loop" / stamp
     workdir.mkdir(parents=True, exist_ok=True)
     # A registered model and topic of its own, so the proof never touches a real champion.
-    os.environ.update({
-        "KAFKA_BOOTSTRAP_SERVERS": _start("kafka.sh", "KAFKA_BOOTSTRAP_SERVERS"),
-        "MLFLOW_TRACKING_URI": _start("mlflow.sh", "MLFLOW_TRACKING_URI"),
-        "SNAP2CAPTION_TOPIC_FEEDBACK": f"prove-loop-{stamp}.feedback",
-        "SNAP2CAPTION_REGISTERED_MODEL": f"snap2caption-prove-loop-{stamp}",
-        "SNAP2CAPTION_ARCHIVE": str(workdir / "archive"),
-        "PYTHONPATH": str(REPO),
-    })
+    os.environ.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": _start("kafka.sh", "KAFKA_BOOTSTRAP_SERVERS"),
+            "MLFLOW_TRACKING_URI": _start("mlflow.sh", "MLFLOW_TRACKING_URI"),
+            "SNAP2CAPTION_TOPIC_FEEDBACK": f"prove-loop-{stamp}.feedback",
+            "SNAP2CAPTION_REGISTERED_MODEL": f"snap2caption-prove-loop-{stamp}",
+            "SNAP2CAPTION_ARCHIVE": str(workdir / "archive"),
+            "PYTHONPATH": str(REPO),
+        }
+    )
     get_settings.cache_clear()
     service_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = _serve(args.port, service_env, workdir / "service.log")
@@ -284,8 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         return f"http://127.0.0.1:{args.port}"
 
     try:
-        report = run_proof(f"http://127.0.0.1:{args.port}", os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                           os.environ["SNAP2CAPTION_TOPIC_FEEDBACK"], workdir, args.events, restart)
+        report = run_proof(
+            f"http://127.0.0.1:{args.port}",
+            os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+            os.environ["SNAP2CAPTION_TOPIC_FEEDBACK"],
+            workdir,
+            args.events,
+            restart,
+        )
     finally:
         _stop(proc)
     print(report.table())

@@ -21,8 +21,14 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-from snap2caption_service.core.registry import (CHALLENGER, CHAMPION, DEFAULT_MODEL_NAME, RegistryReader,
-                                                VersionInfo, registered_model_name)
+from snap2caption_service.core.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_MODEL_NAME,
+    RegistryReader,
+    VersionInfo,
+    registered_model_name,
+)
 from training.gate import GateDecision, GateRule
 from training.tracking import ADAPTER_ARTIFACT
 
@@ -46,28 +52,39 @@ class Registry(RegistryReader):
                 raise
             try:
                 self.client.create_registered_model(
-                    self.name, description="Snap2Caption LoRA adapters; alias champion = served, "
-                                           "challenger = latest candidate the gate held back")
+                    self.name,
+                    description="Snap2Caption LoRA adapters; alias champion = served, "
+                    "challenger = latest candidate the gate held back",
+                )
             except MlflowException as race:
                 if race.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
 
-    def register(self, run_id: str, artifact_path: str = ADAPTER_ARTIFACT,
-                 tags: Mapping[str, str] | None = None) -> VersionInfo:
+    def register(
+        self, run_id: str, artifact_path: str = ADAPTER_ARTIFACT, tags: Mapping[str, str] | None = None
+    ) -> VersionInfo:
         """A new version whose source is the run's ``artifact_path`` folder. No alias yet."""
         listed = self.client.list_artifacts(run_id, artifact_path)
         if not any(Path(f.path).name == "adapter_config.json" for f in listed):
-            raise FileNotFoundError(f"run {run_id} has no PEFT adapter under artifact path {artifact_path!r} "
-                                    f"(found {[f.path for f in listed] or 'nothing'}); log it with log_adapter()")
+            raise FileNotFoundError(
+                f"run {run_id} has no PEFT adapter under artifact path {artifact_path!r} "
+                f"(found {[f.path for f in listed] or 'nothing'}); log it with log_adapter()"
+            )
         self.ensure_model()
         source = RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/{artifact_path}")
-        mv = self.client.create_model_version(self.name, source=source, run_id=run_id,
-                                              tags={k: str(v) for k, v in (tags or {}).items()})
+        mv = self.client.create_model_version(
+            self.name, source=source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()}
+        )
         return self._info(mv)
 
-    def apply_gate(self, version: str | int, decision: GateDecision,
-                   metrics: Mapping[str, float] | None = None, rule: GateRule | None = None,
-                   expected_champion=_UNSET) -> VersionInfo:
+    def apply_gate(
+        self,
+        version: str | int,
+        decision: GateDecision,
+        metrics: Mapping[str, float] | None = None,
+        rule: GateRule | None = None,
+        expected_champion=_UNSET,
+    ) -> VersionInfo:
         """Record the gate's verdict on ``version`` and move the matching alias.
 
         Tags: gate_decision (promoted | challenger; failed | aborted, with gate_error, when
@@ -80,8 +97,6 @@ class Registry(RegistryReader):
         version = str(version)
         self.client.get_model_version(self.name, version)  # fails early for an unknown version
         current = self.aliases().get(CHAMPION)
-        if decision.promote:
-            self._check_champion(current, expected_champion, version)
         tags = {"gate_reason": decision.reason, "gate_compared_with": current or "none"}
         if rule is not None:
             tags["gate_rule"] = json.dumps(rule.to_dict(), sort_keys=True)
@@ -91,6 +106,8 @@ class Registry(RegistryReader):
             if champion_value is not None:
                 tags[f"champion_metric.{name}"] = repr(float(champion_value))
         try:
+            if decision.promote:  # inside the try: a refusal is recorded on the version as "aborted"
+                self._check_champion(current, expected_champion, version)
             # "pending" first, the verdict only once everything else is written: a failure in
             # between never leaves a version that claims a verdict it did not get.
             self.client.set_model_version_tag(self.name, version, "gate_decision", "pending")
@@ -122,10 +139,10 @@ class Registry(RegistryReader):
         try:
             if self.aliases().get(CHAMPION) == version:
                 return  # the alias move reached the server; only its answer was lost
-            self.client.set_model_version_tag(self.name, version, "gate_decision",
-                                              "aborted" if isinstance(exc, ChampionChanged) else "failed")
-            self.client.set_model_version_tag(self.name, version, "gate_error",
-                                              f"{type(exc).__name__}: {exc}"[:5000])
+            self.client.set_model_version_tag(
+                self.name, version, "gate_decision", "aborted" if isinstance(exc, ChampionChanged) else "failed"
+            )
+            self.client.set_model_version_tag(self.name, version, "gate_error", f"{type(exc).__name__}: {exc}"[:5000])
         except Exception:  # noqa: BLE001 - the original error is the one to raise
             pass
 
@@ -134,10 +151,19 @@ class Registry(RegistryReader):
             return
         expected = None if expected is None else str(expected)
         if current != expected:
-            raise ChampionChanged(f"champion of {self.name!r} is now version {current}, not {expected} "
-                                  f"which version {version} was evaluated against; nothing promoted, "
-                                  "re-run the evaluation")
+            raise ChampionChanged(
+                f"champion of {self.name!r} is now version {current}, not {expected} "
+                f"which version {version} was evaluated against; nothing promoted, "
+                "re-run the evaluation"
+            )
 
 
-__all__ = ["Registry", "ChampionChanged", "VersionInfo", "CHAMPION", "CHALLENGER", "DEFAULT_MODEL_NAME",
-           "registered_model_name"]
+__all__ = [
+    "Registry",
+    "ChampionChanged",
+    "VersionInfo",
+    "CHAMPION",
+    "CHALLENGER",
+    "DEFAULT_MODEL_NAME",
+    "registered_model_name",
+]

@@ -20,14 +20,31 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
 
+class RetrainDefaults(BaseSettings):
+    """`snap2caption retrain` defaults from the environment (flags override them)."""
+
+    model_config = SettingsConfigDict(env_prefix="SNAP2CAPTION_", env_ignore_empty=True, extra="ignore")
+
+    retrain_config: str = Field(
+        str(Path(__file__).parent / "configs" / "demo-retrain.yaml"), description="training config for the fine-tune"
+    )
+    snapshots: str = Field("", description="snapshot root, folder or s3://bucket/prefix; default <data_dir>/snapshots")
+    retrain_min_events: int = Field(1, ge=0, description="do nothing unless this many feedback events are new")
+
+
 @dataclass
 class RetrainSettings:
+    """One retrain job, resolved from flags over RetrainDefaults."""
+
     config: str
     snapshots: str
     archive: str
@@ -39,13 +56,11 @@ class RetrainSettings:
 def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
     from snap2caption_service.core.caption_archive import CaptionArchive
     from snap2caption_service.core.settings import KafkaSettings
-
     from training.config import load_config
     from training.feedback_snapshot import build_snapshot, mark_consumed, pending_events, read_snapshot
     from training.finetune import holdout_split
-    from training.registry import Registry
-    from training.train_job import DatasetInput, run_job
     from training.tracking import tracking_uri
+    from training.train_job import DatasetInput, champion_baseline, run_job
 
     t0 = time.perf_counter()
     cfg = load_config(rs.config, rs.overrides)
@@ -60,8 +75,12 @@ def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
     snapshot = build_snapshot(rs.snapshots, CaptionArchive(rs.archive), bootstrap, topic, advance=False)
     if snapshot is None:
         return {"status": "nothing_new", "waiting_events": waiting}
-    report = {"snapshot": snapshot.id, "snapshot_location": snapshot.location, "offsets": snapshot.offsets,
-              "counts": snapshot.counts}
+    report = {
+        "snapshot": snapshot.id,
+        "snapshot_location": snapshot.location,
+        "offsets": snapshot.offsets,
+        "counts": snapshot.counts,
+    }
     if snapshot.trainable == 0:
         mark_consumed(rs.snapshots, snapshot)  # only downvotes without edits: nothing to learn, move on
         return {"status": "nothing_new", **report}
@@ -69,32 +88,58 @@ def retrain(rs: RetrainSettings, progress: bool = True) -> dict:
     records = read_snapshot(snapshot.location)
     train_records, eval_records = holdout_split(records, cfg.eval.holdout_fraction, cfg.seed)
     eval_records = eval_records[: cfg.eval.max_records]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(rs.output_dir) if rs.output_dir else _runs_dir() / f"retrain-{stamp}-{snapshot.id}"
 
-    registry = Registry(cfg.registered_model)
-    champion = registry.champion()
-    champion_dir = str(registry.download("champion", out / "champion")) if champion is not None else None
-    log.info("retraining from %s on snapshot %s (%d train / %d eval records)",
-             f"champion v{champion.version}" if champion is not None else f"the base model ({cfg.base_model})",
-             snapshot.id, len(train_records), len(eval_records))
-    outcome = run_job(cfg, out, resume_adapter=champion_dir, baseline_adapter=champion_dir,
-                      train_records=train_records, eval_records=eval_records,
-                      datasets=[DatasetInput(f"feedback-{snapshot.id}", snapshot.content_hash[:32], snapshot.location,  # MLflow: <= 36 chars
-                                             len(records), "training")],
-                      track=True, run_name=f"retrain-{snapshot.id}",
-                      tags={"snapshot": snapshot.id, "snapshot_offsets": json.dumps(snapshot.offsets),
-                            "champion_version": str(champion.version) if champion is not None else "none"},
-                      progress=progress, expected_champion=champion.version if champion is not None else None)
+    # The champion is both the starting point and the baseline to beat.
+    champion = champion_baseline(cfg.registered_model, out / "champion")
+    log.info(
+        "retraining from %s on snapshot %s (%d train / %d eval records)",
+        champion.label if champion.champion_version else f"the base model ({cfg.base_model})",
+        snapshot.id,
+        len(train_records),
+        len(eval_records),
+    )
+    outcome = run_job(
+        cfg,
+        out,
+        baseline=champion,
+        resume_adapter=champion.adapter,
+        train_records=train_records,
+        eval_records=eval_records,
+        datasets=[
+            DatasetInput(
+                f"feedback-{snapshot.id}",
+                snapshot.content_hash[:32],
+                snapshot.location,  # MLflow: <= 36 chars
+                len(records),
+                "training",
+            )
+        ],
+        track=True,
+        run_name=f"retrain-{snapshot.id}",
+        tags={"snapshot": snapshot.id, "snapshot_offsets": json.dumps(snapshot.offsets)},
+        progress=progress,
+    )
     mark_consumed(rs.snapshots, snapshot)
-    report.update({"status": "promoted" if outcome.promoted else "held", "version": outcome.version,
-                   "run_id": outcome.run_id, "reason": outcome.decision.reason,
-                   "started_from": f"v{champion.version}" if champion is not None else "base",
-                   "train_records": len(train_records), "eval_records": len(eval_records),
-                   "samples_per_s": round(outcome.train.samples_per_s, 1),
-                   "timings_s": {**{k: round(v, 1) for k, v in outcome.timings.items()},
-                                 "total": round(time.perf_counter() - t0, 1)},
-                   "candidate": _headline(outcome.candidate_metrics), "champion": _headline(outcome.baseline_metrics)})
+    report.update(
+        {
+            "status": "promoted" if outcome.promoted else "held",
+            "version": outcome.version,
+            "run_id": outcome.run_id,
+            "reason": outcome.decision.reason,
+            "started_from": f"v{champion.champion_version}" if champion.champion_version else "base",
+            "train_records": len(train_records),
+            "eval_records": len(eval_records),
+            "samples_per_s": round(outcome.train.samples_per_s, 1),
+            "timings_s": {
+                **{k: round(v, 1) for k, v in outcome.timings.items()},
+                "total": round(time.perf_counter() - t0, 1),
+            },
+            "candidate": _headline(outcome.candidate_metrics),
+            "champion": _headline(outcome.baseline_metrics),
+        }
+    )
     return report
 
 

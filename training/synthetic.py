@@ -68,8 +68,13 @@ class SceneObject:
 
     def phrase(self) -> str:
         pos = self.position
-        where = {"center": "in the center", "left": "on the left", "right": "on the right",
-                 "top": "at the top", "bottom": "at the bottom"}.get(pos, f"in the {pos}")
+        where = {
+            "center": "in the center",
+            "left": "on the left",
+            "right": "on the right",
+            "top": "at the top",
+            "bottom": "at the bottom",
+        }.get(pos, f"in the {pos}")
         return f"a {self.size} {self.color} {self.shape} {where}"
 
 
@@ -106,8 +111,7 @@ def sample_scene(rng: random.Random) -> Scene:
         else:
             break
     objects = tuple(
-        SceneObject(rng.choice(list(COLORS)), rng.choice(SHAPES), size, r, c)
-        for size, (r, c) in zip(sizes, cells)
+        SceneObject(rng.choice(list(COLORS)), rng.choice(SHAPES), size, r, c) for size, (r, c) in zip(sizes, cells)
     )
     if rng.random() < 0.6:
         background: tuple[str, ...] = (rng.choice(list(BACKGROUNDS)),)
@@ -174,57 +178,93 @@ def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
 # so the model learns tone-specific wording rather than one fixed sentence.
 CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "funny": {
-        "personal": ("My {c} {s} and I are not speaking today. It knows what it did.",
-                     "Told everyone I am into geometry now. Exhibit A: one very {c} {s}."),
-        "promotional": ("Our {c} {s} sold out faster than my weekend plans. Grab yours!",
-                        "Warning: this {c} {s} may cause extreme good taste. Shop now."),
-        "academic": ("Peer reviewed by my cat: the {c} {s} is statistically adorable.",
-                     "Hypothesis: a {c} {s} improves any slide. Results: strongly positive."),
+        "personal": (
+            "My {c} {s} and I are not speaking today. It knows what it did.",
+            "Told everyone I am into geometry now. Exhibit A: one very {c} {s}.",
+        ),
+        "promotional": (
+            "Our {c} {s} sold out faster than my weekend plans. Grab yours!",
+            "Warning: this {c} {s} may cause extreme good taste. Shop now.",
+        ),
+        "academic": (
+            "Peer reviewed by my cat: the {c} {s} is statistically adorable.",
+            "Hypothesis: a {c} {s} improves any slide. Results: strongly positive.",
+        ),
     },
     "quirky": {
-        "personal": ("Just a {c} {s} living its best little life on {bg}.",
-                     "Plot twist: the {c} {s} was the main character all along."),
-        "promotional": ("Meet the {c} {s} your shelf did not know it needed.",
-                        "Odd, bold and totally {c}: the {s} drop is here."),
-        "academic": ("Field notes: one {c} {s} spotted in its natural {bg} habitat.",
-                     "Curious specimen: a {c} {s} behaving exactly like a {s}."),
+        "personal": (
+            "Just a {c} {s} living its best little life on {bg}.",
+            "Plot twist: the {c} {s} was the main character all along.",
+        ),
+        "promotional": (
+            "Meet the {c} {s} your shelf did not know it needed.",
+            "Odd, bold and totally {c}: the {s} drop is here.",
+        ),
+        "academic": (
+            "Field notes: one {c} {s} spotted in its natural {bg} habitat.",
+            "Curious specimen: a {c} {s} behaving exactly like a {s}.",
+        ),
     },
     "serious": {
-        "personal": ("A {c} {s}, quietly holding its place against {bg}.",
-                     "Some days call for nothing more than a single {c} {s}."),
-        "promotional": ("The {c} {s}: precise form, honest colour, built to last.",
-                        "Introducing the {c} {s}. Clean lines for a focused space."),
-        "academic": ("A {c} {s} on a {bg} field, presented as a study of form and contrast.",
-                     "Observation of a {c} {s}: shape and colour remain clearly distinct."),
+        "personal": (
+            "A {c} {s}, quietly holding its place against {bg}.",
+            "Some days call for nothing more than a single {c} {s}.",
+        ),
+        "promotional": (
+            "The {c} {s}: precise form, honest colour, built to last.",
+            "Introducing the {c} {s}. Clean lines for a focused space.",
+        ),
+        "academic": (
+            "A {c} {s} on a {bg} field, presented as a study of form and contrast.",
+            "Observation of a {c} {s}: shape and colour remain clearly distinct.",
+        ),
     },
     "inspirational": {
-        "personal": ("Be the {c} {s} in a {bg} world.",
-                     "Stand out like a {c} {s}. Every day is a fresh canvas."),
-        "promotional": ("Dream bold with the {c} {s}. Your space, your story.",
-                        "Let the {c} {s} remind you to shine. Available today."),
-        "academic": ("Every discovery starts with a simple {c} {s}. Keep asking questions.",
-                     "From one {c} {s} to a world of ideas: curiosity builds knowledge."),
+        "personal": ("Be the {c} {s} in a {bg} world.", "Stand out like a {c} {s}. Every day is a fresh canvas."),
+        "promotional": (
+            "Dream bold with the {c} {s}. Your space, your story.",
+            "Let the {c} {s} remind you to shine. Available today.",
+        ),
+        "academic": (
+            "Every discovery starts with a simple {c} {s}. Keep asking questions.",
+            "From one {c} {s} to a world of ideas: curiosity builds knowledge.",
+        ),
     },
     "casual": {
-        "personal": ("Weekend vibes with a {c} {s}.",
-                     "Nothing fancy, just a {c} {s} hanging out."),
-        "promotional": ("New in: the {c} {s}. Easy pick for any room.",
-                        "Say hi to our {c} {s}, fresh in the shop this week."),
-        "academic": ("Quick look at a {c} {s} for today's geometry notes.",
-                     "Today's example: a {c} {s}, simple and easy to spot."),
+        "personal": ("Weekend vibes with a {c} {s}.", "Nothing fancy, just a {c} {s} hanging out."),
+        "promotional": (
+            "New in: the {c} {s}. Easy pick for any room.",
+            "Say hi to our {c} {s}, fresh in the shop this week.",
+        ),
+        "academic": (
+            "Quick look at a {c} {s} for today's geometry notes.",
+            "Today's example: a {c} {s}, simple and easy to spot.",
+        ),
     },
     "poetic": {
-        "personal": ("A {c} {s} drifts in {bg} light, still and sure.",
-                     "Soft {bg} silence, and one {c} {s} to hold it."),
-        "promotional": ("Where {bg} meets a {c} {s}, beauty finds a home. Discover it.",
-                        "A {c} {s}, shaped like a quiet promise. Now in store."),
-        "academic": ("In the grammar of shapes, the {c} {s} is a clear and steady word.",
-                     "A {c} {s} against {bg}: form and hue in gentle dialogue."),
+        "personal": (
+            "A {c} {s} drifts in {bg} light, still and sure.",
+            "Soft {bg} silence, and one {c} {s} to hold it.",
+        ),
+        "promotional": (
+            "Where {bg} meets a {c} {s}, beauty finds a home. Discover it.",
+            "A {c} {s}, shaped like a quiet promise. Now in store.",
+        ),
+        "academic": (
+            "In the grammar of shapes, the {c} {s} is a clear and steady word.",
+            "A {c} {s} against {bg}: form and hue in gentle dialogue.",
+        ),
     },
 }
 
-TONE_TAGS = {"funny": "#funny", "quirky": "#quirky", "serious": "#minimal",
-             "inspirational": "#inspiration", "casual": "#vibes", "poetic": "#poetry"}
+TONE_TAGS = {
+    "funny": "#funny",
+    "quirky": "#quirky",
+    "serious": "#minimal",
+    "inspirational": "#inspiration",
+    "casual": "#vibes",
+    "poetic": "#poetry",
+}
 AUDIENCE_TAGS = {
     "personal": ("#aesthetic", "#dailypic", "#mood"),
     "promotional": ("#shopnow", "#newarrival", "#smallbusiness"),

@@ -24,9 +24,17 @@ def scene_records(n: int, seed: int, caption_prefix: str = "", image_dir: Path |
         path = image_dir / f"{seed}-{i}.png"
         synthetic.render_scene(ex.scene).save(path)
         caption, hashtags, alt_text = split_target(ex.target)
-        records.append(CaptionRecord(
-            image=f"{image_dir.name}/{path.name}", image_id=f"{seed}-{i}", caption=caption_prefix + caption,
-            hashtags=hashtags, alt_text=alt_text, tone=ex.tone, audience=ex.audience))
+        records.append(
+            CaptionRecord(
+                image=f"{image_dir.name}/{path.name}",
+                image_id=f"{seed}-{i}",
+                caption=caption_prefix + caption,
+                hashtags=hashtags,
+                alt_text=alt_text,
+                tone=ex.tone,
+                audience=ex.audience,
+            )
+        )
     return records
 
 
@@ -38,7 +46,6 @@ def scene_captions(n: int, seed: int) -> list[str]:
 def cached_records(n: int, seed: int) -> list[CaptionRecord]:
     """``n`` scenes rendered once under ``<data_dir>/synthetic/`` (a config's synthetic source)."""
     from snap2caption_service.core.settings import get_settings
-
     from training.datasets import read_manifest
 
     out_dir = get_settings().data_dir / "synthetic" / f"scenes-{synthetic.GENERATOR_VERSION}-{seed}-{n}"
@@ -64,8 +71,11 @@ def write(out_dir: Path, n: int, seed: int, caption_prefix: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.synthetic_manifest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.synthetic_manifest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out_dir", type=Path)
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=77, help="differs from the demo model's training seed (1)")

@@ -45,9 +45,14 @@ def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def start_run(experiment: str, run_name: str, config: Mapping | None = None,
-              params: Mapping | None = None, tags: Mapping[str, str] | None = None,
-              uri: str | None = None) -> mlflow.ActiveRun:
+def start_run(
+    experiment: str,
+    run_name: str,
+    config: Mapping | None = None,
+    params: Mapping | None = None,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+) -> mlflow.ActiveRun:
     """Start a run (use it as a context manager: an exception inside marks the run FAILED).
 
     Logs the config as the ``config.yaml`` artifact and, flattened, as params, plus ``params``.
@@ -88,8 +93,9 @@ class _SnapshotDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
-def log_dataset(name: str, digest: str, source: str | Path, num_rows: int, context: str,
-                tags: Mapping[str, str] | None = None) -> None:
+def log_dataset(
+    name: str, digest: str, source: str | Path, num_rows: int, context: str, tags: Mapping[str, str] | None = None
+) -> None:
     """Record a dataset input of the active run (shown under the run's "Datasets").
 
     ``source`` is where the data lives (a local snapshot folder, s3://..., https://...);
@@ -109,8 +115,7 @@ def log_dataset(name: str, digest: str, source: str | Path, num_rows: int, conte
     mlflow.log_input(_SnapshotDataset(resolved, name, digest, num_rows), context=context, tags=dict(tags or {}))
 
 
-def log_eval(metrics: Mapping[str, float], predictions_table: str | Path | None = None,
-             prefix: str = "") -> None:
+def log_eval(metrics: Mapping[str, float], predictions_table: str | Path | None = None, prefix: str = "") -> None:
     """Eval metrics (``prefix`` + name, e.g. "champion_cider_d") and the predictions table,
     stored as ``eval/<table name>`` (or ``eval/<prefix>/...``)."""
     bad = {k: v for k, v in metrics.items() if not isinstance(v, numbers.Real) or not math.isfinite(v)}

@@ -9,8 +9,8 @@ caption model) then reads those patch tokens. Both stages run through ``training
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Sequence
 
 from training import synthetic
 
@@ -30,9 +30,13 @@ def scene_labels(scene: synthetic.Scene) -> dict:
     objects = [0.0] * (len(COLORS) * len(SHAPES))
     for obj in scene.objects:
         objects[COLORS.index(obj.color) * len(SHAPES) + SHAPES.index(obj.shape)] = 1.0
-    return {"color": COLORS.index(main.color), "shape": SHAPES.index(main.shape),
-            "position": main.row * 3 + main.col, "background": BACKGROUNDS.index(scene.background[0]),
-            "objects": objects}
+    return {
+        "color": COLORS.index(main.color),
+        "shape": SHAPES.index(main.shape),
+        "position": main.row * 3 + main.col,
+        "background": BACKGROUNDS.index(scene.background[0]),
+        "objects": objects,
+    }
 
 
 class SceneLabelDataset:
@@ -44,7 +48,7 @@ class SceneLabelDataset:
 
         pixels, labels = [], [scene_labels(s) for s in scenes]
         for start in tqdm(range(0, len(scenes), 512), desc="encode scenes", disable=not progress):
-            imgs = [synthetic.render_scene(s) for s in scenes[start:start + 512]]
+            imgs = [synthetic.render_scene(s) for s in scenes[start : start + 512]]
             pixels.append(image_processor(images=imgs, return_tensors="pt")["pixel_values"])
         self.pixel_values = torch.cat(pixels)
         self.targets = {k: torch.tensor([lab[k] for lab in labels]) for k in labels[0]}
@@ -59,29 +63,38 @@ class SceneLabelDataset:
 
 def make_pretrainer(vision_tower, hidden: int):
     """The tower plus small heads over its mean patch token (CLS is dropped by LLaVA anyway)."""
-    import torch
     from torch import nn
 
     class VisionPretrainer(nn.Module):
         def __init__(self):
             super().__init__()
             self.tower = vision_tower
-            self.heads = nn.ModuleDict({
-                "color": nn.Linear(hidden, len(COLORS)), "shape": nn.Linear(hidden, len(SHAPES)),
-                "position": nn.Linear(hidden, 9), "background": nn.Linear(hidden, len(BACKGROUNDS)),
-                "objects": nn.Linear(hidden, len(COLORS) * len(SHAPES)),
-            })
+            self.heads = nn.ModuleDict(
+                {
+                    "color": nn.Linear(hidden, len(COLORS)),
+                    "shape": nn.Linear(hidden, len(SHAPES)),
+                    "position": nn.Linear(hidden, 9),
+                    "background": nn.Linear(hidden, len(BACKGROUNDS)),
+                    "objects": nn.Linear(hidden, len(COLORS) * len(SHAPES)),
+                }
+            )
 
         def forward(self, pixel_values, color, shape, position, background, objects):
             patches = self.tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
             pooled = patches.mean(dim=1)
             ce = nn.functional.cross_entropy
             logits = {k: head(pooled) for k, head in self.heads.items()}
-            loss = (ce(logits["color"], color) + 2 * ce(logits["shape"], shape) + ce(logits["position"], position)
-                    + 0.5 * ce(logits["background"], background)
-                    + nn.functional.binary_cross_entropy_with_logits(logits["objects"], objects.float()))
-            acc = {k: (logits[k].argmax(-1) == t).float().mean().item()
-                   for k, t in (("color", color), ("shape", shape), ("position", position))}
+            loss = (
+                ce(logits["color"], color)
+                + 2 * ce(logits["shape"], shape)
+                + ce(logits["position"], position)
+                + 0.5 * ce(logits["background"], background)
+                + nn.functional.binary_cross_entropy_with_logits(logits["objects"], objects.float())
+            )
+            acc = {
+                k: (logits[k].argmax(-1) == t).float().mean().item()
+                for k, t in (("color", color), ("shape", shape), ("position", position))
+            }
             return SimpleNamespace(loss=loss, accuracy=acc)
 
     return VisionPretrainer()

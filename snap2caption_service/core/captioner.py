@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.prompting import build_prompt, parse_output
@@ -56,8 +55,14 @@ def resolve_dtype(dtype: str, device: str):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    return {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }[dtype]
 
 
 def load_merged(model_ref: str, adapter_ref: str = "", torch_dtype="auto"):
@@ -98,8 +103,15 @@ class Captioner:
             self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
 
     @classmethod
-    def load(cls, model_ref: str, adapter_ref: str = "", device: str = "auto", dtype: str = "auto",
-             generation: GenerationSettings | None = None, version: str | None = None) -> "Captioner":
+    def load(
+        cls,
+        model_ref: str,
+        adapter_ref: str = "",
+        device: str = "auto",
+        dtype: str = "auto",
+        generation: GenerationSettings | None = None,
+        version: str | None = None,
+    ) -> Captioner:
         """Load any LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given.
 
         ``version``: the model's known version; without it the folders are content-hashed,
@@ -142,8 +154,12 @@ class Captioner:
 
             torch.manual_seed(seed)
             temps = torch.tensor(temperatures, dtype=torch.float32).unsqueeze(1).to(self.device)
-            kwargs.update(do_sample=True, temperature=1.0, top_p=self.generation.top_p,
-                          logits_processor=LogitsProcessorList([_PerRowTemperature(temps)]))
+            kwargs.update(
+                do_sample=True,
+                temperature=1.0,
+                top_p=self.generation.top_p,
+                logits_processor=LogitsProcessorList([_PerRowTemperature(temps)]),
+            )
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
@@ -170,12 +186,18 @@ class Captioner:
         per_job: list[list[Candidate]] = [
             [self._candidate(t, s, j.num_hashtags)] for t, s, j in zip(texts, scores, jobs)
         ]
-        rows = [(i, SAMPLE_TEMPERATURES[k % len(SAMPLE_TEMPERATURES)])
-                for i, j in enumerate(jobs) for k in range(j.num_candidates - 1)]
+        rows = [
+            (i, SAMPLE_TEMPERATURES[k % len(SAMPLE_TEMPERATURES)])
+            for i, j in enumerate(jobs)
+            for k in range(j.num_candidates - 1)
+        ]
         if rows:
             s_texts, s_scores, s_tok = self._generate(
-                [images[i] for i, _ in rows], [prompts[i] for i, _ in rows],
-                temperatures=[t for _, t in rows], seed=self.generation.seed)
+                [images[i] for i, _ in rows],
+                [prompts[i] for i, _ in rows],
+                temperatures=[t for _, t in rows],
+                seed=self.generation.seed,
+            )
             ntok += s_tok
             for (i, _), t, s in zip(rows, s_texts, s_scores):
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
@@ -190,5 +212,6 @@ class Captioner:
     @staticmethod
     def _candidate(text: str, score: float, num_hashtags: int) -> Candidate:
         parsed = parse_output(text, num_hashtags)
-        return Candidate(caption=parsed.caption, hashtags=parsed.hashtags, alt_text=parsed.alt_text,
-                         score=round(float(score), 4))
+        return Candidate(
+            caption=parsed.caption, hashtags=parsed.hashtags, alt_text=parsed.alt_text, score=round(float(score), 4)
+        )

@@ -16,7 +16,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
@@ -57,8 +57,7 @@ class CloudEvent:
     def json(self):
         """The data parsed as JSON; CloudEventError('invalid_json') if it isn't."""
         if not is_json(self.datacontenttype):
-            raise CloudEventError("unsupported_content_type",
-                                  f"data content type {self.datacontenttype!r} is not JSON")
+            raise CloudEventError("unsupported_content_type", f"data content type {self.datacontenttype!r} is not JSON")
         try:
             return json.loads(self.data)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -74,14 +73,29 @@ class CloudEvent:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def new_event(type: str, source: str, data: BaseModel | dict, *, subject: str | None = None,
-              id: str | None = None, extensions: dict[str, str] | None = None) -> CloudEvent:
+def new_event(
+    type: str,
+    source: str,
+    data: BaseModel | dict,
+    *,
+    subject: str | None = None,
+    id: str | None = None,
+    extensions: dict[str, str] | None = None,
+) -> CloudEvent:
     body = data.model_dump_json().encode() if isinstance(data, BaseModel) else json.dumps(data).encode()
-    return CloudEvent(id=id or str(uuid.uuid4()), source=source, type=type, data=body, time=now_rfc3339(),
-                      subject=subject, datacontenttype=JSON, extensions=dict(extensions or {}))
+    return CloudEvent(
+        id=id or str(uuid.uuid4()),
+        source=source,
+        type=type,
+        data=body,
+        time=now_rfc3339(),
+        subject=subject,
+        datacontenttype=JSON,
+        extensions=dict(extensions or {}),
+    )
 
 
 def is_json(content_type: str | None) -> bool:
@@ -92,6 +106,7 @@ def is_json(content_type: str | None) -> bool:
 
 
 # --- Kafka -------------------------------------------------------------------------------
+
 
 def to_kafka(event: CloudEvent) -> tuple[bytes, Headers]:
     """(value, headers) of the binary-mode record."""
@@ -116,6 +131,7 @@ def from_kafka(value: bytes | None, headers: Headers | None) -> CloudEvent:
 
 # --- HTTP (Knative push mode) ------------------------------------------------------------
 
+
 def to_http(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
     headers = {HTTP_PREFIX + k: v for k, v in event.attributes().items()}
     if event.datacontenttype:
@@ -135,7 +151,7 @@ def _from_headers(body: bytes, headers: Iterable[tuple[str, str]], prefix: str) 
         if lname == "content-type":
             content_type = value
         elif lname.startswith(prefix):
-            attrs[lname[len(prefix):]] = value
+            attrs[lname[len(prefix) :]] = value
     if content_type and content_type.split(";")[0].strip().lower() == STRUCTURED:
         return _from_structured(body)
     return _from_attrs(attrs, body, content_type)
@@ -143,22 +159,32 @@ def _from_headers(body: bytes, headers: Iterable[tuple[str, str]], prefix: str) 
 
 # --- shared ------------------------------------------------------------------------------
 
+
 def _from_attrs(attrs: dict[str, str], data: bytes, content_type: str | None) -> CloudEvent:
     missing = [a for a in ("specversion", "id", "source", "type") if not attrs.get(a)]
     if missing:
         raise CloudEventError("not_a_cloudevent", "missing CloudEvents attribute(s): " + ", ".join(missing))
     if attrs["specversion"] != SPEC_VERSION:
-        raise CloudEventError("unsupported_specversion",
-                              f"specversion {attrs['specversion']!r}; only {SPEC_VERSION} is supported")
+        raise CloudEventError(
+            "unsupported_specversion", f"specversion {attrs['specversion']!r}; only {SPEC_VERSION} is supported"
+        )
     if attrs.get("time"):
         _check_time(attrs["time"])
     extensions = {k: v for k, v in attrs.items() if k not in _CORE}
     for name in extensions:
         if not _ATTR_NAME.match(name):
             raise CloudEventError("not_a_cloudevent", f"invalid CloudEvents attribute name {name!r}")
-    return CloudEvent(id=attrs["id"], source=attrs["source"], type=attrs["type"], data=data,
-                      time=attrs.get("time"), subject=attrs.get("subject"), datacontenttype=content_type,
-                      dataschema=attrs.get("dataschema"), extensions=extensions)
+    return CloudEvent(
+        id=attrs["id"],
+        source=attrs["source"],
+        type=attrs["type"],
+        data=data,
+        time=attrs.get("time"),
+        subject=attrs.get("subject"),
+        datacontenttype=content_type,
+        dataschema=attrs.get("dataschema"),
+        extensions=extensions,
+    )
 
 
 def _from_structured(value: bytes) -> CloudEvent:

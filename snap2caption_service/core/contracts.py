@@ -34,7 +34,9 @@ class CaptionOptions(BaseModel):
     audience: Audience = Field("personal", description="personal | promotional | academic")
     num_hashtags: int = Field(DEFAULT_HASHTAGS, ge=MIN_HASHTAGS, le=MAX_HASHTAGS)
     num_candidates: int = Field(
-        1, ge=MIN_CANDIDATES, le=MAX_CANDIDATES,
+        1,
+        ge=MIN_CANDIDATES,
+        le=MAX_CANDIDATES,
         description="1 = greedy only; more adds sampled candidates, best first.",
     )
 
@@ -103,7 +105,8 @@ class FeedbackRecord(FeedbackRequest):
     feedback_id: str
     received_at: str
     served: ServedCaption | None = Field(
-        None, description="The captioned request this rates (image hash, options, shown result).")
+        None, description="The captioned request this rates (image hash, options, shown result)."
+    )
 
 
 class FeedbackAccepted(BaseModel):
@@ -143,12 +146,16 @@ class ImageRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     s3_uri: str | None = Field(None, pattern=_S3_URI, max_length=1100, description="s3://bucket/key")
-    url: str | None = Field(None, pattern=r"^[hH][tT][tT][pP][sS]?://[^/\s]+(/\S*)?$", max_length=4096,
-                            description="https:// URL (http:// only for allowlisted hosts)")
+    url: str | None = Field(
+        None,
+        pattern=r"^[hH][tT][tT][pP][sS]?://[^/\s]+(/\S*)?$",
+        max_length=4096,
+        description="https:// URL (http:// only for allowlisted hosts)",
+    )
     inline_base64: str | None = Field(None, min_length=1, description="Base64 image bytes or a data: URL.")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ImageRef":
+    def _exactly_one(self) -> ImageRef:
         given = [name for name in ("s3_uri", "url", "inline_base64") if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(f"image needs exactly one of s3_uri, url, inline_base64; got {given or 'none'}")
@@ -184,11 +191,18 @@ class CaptionedEvent(CaptionResult):
     media_id: str
     creator_id: str
     source_event_id: str = Field(..., description="ce_id of the media.uploaded event this answers.")
-    timings: dict[str, float] = Field(default_factory=dict,
-                                      description="Milliseconds per stage: fetch_ms, caption_ms, total_ms.")
+    timings: dict[str, float] = Field(
+        default_factory=dict, description="Milliseconds per stage: fetch_ms, caption_ms, total_ms."
+    )
 
     @classmethod
-    def from_result(cls, result: CaptionResult, upload: UploadEvent, source_event_id: str,
-                    timings: dict[str, float]) -> "CaptionedEvent":
-        return cls(**result.model_dump(), media_id=upload.media_id, creator_id=upload.creator_id,
-                   source_event_id=source_event_id, timings={k: round(v, 1) for k, v in timings.items()})
+    def from_result(
+        cls, result: CaptionResult, upload: UploadEvent, source_event_id: str, timings: dict[str, float]
+    ) -> CaptionedEvent:
+        return cls(
+            **result.model_dump(),
+            media_id=upload.media_id,
+            creator_id=upload.creator_id,
+            source_event_id=source_event_id,
+            timings={k: round(v, 1) for k, v in timings.items()},
+        )

@@ -24,17 +24,18 @@ from urllib.parse import urljoin
 import httpx
 
 from snap2caption_service.core.contracts import ImageRef
-from snap2caption_service.core.images import ImageError, decode_base64_image
-
 from snap2caption_service.core.errors import Poison, Transient
+from snap2caption_service.core.images import ImageError, decode_base64_image
 from snap2caption_service.core.settings import FetchSettings
 from snap2caption_service.core.storage import s3_client
 
 STAGE = "fetch"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Cloud instance-metadata endpoints (AWS IPv4/IPv6, ECS task metadata, Alibaba, Oracle-style).
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200", "192.0.0.192"))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200", "192.0.0.192")
+)
 REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 
@@ -45,6 +46,7 @@ def _too_large(size: int | None, limit: int) -> Poison:
 
 
 # --- SSRF rules --------------------------------------------------------------------------
+
 
 def blocked_reason(ip: IPAddress) -> str | None:
     """Why an address must not be fetched from by default (None = a public address)."""
@@ -70,7 +72,7 @@ class UrlPolicy:
         self.names, self.nets = names, nets
 
     @classmethod
-    def from_settings(cls, settings: FetchSettings) -> "UrlPolicy":
+    def from_settings(cls, settings: FetchSettings) -> UrlPolicy:
         return cls(*settings.url_allow())
 
     def host_allowlisted(self, host: str) -> bool:
@@ -103,8 +105,11 @@ class UrlPolicy:
         if url.userinfo:
             raise Poison("invalid_url", STAGE, "URLs with credentials are not fetched")
         if url.scheme == "http" and not self.host_allowlisted(url.host):
-            raise Poison("url_scheme_not_allowed", STAGE,
-                         f"plain http to {url.host} is refused; use https (or allowlist the host)")
+            raise Poison(
+                "url_scheme_not_allowed",
+                STAGE,
+                f"plain http to {url.host} is refused; use https (or allowlist the host)",
+            )
 
     def resolve(self, host: str, port: int) -> IPAddress:
         """The address to connect to, after checking every address the name resolves to."""
@@ -122,6 +127,7 @@ class UrlPolicy:
 
 
 # --- fetchers ----------------------------------------------------------------------------
+
 
 class ImageFetcher:
     def __init__(self, settings: FetchSettings, s3_client=None, max_connections: int = 10):
@@ -161,16 +167,19 @@ class ImageFetcher:
         # setting so a fetcher can be pointed at its own S3 (the same AWS_ENDPOINT_URL_S3 by default).
         self._s3 = s3_client(
             endpoint_url=self.settings.aws_endpoint_url_s3,
-            config=Config(connect_timeout=min(5.0, self.settings.fetch_timeout_s),
-                          read_timeout=self.settings.fetch_timeout_s,
-                          retries={"max_attempts": 1, "mode": "standard"},  # the consumer retries
-                          max_pool_connections=self.max_connections))
+            config=Config(
+                connect_timeout=min(5.0, self.settings.fetch_timeout_s),
+                read_timeout=self.settings.fetch_timeout_s,
+                retries={"max_attempts": 1, "mode": "standard"},  # the consumer retries
+                max_pool_connections=self.max_connections,
+            ),
+        )
         return self._s3
 
     def fetch_s3(self, uri: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
         if bucket not in self.buckets:
             raise Poison("s3_bucket_not_allowed", STAGE, f"bucket {bucket!r} is not in SNAP2CAPTION_S3_BUCKETS")
         try:
@@ -234,10 +243,12 @@ class ImageFetcher:
         # A client per hop: pooled connections are keyed by address, and a TLS session
         # verified for one name must never carry a request for another name on that address.
         try:
-            with httpx.Client(verify=self._ssl, trust_env=False, follow_redirects=False,
-                              timeout=httpx.Timeout(remaining)) as client:
-                with client.stream("GET", pinned, headers={"Host": host_header, "Accept": "image/*"},
-                                   extensions={"sni_hostname": host}) as resp:
+            with httpx.Client(
+                verify=self._ssl, trust_env=False, follow_redirects=False, timeout=httpx.Timeout(remaining)
+            ) as client:
+                with client.stream(
+                    "GET", pinned, headers={"Host": host_header, "Accept": "image/*"}, extensions={"sni_hostname": host}
+                ) as resp:
                     status = resp.status_code
                     if status in REDIRECTS:
                         return status, resp.headers.get("location"), b""
@@ -251,8 +262,9 @@ class ImageFetcher:
                         if len(buf) > self.max_bytes:
                             raise _too_large(None, self.max_bytes)
                         if time.monotonic() > deadline:
-                            raise Transient("fetch_timeout", STAGE,
-                                            f"{url}: download over {self.settings.fetch_timeout_s}s")
+                            raise Transient(
+                                "fetch_timeout", STAGE, f"{url}: download over {self.settings.fetch_timeout_s}s"
+                            )
                     return status, None, bytes(buf)
         except httpx.TimeoutException as exc:
             raise Transient("fetch_timeout", STAGE, f"{url}: {type(exc).__name__}") from None

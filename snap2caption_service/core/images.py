@@ -94,7 +94,7 @@ def decode_base64_image(payload: str, max_bytes: int) -> bytes:
             raise ImageError("invalid_base64", "Only base64 data: URLs are accepted (data:image/...;base64,...).")
         # The declared media type is ignored on purpose: the bytes are sniffed later, and
         # browsers and phones often label images generically or wrongly.
-        text = text[comma + 1:]
+        text = text[comma + 1 :]
     elif text[:7].lower() == "http://" or text[:8].lower() == "https://":
         raise ImageError("invalid_base64", "That looks like a web link; send the image itself, base64-encoded.")
 
@@ -160,8 +160,10 @@ def _describe_non_image(data: bytes) -> str:
     if head.startswith(b"PK\x03\x04"):
         return "looks like a ZIP archive or Office document"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text) or (
-        text.startswith(b"<!doctype svg")
+    if (
+        text.startswith(b"<svg")
+        or (text.startswith(b"<?xml") and b"<svg" in text)
+        or (text.startswith(b"<!doctype svg"))
     ):
         return "looks like an SVG drawing; vector images aren't supported, export it as PNG"
     if text.startswith((b"<!doctype html", b"<html")) or b"<head" in text or b"<body" in text:
@@ -271,9 +273,7 @@ def load_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     try:
         fmt = im.format or ""
         if fmt not in ALLOWED_FORMATS:
-            raise ImageError(
-                "unsupported_format", f"{fmt or 'This'} images aren't supported. {_ALLOWED_HINT}"
-            )
+            raise ImageError("unsupported_format", f"{fmt or 'This'} images aren't supported. {_ALLOWED_HINT}")
         width, height = im.size
         if width <= 0 or height <= 0:
             raise _damaged(fmt)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,8 +56,10 @@ def adapter_base(adapter_dir: str | Path, data_dir: Path, demo: DemoBuilder) -> 
         return str(trained_on)  # the very demo model folder it was trained on is here
     base = resolve_base(meta["base_model"], data_dir, demo)
     if meta.get("base_version") and Path(base).name != meta["base_version"]:
-        raise RuntimeError(f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "
-                           f"is {Path(base).name}: retrain it on this base")
+        raise RuntimeError(
+            f"adapter {adapter_dir} was trained on {meta['base_version']} but the demo model here "
+            f"is {Path(base).name}: retrain it on this base"
+        )
     return base
 
 
@@ -91,16 +92,21 @@ def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> Mod
         return None
     version = registered_version(registry.name, champion.version)
     if packaged is not None and packaged.version == version:
-        return ModelChoice(str(packaged.path), "", version,
-                           source=f"MLflow champion {version}, packaged in this Bento as {packaged.tag}")
+        return ModelChoice(
+            str(packaged.path),
+            "",
+            version,
+            source=f"MLflow champion {version}, packaged in this Bento as {packaged.tag}",
+        )
     # Versions are immutable, so a downloaded one is reused at the next start.
     folder = settings.data_dir / "champions" / f"{registry.name}-v{champion.version}"
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         adapter = registry.download(champion.version, folder)
     base = adapter_base(adapter, settings.data_dir, demo)
-    return ModelChoice(base, str(adapter), version,
-                       source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})")
+    return ModelChoice(
+        base, str(adapter), version, source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})"
+    )
 
 
 def _champion(settings: Settings, demo: DemoBuilder) -> ModelChoice | None:
@@ -139,12 +145,17 @@ def _demo(settings: Settings, demo: DemoBuilder, progress: bool) -> ModelChoice:
 
 
 def choose_model(settings: Settings, demo: DemoBuilder, progress: bool = True) -> ModelChoice:
-    return (_explicit(settings) or _champion(settings, demo) or _packaged(settings)
-            or _demo(settings, demo, progress))
+    return _explicit(settings) or _champion(settings, demo) or _packaged(settings) or _demo(settings, demo, progress)
 
 
 def load_captioner(settings: Settings, demo: DemoBuilder, progress: bool = True) -> Captioner:
     choice = choose_model(settings, demo, progress=progress)
     log.info("serving the %s: %s%s", choice.source, choice.ref, f" + {choice.adapter}" if choice.adapter else "")
-    return Captioner.load(choice.ref, choice.adapter, device=settings.device, dtype=settings.dtype,
-                          generation=settings.generation, version=choice.version)
+    return Captioner.load(
+        choice.ref,
+        choice.adapter,
+        device=settings.device,
+        dtype=settings.dtype,
+        generation=settings.generation,
+        version=choice.version,
+    )

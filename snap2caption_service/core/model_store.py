@@ -66,19 +66,27 @@ def tag_version(version: str) -> str:
     if clean == version and 0 < len(clean) <= _TAG_MAX:
         return clean
     digest = hashlib.sha256(version.encode()).hexdigest()[:10]
-    return f"{clean[:_TAG_MAX - 11].rstrip('-._') or 'model'}-{digest}"
+    return f"{clean[: _TAG_MAX - 11].rstrip('-._') or 'model'}-{digest}"
 
 
 def _stored_to_captioner(stored) -> StoredCaptioner:
     meta = stored.info.metadata
     path = Path(stored.path_of(WEIGHTS_DIR))
     if not (path / "config.json").is_file():
-        raise RuntimeError(f"model store entry {stored.tag} has no weights under {path}; "
-                           f"re-import it with `snap2caption import-model --force`")
-    return StoredCaptioner(tag=str(stored.tag), path=path, version=meta.get("version", str(stored.tag)),
-                           source=meta.get("source", ""), base_model=meta.get("base_model", ""),
-                           adapter=meta.get("adapter", ""), created=str(stored.creation_time),
-                           size_bytes=int(meta.get("size_bytes", 0)))
+        raise RuntimeError(
+            f"model store entry {stored.tag} has no weights under {path}; "
+            f"re-import it with `snap2caption import-model --force`"
+        )
+    return StoredCaptioner(
+        tag=str(stored.tag),
+        path=path,
+        version=meta.get("version", str(stored.tag)),
+        source=meta.get("source", ""),
+        base_model=meta.get("base_model", ""),
+        adapter=meta.get("adapter", ""),
+        created=str(stored.creation_time),
+        size_bytes=int(meta.get("size_bytes", 0)),
+    )
 
 
 def get_stored(tag: str = f"{STORE_MODEL_NAME}:latest") -> StoredCaptioner:
@@ -108,8 +116,15 @@ def _default_source(model_ref: str) -> str:
     return "path" if Path(model_ref).exists() else "hub"
 
 
-def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", source: str = "",
-                 dtype: str = "auto", force: bool = False) -> StoredCaptioner:
+def import_model(
+    model_ref: str,
+    adapter_ref: str = "",
+    *,
+    version: str = "",
+    source: str = "",
+    dtype: str = "auto",
+    force: bool = False,
+) -> StoredCaptioner:
     """Save ``model_ref`` (+ ``adapter_ref`` merged in) as ``snap2caption-captioner:<version>``.
 
     model_ref: a LLaVA folder or Hugging Face id; adapter_ref: a PEFT LoRA adapter folder or
@@ -141,11 +156,20 @@ def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", so
     model, processor = load_merged(model_ref, adapter_ref, torch_dtype)
     load_s = time.perf_counter() - t0
     source = source or _default_source(model_ref)
-    labels = {"version": version[:_TAG_MAX], "source": source[:_TAG_MAX],
-              "merged_adapter": "yes" if adapter_ref else "no"}
-    metadata = {"version": version, "source": source, "base_model": str(model_ref), "adapter": str(adapter_ref),
-                "dtype": str(model.dtype).removeprefix("torch."),
-                "parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
+    labels = {
+        "version": version[:_TAG_MAX],
+        "source": source[:_TAG_MAX],
+        "merged_adapter": "yes" if adapter_ref else "no",
+    }
+    metadata = {
+        "version": version,
+        "source": source,
+        "base_model": str(model_ref),
+        "adapter": str(adapter_ref),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": type(model).__name__,
+    }
     with bentoml.models.create(tag, labels=labels, metadata=metadata) as entry:
         out = Path(entry.path_of(WEIGHTS_DIR))
         # One safetensors set, adapter already merged: the served image never needs peft's
@@ -155,6 +179,12 @@ def import_model(model_ref: str, adapter_ref: str = "", *, version: str = "", so
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         entry.info.metadata["size_bytes"] = size
         (out / MANIFEST_FILE).write_text(json.dumps({**metadata, "size_bytes": size, "tag": tag}, indent=2))
-    log.info("imported %s as %s (%.1f MB, load+merge %.1fs, total %.1fs)", version, tag, size / 1e6, load_s,
-             time.perf_counter() - t0)
+    log.info(
+        "imported %s as %s (%.1f MB, load+merge %.1fs, total %.1fs)",
+        version,
+        tag,
+        size / 1e6,
+        load_s,
+        time.perf_counter() - t0,
+    )
     return get_stored(tag)

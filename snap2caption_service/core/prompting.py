@@ -48,7 +48,7 @@ def _sections(text: str) -> dict[str, str]:
     for i, m in enumerate(marks):
         key = m.group(1).lower().replace(" ", "").replace("_", "").replace("-", "")
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        found.setdefault(key, text[m.end():end].strip())
+        found.setdefault(key, text[m.end() : end].strip())
     return found
 
 
@@ -92,6 +92,7 @@ def format_target(caption: str, hashtags: list[str], alt_text: str) -> str:
 
 def split_target(target: str) -> tuple[str, tuple[str, ...], str]:
     """The exact inverse of ``format_target``, for training data we wrote ourselves."""
-    caption, tags, alt = (line.removeprefix(f"{label} ")
-                          for label, line in zip(LAYOUT_LABELS, target.split("\n"), strict=True))
+    caption, tags, alt = (
+        line.removeprefix(f"{label} ") for label, line in zip(LAYOUT_LABELS, target.split("\n"), strict=True)
+    )
     return caption, tuple(tags.split()), alt

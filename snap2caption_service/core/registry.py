@@ -30,16 +30,20 @@ def tracking_uri(uri: str | None = None) -> str:
     """The tracking server's URI: the argument, else MLFLOW_TRACKING_URI; an http(s) server only."""
     uri = (uri or RegistrySettings().mlflow_tracking_uri).strip()
     if not uri:
-        raise RuntimeError(f"{TRACKING_URI_ENV} is not set. Start the tracking server with "
-                           "`infra/mlflow.sh start` and export the MLFLOW_TRACKING_URI=... line it prints.")
+        raise RuntimeError(
+            f"{TRACKING_URI_ENV} is not set. Start the tracking server with "
+            "`infra/mlflow.sh start` and export the MLFLOW_TRACKING_URI=... line it prints."
+        )
     if not uri.startswith(("http://", "https://")):
-        raise RuntimeError(f"{TRACKING_URI_ENV}={uri!r} is not a tracking server URL (http://...); "
-                           "runs and the model registry must go through the server started by infra/mlflow.sh")
+        raise RuntimeError(
+            f"{TRACKING_URI_ENV}={uri!r} is not a tracking server URL (http://...); "
+            "runs and the model registry must go through the server started by infra/mlflow.sh"
+        )
     return uri
 
 
 def registered_model_name(name: str | None = None) -> str:
-    return (name or RegistrySettings().registered_model.strip() or DEFAULT_MODEL_NAME)
+    return name or RegistrySettings().registered_model.strip() or DEFAULT_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,10 @@ class RegistryReader:
             return self.version(ref)
         info = self.by_alias(ref)
         if info is None:
-            raise LookupError(f"registered model {self.name!r} has no version with alias {ref!r} "
-                              f"(aliases: {self.aliases() or 'none'})")
+            raise LookupError(
+                f"registered model {self.name!r} has no version with alias {ref!r} "
+                f"(aliases: {self.aliases() or 'none'})"
+            )
         return info
 
     # --- files -------------------------------------------------------------------------
@@ -108,12 +114,19 @@ class RegistryReader:
         info = self.resolve(ref)
         dst = Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dst),
-                                                         tracking_uri=self.uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(dst), tracking_uri=self.uri)
+        )
         if not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{info.uri} ({info.source}) downloaded to {local} holds no adapter_config.json")
         return local
 
     def _info(self, mv) -> VersionInfo:
-        return VersionInfo(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source,
-                           aliases=tuple(mv.aliases or ()), tags=dict(mv.tags or {}))
+        return VersionInfo(
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id,
+            source=mv.source,
+            aliases=tuple(mv.aliases or ()),
+            tags=dict(mv.tags or {}),
+        )

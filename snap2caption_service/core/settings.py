@@ -43,9 +43,12 @@ def _csv(value: str) -> list[str]:
 
 
 def _config() -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix="SNAP2CAPTION_",
-                              env_file=os.environ.get("SNAP2CAPTION_ENV_FILE", "snap2caption.env"),
-                              extra="ignore", populate_by_name=True)
+    return SettingsConfigDict(
+        env_prefix="SNAP2CAPTION_",
+        env_file=os.environ.get("SNAP2CAPTION_ENV_FILE", "snap2caption.env"),
+        extra="ignore",
+        populate_by_name=True,
+    )
 
 
 class RegistrySettings(BaseSettings):
@@ -54,11 +57,14 @@ class RegistrySettings(BaseSettings):
     model_config = _config()
 
     mlflow_tracking_uri: str = Field(
-        "", validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
-        description="The MLflow tracking server (http://...); empty = no registry [MLFLOW_TRACKING_URI]")
-    registered_model: str = Field("snap2caption-captioner",
-                                  description="MLflow registered model whose @champion is served when "
-                                              "MLFLOW_TRACKING_URI is set.")
+        "",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
+        description="The MLflow tracking server (http://...); empty = no registry [MLFLOW_TRACKING_URI]",
+    )
+    registered_model: str = Field(
+        "snap2caption-captioner",
+        description="MLflow registered model whose @champion is served when MLFLOW_TRACKING_URI is set.",
+    )
 
 
 class Settings(RegistrySettings):
@@ -86,24 +92,30 @@ class Settings(RegistrySettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1024)
     model_image_side: int = Field(
-        448, ge=32, description="Images are shrunk to this long side before crossing to the model worker.")
+        448, ge=32, description="Images are shrunk to this long side before crossing to the model worker."
+    )
 
     api_keys: str = Field("", description="Comma-separated bearer keys; empty = auth off.")
     feedback_path: Path | None = Field(None, description="Feedback store file; default <data_dir>/feedback.jsonl")
     feedback_fsync: bool = True
-    archive: str = Field("", description="Where served images and results are kept for feedback: a folder or "
-                                         "s3://bucket/prefix; default <data_dir>/archive")
+    archive: str = Field(
+        "",
+        description="Where served images and results are kept for feedback: a folder or "
+        "s3://bucket/prefix; default <data_dir>/archive",
+    )
 
     events_auth: Literal["bearer", "cluster-local", "none"] = Field(
-        "bearer", description="How POST /events (Knative push mode) is authenticated when "
-                              "SNAP2CAPTION_API_KEYS is set: bearer = the API key like every route; "
-                              "cluster-local = no key when the request's Host is the Service's "
-                              "cluster-local name (what Knative Eventing delivers to), the key "
-                              "otherwise; none = never a key (only for a Service that is private "
-                              "as a whole). See snap2caption_service/serving/auth.py.")
-    cluster_domain: str = Field("cluster.local", description="The Kubernetes cluster domain, for "
-                                                             "events_auth=cluster-local.")
-
+        "bearer",
+        description="How POST /events (Knative push mode) is authenticated when "
+        "SNAP2CAPTION_API_KEYS is set: bearer = the API key like every route; "
+        "cluster-local = no key when the request's Host is the Service's "
+        "cluster-local name (what Knative Eventing delivers to), the key "
+        "otherwise; none = never a key (only for a Service that is private "
+        "as a whole). See snap2caption_service/serving/auth.py.",
+    )
+    cluster_domain: str = Field(
+        "cluster.local", description="The Kubernetes cluster domain, for events_auth=cluster-local."
+    )
 
     # Fault injection for canary-analysis tests and drills; never set in production.
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
@@ -137,15 +149,18 @@ class KafkaSettings(BaseSettings):
     model_config = _config()
 
     kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
-        description="host:port[,host:port] [KAFKA_BOOTSTRAP_SERVERS]")
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="host:port[,host:port] [KAFKA_BOOTSTRAP_SERVERS]",
+    )
     topic_uploaded: str = Field("media.uploaded", description="Upload events in.")
     topic_captioned: str = Field("media.captioned", description="Captioned events out (key = media_id).")
     topic_feedback: str = Field("caption.feedback", description="Creators' feedback: the training topic.")
     topic_dlq: str = Field("media.uploaded.dlq", description="Poison upload events, original bytes + reason headers.")
     topic_partitions: int = Field(3, ge=1, description="Partitions for topics this process creates.")
-    topic_replication_factor: int = Field(1, ge=1,
-                                          description="Replication for topics this process creates (3 in production).")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication for topics this process creates (3 in production)."
+    )
 
     @property
     def bootstrap(self) -> list[str]:
@@ -158,13 +173,17 @@ class FetchSettings(BaseSettings):
     model_config = _config()
 
     aws_endpoint_url_s3: str = Field(
-        "", validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
+        "",
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
         description="S3 API endpoint for fetched images (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]. "
-                    "Passed to core/storage.py's s3_client(), which owns the region rule.")
+        "Passed to core/storage.py's s3_client(), which owns the region rule.",
+    )
     s3_buckets: str = Field("", description="Comma-separated buckets s3:// images may come from; empty = none.")
     url_allowlist: str = Field(
-        "", description="Comma-separated hosts, IPs or CIDRs that https:// (and http://) images may come "
-                        "from even though they resolve to loopback/private/link-local addresses.")
+        "",
+        description="Comma-separated hosts, IPs or CIDRs that https:// (and http://) images may come "
+        "from even though they resolve to loopback/private/link-local addresses.",
+    )
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image fetched (S3, URL, inline).")
     fetch_timeout_s: float = Field(10.0, gt=0, description="Whole download of one URL or S3 object.")
     fetch_max_redirects: int = Field(3, ge=0)

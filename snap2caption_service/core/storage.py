@@ -33,13 +33,20 @@ class StorageSettings(BaseSettings):
     model_config = _config()
 
     aws_endpoint_url_s3: str = Field(
-        "", validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
-        description="S3 API endpoint (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]")
-    aws_region: str = Field("", validation_alias=AliasChoices("AWS_REGION", "aws_region"),
-                            description="S3 region [AWS_REGION]; wins over AWS_DEFAULT_REGION")
+        "",
+        validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "aws_endpoint_url_s3"),
+        description="S3 API endpoint (MinIO, moto); empty = AWS [AWS_ENDPOINT_URL_S3]",
+    )
+    aws_region: str = Field(
+        "",
+        validation_alias=AliasChoices("AWS_REGION", "aws_region"),
+        description="S3 region [AWS_REGION]; wins over AWS_DEFAULT_REGION",
+    )
     aws_default_region: str = Field(
-        "", validation_alias=AliasChoices("AWS_DEFAULT_REGION", "aws_default_region"),
-        description="S3 region when AWS_REGION is unset [AWS_DEFAULT_REGION]; neither = us-east-1")
+        "",
+        validation_alias=AliasChoices("AWS_DEFAULT_REGION", "aws_default_region"),
+        description="S3 region when AWS_REGION is unset [AWS_DEFAULT_REGION]; neither = us-east-1",
+    )
 
     @property
     def region_name(self) -> str:
@@ -67,7 +74,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
     if not is_s3(uri):
         raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -154,7 +161,7 @@ class Storage:
         root = f"{self.prefix}/" if self.prefix else ""
         keys = []
         for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(obj["Key"][len(root):] for obj in page.get("Contents", []))
+            keys.extend(obj["Key"][len(root) :] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def _key(self, key: str) -> str:

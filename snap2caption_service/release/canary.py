@@ -49,18 +49,25 @@ class Thresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_requests: int = Field(100, ge=1, description="Caption requests the candidate must have served "
-                                                     "in the window before it is judged at all (else hold).")
+    min_requests: int = Field(
+        100,
+        ge=1,
+        description="Caption requests the candidate must have served "
+        "in the window before it is judged at all (else hold).",
+    )
     min_success_rate: float = Field(0.99, ge=0, le=1, description="Lowest share of non-5xx answers.")
-    max_success_rate_drop: float = Field(0.005, ge=0, le=1,
-                                         description="How far the success rate may fall below stable's.")
+    max_success_rate_drop: float = Field(
+        0.005, ge=0, le=1, description="How far the success rate may fall below stable's."
+    )
     max_p95_seconds: float = Field(2.0, gt=0, description="Highest p95 latency of successful requests.")
     max_p95_ratio: float = Field(1.5, ge=1, description="Highest candidate/stable p95 ratio.")
-    p95_slack_seconds: float = Field(0.1, ge=0, description="p95 differences from stable below this "
-                                                             "are noise (histogram buckets), never a failure.")
+    p95_slack_seconds: float = Field(
+        0.1, ge=0, description="p95 differences from stable below this are noise (histogram buckets), never a failure."
+    )
     max_caption_error_rate: float = Field(0.01, ge=0, le=1, description="Highest share of caption errors.")
-    max_caption_error_increase: float = Field(0.005, ge=0, le=1,
-                                              description="How far the caption-error rate may exceed stable's.")
+    max_caption_error_increase: float = Field(
+        0.005, ge=0, le=1, description="How far the caption-error rate may exceed stable's."
+    )
 
 
 class _ThresholdsEnv(BaseSettings):
@@ -69,8 +76,10 @@ class _ThresholdsEnv(BaseSettings):
 
 # Thresholds set as SNAP2CAPTION_CANARY_<NAME> env vars; unset ones stay None (not applied).
 ThresholdsFromEnv = create_model(
-    "ThresholdsFromEnv", __base__=_ThresholdsEnv,
-    **{name: (info.annotation | None, None) for name, info in Thresholds.model_fields.items()})
+    "ThresholdsFromEnv",
+    __base__=_ThresholdsEnv,
+    **{name: (info.annotation | None, None) for name, info in Thresholds.model_fields.items()},
+)
 
 
 class CanarySettings(BaseSettings):
@@ -119,13 +128,19 @@ def decide(candidate: RevisionStats, stable: RevisionStats | None, t: Thresholds
     """The canary policy. Hold until the candidate has enough traffic; then any failed check
     rolls back, and promotion needs every check that could be made to pass."""
     if candidate.requests < t.min_requests:
-        return Verdict("hold", [f"candidate {candidate.revision} served {candidate.requests:.0f} caption "
-                                f"requests in the window; {t.min_requests} are needed to judge it"])
+        return Verdict(
+            "hold",
+            [
+                f"candidate {candidate.revision} served {candidate.requests:.0f} caption "
+                f"requests in the window; {t.min_requests} are needed to judge it"
+            ],
+        )
     notes: list[str] = []
     comparable = stable is not None and stable.requests >= t.min_requests
     if stable is not None and not comparable:
-        notes.append(f"stable {stable.revision} served {stable.requests:.0f} requests (< {t.min_requests}): "
-                     "absolute limits only")
+        notes.append(
+            f"stable {stable.revision} served {stable.requests:.0f} requests (< {t.min_requests}): absolute limits only"
+        )
     failed: list[str] = []
     passed: list[str] = []
 
@@ -136,8 +151,11 @@ def decide(candidate: RevisionStats, stable: RevisionStats | None, t: Thresholds
     check(sr >= t.min_success_rate, f"success rate {_pct(sr)} vs minimum {_pct(t.min_success_rate)}")
     if comparable and stable.success_rate is not None:
         floor = stable.success_rate - t.max_success_rate_drop
-        check(sr >= floor, f"success rate {_pct(sr)} vs stable {_pct(stable.success_rate)} "
-                           f"- {_pct(t.max_success_rate_drop)} allowed drop")
+        check(
+            sr >= floor,
+            f"success rate {_pct(sr)} vs stable {_pct(stable.success_rate)} "
+            f"- {_pct(t.max_success_rate_drop)} allowed drop",
+        )
 
     p95 = candidate.p95_seconds
     if p95 is None:
@@ -147,19 +165,27 @@ def decide(candidate: RevisionStats, stable: RevisionStats | None, t: Thresholds
         if comparable and stable.p95_seconds is not None:
             s95 = stable.p95_seconds
             ok = p95 <= s95 * t.max_p95_ratio or p95 - s95 <= t.p95_slack_seconds
-            check(ok, f"p95 {p95:.3f}s vs stable {s95:.3f}s x {t.max_p95_ratio:g} "
-                      f"(differences under {t.p95_slack_seconds:g}s ignored)")
+            check(
+                ok,
+                f"p95 {p95:.3f}s vs stable {s95:.3f}s x {t.max_p95_ratio:g} "
+                f"(differences under {t.p95_slack_seconds:g}s ignored)",
+            )
 
     cer = candidate.caption_error_rate
     if cer is None:
         notes.append("no caption outcomes recorded: caption-error rate not judged")
     else:
-        check(cer <= t.max_caption_error_rate, f"caption-error rate {_pct(cer)} vs maximum "
-                                               f"{_pct(t.max_caption_error_rate)}")
+        check(
+            cer <= t.max_caption_error_rate,
+            f"caption-error rate {_pct(cer)} vs maximum {_pct(t.max_caption_error_rate)}",
+        )
         if comparable and stable.caption_error_rate is not None:
             ceiling = stable.caption_error_rate + t.max_caption_error_increase
-            check(cer <= ceiling, f"caption-error rate {_pct(cer)} vs stable {_pct(stable.caption_error_rate)} "
-                                  f"+ {_pct(t.max_caption_error_increase)} allowed increase")
+            check(
+                cer <= ceiling,
+                f"caption-error rate {_pct(cer)} vs stable {_pct(stable.caption_error_rate)} "
+                f"+ {_pct(t.max_caption_error_increase)} allowed increase",
+            )
 
     if failed:
         return Verdict("rollback", failed, notes)
@@ -206,8 +232,10 @@ def build_queries(selector: str, window: str) -> dict[str, str]:
     return {
         "requests": total("bentoml_service_request_total", api),
         "server_errors": total("bentoml_service_request_total", api + ',http_response_code=~"5.."'),
-        "p95_seconds": ("histogram_quantile(0.95, sum by (le) (increase(snap2caption_caption_latency_seconds_bucket"
-                        f"{{{selector}}}[{window}])))"),
+        "p95_seconds": (
+            "histogram_quantile(0.95, sum by (le) (increase(snap2caption_caption_latency_seconds_bucket"
+            f"{{{selector}}}[{window}])))"
+        ),
         "captions": total("snap2caption_captions_total", f'outcome=~"ok|error",{selector}'),
         "caption_errors": total("snap2caption_captions_total", f'outcome="error",{selector}'),
         "series": f"count(bentoml_service_request_total{{{api}}})",
@@ -227,8 +255,9 @@ def query_scalar(client, expr: str) -> float | None:
     except ValueError:
         raise AnalysisError(f"Prometheus answered {r.status_code} with non-JSON: {r.text[:200]}") from None
     if r.status_code != 200 or body.get("status") != "success":
-        raise AnalysisError(f"Prometheus rejected the query ({r.status_code} {body.get('errorType')}: "
-                            f"{body.get('error')}):\n  {expr}")
+        raise AnalysisError(
+            f"Prometheus rejected the query ({r.status_code} {body.get('errorType')}: {body.get('error')}):\n  {expr}"
+        )
     result = body["data"]["result"]
     if not result:
         return None
@@ -256,23 +285,34 @@ def fetch_stats(client, revision: str, selector: str, window: str) -> tuple[Revi
     return stats, query_scalar(client, q["series"]) is not None
 
 
-def analyze(prometheus_url: str, candidate: str, stable: str | None, window: str, thresholds: Thresholds,
-            revision_label: str = "revision", extra_selector: str = "", timeout: float = 10.0,
-            token: str | None = None) -> tuple[Verdict, RevisionStats, RevisionStats | None]:
+def analyze(
+    prometheus_url: str,
+    candidate: str,
+    stable: str | None,
+    window: str,
+    thresholds: Thresholds,
+    revision_label: str = "revision",
+    extra_selector: str = "",
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> tuple[Verdict, RevisionStats, RevisionStats | None]:
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with httpx.Client(base_url=prometheus_url.rstrip("/"), timeout=timeout, headers=headers) as client:
-        cand, cand_seen = fetch_stats(client, candidate, revision_selector(candidate, revision_label,
-                                                                          extra_selector), window)
+        cand, cand_seen = fetch_stats(
+            client, candidate, revision_selector(candidate, revision_label, extra_selector), window
+        )
         stab = None
         if stable:
             stab, _ = fetch_stats(client, stable, revision_selector(stable, revision_label, extra_selector), window)
     verdict = decide(cand, stab, thresholds)
     if not cand_seen:
-        verdict.notes.append(f"Prometheus has no bentoml_service_request_total series with "
-                             f"{revision_selector(candidate, revision_label, extra_selector)}: is the candidate "
-                             f"scraped, and is --revision-label right?")
+        verdict.notes.append(
+            f"Prometheus has no bentoml_service_request_total series with "
+            f"{revision_selector(candidate, revision_label, extra_selector)}: is the candidate "
+            f"scraped, and is --revision-label right?"
+        )
     return verdict, cand, stab
 
 
@@ -300,9 +340,15 @@ def load_thresholds(config_file: str | Path | None = None, overrides: dict | Non
 
 
 def report(verdict: Verdict, cand: RevisionStats, stab: RevisionStats | None, window: str) -> dict:
-    return {"action": verdict.action, "exit_code": verdict.exit_code, "window": window,
-            "reasons": verdict.reasons, "notes": verdict.notes,
-            "candidate": asdict(cand), "stable": asdict(stab) if stab else None}
+    return {
+        "action": verdict.action,
+        "exit_code": verdict.exit_code,
+        "window": window,
+        "reasons": verdict.reasons,
+        "notes": verdict.notes,
+        "candidate": asdict(cand),
+        "stable": asdict(stab) if stab else None,
+    }
 
 
 # -- Knative traffic -------------------------------------------------------------------------
@@ -311,8 +357,15 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 
 
-def traffic_patch(service: str, stable: str, candidate: str, percent: int, image: str | None = None,
-                  container: str = "snap2caption", promote: bool = False) -> list[dict]:
+def traffic_patch(
+    service: str,
+    stable: str,
+    candidate: str,
+    percent: int,
+    image: str | None = None,
+    container: str = "snap2caption",
+    promote: bool = False,
+) -> list[dict]:
     """The JSON patch (RFC 6902) for ``kubectl patch ksvc SERVICE --type json`` at one canary step.
 
     With ``image``: the candidate revision is created (its name set in the template, so the
@@ -341,10 +394,14 @@ def traffic_patch(service: str, stable: str, candidate: str, percent: int, image
             {"op": "add", "path": "/spec/template/metadata/name", "value": candidate},
         ]
     if promote:
-        traffic = [{"revisionName": candidate, "percent": 100, "tag": "stable"},
-                   {"revisionName": stable, "percent": 0, "tag": "previous"}]
+        traffic = [
+            {"revisionName": candidate, "percent": 100, "tag": "stable"},
+            {"revisionName": stable, "percent": 0, "tag": "previous"},
+        ]
     else:
-        traffic = [{"revisionName": stable, "percent": 100 - percent, "tag": "stable"},
-                   {"revisionName": candidate, "percent": percent, "tag": "candidate"}]
+        traffic = [
+            {"revisionName": stable, "percent": 100 - percent, "tag": "stable"},
+            {"revisionName": candidate, "percent": percent, "tag": "candidate"},
+        ]
     ops.append({"op": "add", "path": "/spec/traffic", "value": traffic})
     return ops

@@ -19,12 +19,14 @@ A valid key is accepted on /events in every mode.
 from __future__ import annotations
 
 import hmac
+
 from snap2caption_service.serving.responses import error_body
 
 # Health, metrics, docs and the web page's static shell stay open: probes and scrapers have
 # no key, and the page asks the creator for one before calling the API.
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json",
-                        "/schema.json", "/", "/favicon.ico"})
+OPEN_PATHS = frozenset(
+    {"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico"}
+)
 OPEN_PREFIXES = ("/static/", "/static_content/", "/ui/", "/docs/")
 EVENTS_PATH = "/events"
 EVENTS_AUTH_MODES = ("bearer", "cluster-local", "none")
@@ -57,7 +59,7 @@ def is_cluster_local_host(host_header: str, cluster_domain: str = "cluster.local
     if len(labels) >= 3 and labels[-1] == "svc":
         return all(labels[:-1])
     n = len(domain)
-    return len(labels) >= 3 + n and labels[-n - 1:] == ["svc", *domain] and all(labels[:-n - 1])
+    return len(labels) >= 3 + n and labels[-n - 1 :] == ["svc", *domain] and all(labels[: -n - 1])
 
 
 class ApiKeyMiddleware:
@@ -69,7 +71,9 @@ class ApiKeyMiddleware:
             events_auth = events_auth or s.events_auth
             cluster_domain = cluster_domain or s.cluster_domain
         if events_auth not in EVENTS_AUTH_MODES:
-            raise ValueError(f"SNAP2CAPTION_EVENTS_AUTH={events_auth!r}: expected one of {', '.join(EVENTS_AUTH_MODES)}")
+            raise ValueError(
+                f"SNAP2CAPTION_EVENTS_AUTH={events_auth!r}: expected one of {', '.join(EVENTS_AUTH_MODES)}"
+            )
         self.app = app
         self.keys = keys
         self.events_auth = events_auth
@@ -96,7 +100,14 @@ class ApiKeyMiddleware:
         if scheme.lower() == "bearer" and token and key_matches(token.strip(), self.keys):
             return await self.app(scope, receive, send)
         body = error_body("unauthorized", "Missing or wrong API key: send 'Authorization: Bearer <key>'.")
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"www-authenticate", b'Bearer realm="snap2caption"')]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b'Bearer realm="snap2caption"'),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

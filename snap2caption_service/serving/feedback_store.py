@@ -10,9 +10,9 @@ import json
 import os
 import threading
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from snap2caption_service.core.contracts import FeedbackRecord, FeedbackRequest, ServedCaption
 
@@ -25,8 +25,12 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, feedback: FeedbackRequest, served: ServedCaption | None = None) -> FeedbackRecord:
-        record = FeedbackRecord(**feedback.model_dump(), feedback_id=uuid.uuid4().hex,
-                                received_at=datetime.now(timezone.utc).isoformat(), served=served)
+        record = FeedbackRecord(
+            **feedback.model_dump(),
+            feedback_id=uuid.uuid4().hex,
+            received_at=datetime.now(UTC).isoformat(),
+            served=served,
+        )
         line = record.model_dump_json() + "\n"
         with self._lock:
             # O_APPEND makes each write land whole at the end even with several processes.

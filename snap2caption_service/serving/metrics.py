@@ -22,24 +22,39 @@ def get_metrics() -> SimpleNamespace:
     from prometheus_client import Counter, Gauge, Histogram
 
     m = SimpleNamespace(
-        captions=Counter("snap2caption_captions_total",
-                         "Caption requests by outcome (ok, bad_input, error).", ["outcome", "source"]),
-        caption_latency=Histogram("snap2caption_caption_latency_seconds",
-                                  "Request to result, including queueing in the batcher.",
-                                  buckets=LATENCY_BUCKETS),
+        captions=Counter(
+            "snap2caption_captions_total", "Caption requests by outcome (ok, bad_input, error).", ["outcome", "source"]
+        ),
+        caption_latency=Histogram(
+            "snap2caption_caption_latency_seconds",
+            "Request to result, including queueing in the batcher.",
+            buckets=LATENCY_BUCKETS,
+        ),
         batch_size=Histogram("snap2caption_model_batch_size", "Items per model call.", buckets=BATCH_BUCKETS),
-        model_call=Histogram("snap2caption_model_call_seconds", "Wall time of one batched model call.",
-                             buckets=LATENCY_BUCKETS),
+        model_call=Histogram(
+            "snap2caption_model_call_seconds", "Wall time of one batched model call.", buckets=LATENCY_BUCKETS
+        ),
         generated_tokens=Counter("snap2caption_generated_tokens_total", "Tokens generated, all candidates."),
-        model_info=Gauge("snap2caption_model_info", "The model version served (value is always 1).",
-                         ["version"], multiprocess_mode="max"),
+        model_info=Gauge(
+            "snap2caption_model_info",
+            "The model version served (value is always 1).",
+            ["version"],
+            multiprocess_mode="max",
+        ),
         feedback=Counter("snap2caption_feedback_total", "Feedback recorded, by rating.", ["rating"]),
-        archive_errors=Counter("snap2caption_archive_errors_total",
-                               "Served captions whose image/result could not be archived for feedback."),
-        injected_faults=Counter("snap2caption_injected_faults_total",
-                                "Errors injected by SNAP2CAPTION_FAULT_ERROR_RATE (tests and drills only)."),
-        model_load=Histogram("snap2caption_model_load_seconds",
-                             "Model load at worker start-up; one observation per cold start.", buckets=LOAD_BUCKETS),
+        archive_errors=Counter(
+            "snap2caption_archive_errors_total",
+            "Served captions whose image/result could not be archived for feedback.",
+        ),
+        injected_faults=Counter(
+            "snap2caption_injected_faults_total",
+            "Errors injected by SNAP2CAPTION_FAULT_ERROR_RATE (tests and drills only).",
+        ),
+        model_load=Histogram(
+            "snap2caption_model_load_seconds",
+            "Model load at worker start-up; one observation per cold start.",
+            buckets=LOAD_BUCKETS,
+        ),
     )
     # Export every outcome/source at 0 from the start: increase() cannot count the first
     # increments of a series that appears mid-window, so canary analysis and the error-rate

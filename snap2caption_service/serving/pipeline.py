@@ -47,9 +47,13 @@ def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
 
 
 def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
-    return ModelItem(image_png_b64=images.encode_png_base64(prepared.image), tone=options.tone,
-                     audience=options.audience, num_hashtags=options.num_hashtags,
-                     num_candidates=options.num_candidates)
+    return ModelItem(
+        image_png_b64=images.encode_png_base64(prepared.image),
+        tone=options.tone,
+        audience=options.audience,
+        num_hashtags=options.num_hashtags,
+        num_candidates=options.num_candidates,
+    )
 
 
 def new_request_id() -> str:
@@ -58,6 +62,13 @@ def new_request_id() -> str:
 
 def build_result(output: ModelOutput, request_id: str, latency_ms: float, image_sha256: str) -> CaptionResult:
     best = output.candidates[0]
-    return CaptionResult(caption=best.caption, hashtags=best.hashtags, alt_text=best.alt_text,
-                         candidates=output.candidates, model_version=output.model_version,
-                         request_id=request_id, latency_ms=round(latency_ms, 1), image_sha256=image_sha256)
+    return CaptionResult(
+        caption=best.caption,
+        hashtags=best.hashtags,
+        alt_text=best.alt_text,
+        candidates=output.candidates,
+        model_version=output.model_version,
+        request_id=request_id,
+        latency_ms=round(latency_ms, 1),
+        image_sha256=image_sha256,
+    )

@@ -19,15 +19,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 import bentoml
 from starlette.responses import Response
 
 from snap2caption_service.core import cloudevents
-from snap2caption_service.core.contracts import (EVENT_TYPE_CAPTIONED, EVENT_TYPE_UPLOADED, CaptionedEvent,
-                                                 CaptionOptions, CaptionResult, UploadEvent)
+from snap2caption_service.core.contracts import (
+    EVENT_TYPE_CAPTIONED,
+    CaptionedEvent,
+    CaptionOptions,
+    CaptionResult,
+    UploadEvent,
+)
 from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
 from snap2caption_service.core.events import check_type, classify_answer, decode_upload
 from snap2caption_service.core.fetch import ImageFetcher
@@ -45,8 +50,9 @@ CaptionFn = Callable[[bytes, CaptionOptions], Awaitable[CaptionResult]]
 
 def kafka_headers(event: cloudevents.CloudEvent) -> dict[str, str]:
     """The original Kafka headers KafkaSource carried as kafkaheader* attributes (names sanitized)."""
-    return {name[len("kafkaheader"):]: value for name, value in event.extensions.items()
-            if name.startswith("kafkaheader")}
+    return {
+        name[len("kafkaheader") :]: value for name, value in event.extensions.items() if name.startswith("kafkaheader")
+    }
 
 
 class PushRequest(bentoml.IODescriptor):
@@ -57,7 +63,7 @@ class PushRequest(bentoml.IODescriptor):
     headers: dict[str, str] = {}
 
     @classmethod
-    async def from_http_request(cls, request, serde) -> "PushRequest":
+    async def from_http_request(cls, request, serde) -> PushRequest:
         return cls(body=await request.body(), headers=dict(request.headers))
 
 
@@ -100,12 +106,20 @@ class PushHandler:
             return error_response(_status(exc), exc.reason, exc.detail, exc.stage)
         except Transient as exc:
             return error_response(503, exc.reason, exc.detail, exc.stage, {"Retry-After": "5"})
-        timings = {"fetch_ms": (t1 - t0) * 1000, "caption_ms": (t2 - t1) * 1000,
-                   "total_ms": (time.perf_counter() - t0) * 1000}
+        timings = {
+            "fetch_ms": (t1 - t0) * 1000,
+            "caption_ms": (t2 - t1) * 1000,
+            "total_ms": (time.perf_counter() - t0) * 1000,
+        }
         data_out = CaptionedEvent.from_result(result, upload, source_id, timings)
-        out = cloudevents.new_event(EVENT_TYPE_CAPTIONED, SOURCE, data_out, subject=upload.media_id,
-                                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")),
-                                    extensions={"partitionkey": upload.media_id})
+        out = cloudevents.new_event(
+            EVENT_TYPE_CAPTIONED,
+            SOURCE,
+            data_out,
+            subject=upload.media_id,
+            id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.source}#{event.id}")),
+            extensions={"partitionkey": upload.media_id},
+        )
         body, out_headers = cloudevents.to_http(out)
         return Response(body, status_code=200, headers=out_headers, media_type=out.datacontenttype)
 

@@ -57,6 +57,7 @@ def build_app() -> Starlette:
     ]
     swagger = _swagger_page()
     if swagger is not None:
+
         async def docs(_: Request) -> Response:
             return FileResponse(swagger, media_type="text/html")
 

@@ -36,3 +36,9 @@ class Poison(StageError):
 
 class Transient(StageError):
     pass
+
+
+class UrlUnavailable(Transient):
+    """An image host that did not answer (timeout, DNS failure, refused, 5xx). Transient like
+    any outage, but a host outside our control: after bounded retries or age the consumer
+    dead-letters the event as ``url_unavailable`` instead of retrying it forever."""

@@ -14,13 +14,19 @@ What this checks, and against what:
 - Sequence (flows.knative.dev/v1): no CRD in shared/schemas, so its shape is checked here
   and its destinations and delivery specs are validated against the Destination and
   DeliverySpec schemas of the KafkaSource CRD (the same Knative duck types).
-- Core objects (Namespace, ConfigMap, Secret, Service, Deployment, CronJob) against the
+- Core objects (Namespace, ConfigMap, Secret, Service, StatefulSet, CronJob, NetworkPolicy) against the
   Kubernetes JSON schemas shipped by the PyPI package kubernetes-validate (generated from
   the upstream OpenAPI spec; "strict" flavour, which rejects unknown fields), for
   Kubernetes K8S_VERSION.
 - Then the requirements: scale to zero, GPU, probes, autoscaling consistent with the
   batcher, the event path and its dead-letter sink, the consumer and the CronJob, the
   placeholder Secrets, and the overlays differing where they are meant to.
+- And the deployment defaults (k8s/README.md "Pod security", "NetworkPolicy"): every pod
+  non-root with a read-only root filesystem, a volume wherever it writes, no capabilities,
+  seccomp RuntimeDefault, no service-account token; a NetworkPolicy that admits only the
+  Knative data plane (and Prometheus) to the service's pods; the consumer a StatefulSet whose
+  instance id is its pod name, with a memory limit that holds its in-flight window; MLflow
+  credentials from a Secret.
 - Negative tests show each validator rejects a broken object.
 """
 
@@ -83,6 +89,8 @@ SERVICE_ENV = {
     "MLFLOW_TRACKING_URI",
     "SNAP2CAPTION_REGISTERED_MODEL",
     "SNAP2CAPTION_ARCHIVE",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 }
 CONSUMER_ENV = {
     "KAFKA_BOOTSTRAP_SERVERS",
@@ -112,17 +120,21 @@ RETRAIN_ENV = {
     "SNAP2CAPTION_SNAPSHOTS",
     "SNAP2CAPTION_RETRAIN_CONFIG",
     "SNAP2CAPTION_RETRAIN_MIN_EVENTS",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 }
 ALL_ENV = SERVICE_ENV | CONSUMER_ENV | RETRAIN_ENV
-SECRET_ENV = {"SNAP2CAPTION_API_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+SECRET_ENV = {"SNAP2CAPTION_API_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *MLFLOW_CREDENTIALS}
 
 CORE_KINDS = {
     ("v1", "Namespace"),
     ("v1", "ConfigMap"),
     ("v1", "Secret"),
     ("v1", "Service"),
-    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
     ("batch/v1", "CronJob"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }
 KNATIVE_CRD_KINDS = {
     ("serving.knative.dev", "Service"),
@@ -464,10 +476,14 @@ def iso_duration_s(text: str) -> float:
     return int(days or 0) * 86400 + int(h or 0) * 3600 + int(mi or 0) * 60 + float(s or 0)
 
 
-def pod_spec(obj: dict) -> dict:
+def pod_template(obj: dict) -> dict:
     if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return obj["spec"]["template"]["spec"]
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def pod_spec(obj: dict) -> dict:
+    return pod_template(obj)["spec"]
 
 
 def env_keys(r: Rendering, container: dict, base_secrets: dict[str, set[str]]) -> set[str]:
@@ -575,9 +591,12 @@ def test_validator_rejects_missing_required_fields(renderings):
 
 
 def test_validator_rejects_broken_core_objects(renderings):
-    dep = copy.deepcopy(renderings["base"].one("Deployment", "snap2caption-consumer"))
-    dep["spec"]["replicas"] = "two"
-    assert any("replicas" in e for e in validate_object(dep))
+    sts = copy.deepcopy(renderings["base"].one("StatefulSet", "snap2caption-consumer"))
+    sts["spec"]["replicas"] = "two"
+    assert any("replicas" in e for e in validate_object(sts))
+    policy = copy.deepcopy(renderings["base"].one("NetworkPolicy", "snap2caption"))
+    policy["spec"]["ingress"][0]["ports"][0]["port"] = {"number": 8012}
+    assert any("port" in e for e in validate_object(policy))
     cron = copy.deepcopy(renderings["base"].one("CronJob", "snap2caption-retrain"))
     cron["spec"]["concurrencyPolicy"] = {"value": "Forbid"}
     assert validate_object(cron)
@@ -734,14 +753,14 @@ def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
 
 
 # --------------------------------------------------------------------------------------
-# Consumer Deployment and its metrics Service
+# Consumer StatefulSet and its Services
 # --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
-def test_consumer_deployment(renderings, name, base_secrets):
+def test_consumer_workload(renderings, name, base_secrets):
     r = renderings[name]
-    dep = r.one("Deployment", "snap2caption-consumer")
+    dep = r.one("StatefulSet", "snap2caption-consumer")
     spec = pod_spec(dep)
     [c] = spec["containers"]
     assert c["command"] == ["snap2caption", "consume"]
@@ -763,10 +782,10 @@ def test_consumer_deployment(renderings, name, base_secrets):
 def test_consumer_and_kafka_source_never_run_together(renderings):
     for name in MAIN:
         r = renderings[name]
-        assert r.one("Deployment", "snap2caption-consumer")["spec"]["replicas"] == 0, name
+        assert r.one("StatefulSet", "snap2caption-consumer")["spec"]["replicas"] == 0, name
         assert len(r.all("KafkaSource")) == 1
     switched = renderings["staging+consumer-ingest"]
-    assert switched.one("Deployment", "snap2caption-consumer")["spec"]["replicas"] >= 1
+    assert switched.one("StatefulSet", "snap2caption-consumer")["spec"]["replicas"] >= 1
     assert not switched.all("KafkaSource") and not switched.all("Sequence")
     assert not switched.all("KafkaSink")
     assert switched.ksvc  # the caption service itself stays
@@ -814,7 +833,11 @@ def test_every_documented_variable_is_configured(renderings, base_secrets):
 
 def test_base_secrets_are_marked_placeholders(renderings):
     secrets = renderings["base"].all("Secret")
-    assert {s["metadata"]["name"] for s in secrets} == {"snap2caption-api-keys", "snap2caption-s3"}
+    assert {s["metadata"]["name"] for s in secrets} == {
+        "snap2caption-api-keys",
+        "snap2caption-s3",
+        "snap2caption-mlflow",
+    }
     for s in secrets:
         assert s["metadata"]["annotations"]["snap2caption.dev/placeholder"] == "true"
         assert all("PLACEHOLDER" in v for v in s["stringData"].values())
@@ -845,7 +868,7 @@ def _images(r: Rendering) -> set[str]:
     return {
         c["image"]
         for d in r.docs
-        if d["kind"] in ("Service", "Deployment", "CronJob")
+        if d["kind"] in ("Service", "StatefulSet", "CronJob")
         and "spec" in d
         and ("template" in d["spec"] or "jobTemplate" in d["spec"])
         for c in pod_spec(d)["containers"]
@@ -874,3 +897,332 @@ def test_overlays_differ_where_intended(renderings):
     for key in ("autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/target"):
         assert ann(prod)[key] == ann(stg)[key]
     assert res(prod)["limits"]["nvidia.com/gpu"] == res(stg)["limits"]["nvidia.com/gpu"]
+
+
+# --------------------------------------------------------------------------------------
+# Deployment defaults: pod security, NetworkPolicy, consumer identity and memory, MLflow
+# --------------------------------------------------------------------------------------
+
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+# BentoML's image user `bentoml` (bentoml/_internal/container/generate.py, BENTO_UID_GID): the
+# image names its USER, so the kubelet can check runAsNonRoot only against an explicit number.
+BENTOML_UID = 1034
+# Where the model-running pods write, as set in config/model.env: each must be on a volume.
+WRITABLE_PATH_ENV = ("SNAP2CAPTION_DATA_DIR", "HF_HOME", "XDG_CACHE_HOME", "BENTOML_HOME")
+
+
+def workloads(r: Rendering) -> list[tuple[str, dict, bool]]:
+    """(kind/name, pod template, is a Knative Service) for every object that makes pods."""
+    out = []
+    for d in r.docs:
+        knative = d["kind"] == "Service" and d["apiVersion"].startswith("serving.knative.dev/")
+        if d["kind"] in WORKLOAD_KINDS or knative:
+            out.append((f"{d['kind']}/{d['metadata']['name']}", pod_template(d), knative))
+    return out
+
+
+def consumer(r: Rendering) -> dict:
+    """The consumer workload, whatever its kind (so that the checks on it say what is wrong)."""
+    [found] = [d for d in r.docs if d["kind"] in WORKLOAD_KINDS and d["metadata"]["name"] == "snap2caption-consumer"]
+    return found
+
+
+def security_problems(spec: dict, knative: bool) -> list[str]:
+    """What a pod spec lacks of the deployment defaults (k8s/README.md "Pod security")."""
+    problems = []
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append("automountServiceAccountToken must be false")
+    pod_sc = spec.get("securityContext") or {}
+    if knative and pod_sc:
+        problems.append(
+            "a Knative Service takes a pod securityContext only with kubernetes.podspec-securitycontext; "
+            "set it on the container"
+        )
+    for c in spec.get("initContainers", []) + spec.get("containers", []):
+        sc = c.get("securityContext") or {}
+
+        def effective(key, sc=sc):
+            return sc.get(key, pod_sc.get(key))
+
+        where = f"container {c['name']}"
+        if effective("runAsNonRoot") is not True:
+            problems.append(f"{where}: runAsNonRoot must be true")
+        uid = effective("runAsUser")
+        if not isinstance(uid, int) or uid == 0:
+            problems.append(f"{where}: runAsUser must be a non-zero uid (got {uid!r})")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: readOnlyRootFilesystem must be true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation must be false")
+        if sc.get("privileged"):
+            problems.append(f"{where}: privileged")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in caps.get("drop", []) or caps.get("add"):
+            problems.append(f"{where}: capabilities must drop ALL and add none")
+        if (effective("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{where}: seccompProfile must be RuntimeDefault")
+    return problems
+
+
+@pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
+def test_every_pod_runs_with_the_security_defaults(renderings, name):
+    found = workloads(renderings[name])
+    assert {w.split("/", 1)[1] for w, _, _ in found} >= {
+        "snap2caption",
+        "snap2caption-consumer",
+        "snap2caption-retrain",
+    }
+    problems = {w: security_problems(tmpl["spec"], kn) for w, tmpl, kn in found}
+    problems = {w: p for w, p in problems.items() if p}
+    assert not problems, yaml.safe_dump(problems, sort_keys=False)
+    for w, tmpl, _ in found:
+        spec = tmpl["spec"]
+        for c in spec["containers"]:
+            uid = (c.get("securityContext") or {}).get(
+                "runAsUser", (spec.get("securityContext") or {}).get("runAsUser")
+            )
+            assert uid == BENTOML_UID, f"{w}: the image's user is uid {BENTOML_UID}"
+
+
+def test_security_check_catches_each_missing_default(renderings):
+    """Proof the check above is live: each default removed is reported."""
+    good = pod_spec(consumer(renderings["base"]))
+    assert security_problems(good, knative=False) == []
+    for path, value, expected in [
+        (("automountServiceAccountToken",), True, "automountServiceAccountToken"),
+        (("containers", 0, "securityContext", "readOnlyRootFilesystem"), False, "readOnlyRootFilesystem"),
+        (("containers", 0, "securityContext", "allowPrivilegeEscalation"), True, "allowPrivilegeEscalation"),
+        (("containers", 0, "securityContext", "capabilities"), {"add": ["NET_ADMIN"], "drop": ["ALL"]}, "capabilities"),
+        (("containers", 0, "securityContext", "runAsNonRoot"), False, "runAsNonRoot"),
+        (("containers", 0, "securityContext", "seccompProfile"), {"type": "Unconfined"}, "seccompProfile"),
+    ]:
+        spec = copy.deepcopy(good)
+        node = spec
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        assert any(expected in p for p in security_problems(spec, knative=False)), path
+    assert any("podspec-securitycontext" in p for p in security_problems(good, knative=True))
+
+
+def _mounted(path: str, mounts: list[dict]) -> bool:
+    return any(path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts)
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_read_only_root_has_a_volume_wherever_the_app_writes(renderings, name):
+    """The service and the retraining job write to the data dir, the Hub cache, BentoML's home,
+    other caches and /tmp; with a read-only root each must be a writable mount."""
+    r = renderings[name]
+    model = r.configmap("snap2caption-model")["data"]
+    for obj in (r.ksvc, r.one("CronJob", "snap2caption-retrain")):
+        spec = pod_spec(obj)
+        [c] = spec["containers"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        mounts = [m for m in c.get("volumeMounts", []) if not m.get("readOnly")]
+        overridden = {e["name"] for e in c.get("env", [])} & set(WRITABLE_PATH_ENV)
+        assert not overridden, f"{obj['kind']}: {overridden} set outside config/model.env"
+        for key in WRITABLE_PATH_ENV:
+            assert key in model, f"{key} is not set in config/model.env (the image's default is read-only)"
+            assert _mounted(model[key], mounts), f"{obj['kind']}: {key}={model[key]} is on the read-only root"
+        assert _mounted("/tmp", mounts), f"{obj['kind']}: /tmp is not writable"
+        for m in mounts:
+            assert "emptyDir" in volumes[m["name"]], f"{obj['kind']}: {m['name']} should be an emptyDir"
+    [c] = pod_spec(consumer(r))["containers"]
+    assert _mounted("/tmp", c.get("volumeMounts", [])), "consumer: /tmp is not writable"
+
+
+# Who may reach the service's pods (k8s/base/network-policy.yaml).
+QUEUE_PROXY_SERVING_PORTS = {8012, 8013, 8112}  # knative/serving pkg/networking/constants.go
+AUTOSCALER_METRICS_PORT = 9090
+KNATIVE_PEERS = {
+    ("knative-serving", (("app", "activator"),)): QUEUE_PROXY_SERVING_PORTS,
+    ("kourier-system", (("app", "3scale-kourier-gateway"),)): QUEUE_PROXY_SERVING_PORTS,
+    ("istio-system", (("istio", "ingressgateway"),)): QUEUE_PROXY_SERVING_PORTS,
+    ("knative-eventing", (("app.kubernetes.io/kind", "kafka-dispatcher"),)): QUEUE_PROXY_SERVING_PORTS,
+    ("knative-serving", (("app", "autoscaler"),)): {AUTOSCALER_METRICS_PORT},
+}
+PROMETHEUS_PEER = ("monitoring", (("app.kubernetes.io/name", "prometheus"),))
+
+
+def policy_peers(policy: dict) -> dict[tuple, set[int]]:
+    """(namespace, pod labels) -> ports, for a NetworkPolicy whose every peer names both."""
+    peers: dict[tuple, set[int]] = {}
+    for rule in policy["spec"].get("ingress", []):
+        assert rule.get("from"), "an ingress rule without `from` admits every source"
+        assert rule.get("ports"), "an ingress rule without `ports` admits every port"
+        ports = {p["port"] for p in rule["ports"]}
+        assert all(isinstance(p, int) for p in ports), "numbered ports (Knative's pods do not name theirs)"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, "no address ranges: pod IPs change"
+            ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            labels = (peer.get("podSelector") or {}).get("matchLabels")
+            assert ns and labels, f"every peer names its namespace and its pods: {peer}"
+            assert not peer["namespaceSelector"].get("matchExpressions") and not peer["podSelector"].get(
+                "matchExpressions"
+            )
+            peers.setdefault((ns, tuple(sorted(labels.items()))), set()).update(ports)
+    return peers
+
+
+@pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
+def test_network_policy_admits_only_the_knative_data_plane_to_the_service(renderings, name):
+    r = renderings[name]
+    labels = r.ksvc["spec"]["template"]["metadata"]["labels"]
+    selecting = [
+        p
+        for p in r.all("NetworkPolicy")
+        if p["spec"]["podSelector"].get("matchLabels")
+        and not p["spec"]["podSelector"].get("matchExpressions")
+        and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert len(selecting) == 1, f"{name}: {len(selecting)} NetworkPolicies select the service's pods"
+    [policy] = selecting
+    assert policy["metadata"].get("namespace") == r.ksvc["metadata"].get("namespace")
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    # It selects the service's pods only, not the consumer's or the retraining job's.
+    selector = policy["spec"]["podSelector"]["matchLabels"].items()
+    for w, tmpl, knative in workloads(r):
+        assert knative or not selector <= tmpl["metadata"]["labels"].items(), w
+    peers = policy_peers(policy)
+    assert peers == {**KNATIVE_PEERS, PROMETHEUS_PEER: peers.get(PROMETHEUS_PEER, set())}, yaml.safe_dump(
+        {f"{ns} {dict(lbl)}": sorted(p) for (ns, lbl), p in peers.items()}
+    )
+    # The user container's own port is open to Prometheus alone (its scrape annotation's port);
+    # every request goes through the queue-proxy.
+    scrape_port = int(r.ksvc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+    [container] = r.ksvc["spec"]["template"]["spec"]["containers"]
+    assert scrape_port == container["ports"][0]["containerPort"]
+    assert peers[PROMETHEUS_PEER] == {scrape_port}
+    assert all(scrape_port not in ports for peer, ports in peers.items() if peer != PROMETHEUS_PEER)
+
+
+@pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
+def test_consumer_is_a_statefulset_named_after_its_pods(renderings, name, monkeypatch):
+    r = renderings[name]
+    assert not r.all("Deployment"), "the consumer's transactional ids assume stable pod names"
+    sts = r.one("StatefulSet", "snap2caption-consumer")
+    [c] = pod_spec(sts)["containers"]
+    [instance] = [e for e in c.get("env", []) if e["name"] == "SNAP2CAPTION_INSTANCE_ID"]
+    assert instance == {"name": "SNAP2CAPTION_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert "SNAP2CAPTION_INSTANCE_ID" not in r.config(), "a ConfigMap value would be shared by every pod"
+    governing = r.one("Service", sts["spec"]["serviceName"], "v1")
+    assert governing["spec"].get("clusterIP") == "None"
+    assert governing["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    # What the consumer makes of it: the pod name is its static member id and transactional id.
+    from stream.settings import StreamSettings
+
+    monkeypatch.setenv("SNAP2CAPTION_INSTANCE_ID", "snap2caption-consumer-1")
+    s = StreamSettings(_env_file=None)
+    assert s.instance_id == "snap2caption-consumer-1"
+    assert s.transactional_id.endswith("-snap2caption-consumer-1")
+
+
+# The consumer's in-flight window, as k8s/base/consumer.yaml adds it up.
+MIB = 1024**2
+# Per event in flight, alive together while its request is sent (stream/service_client.py): the
+# image, its base64 text, the JSON body and the body's bytes: 1 + 3 x 4/3.
+CONSUMER_BYTES_PER_IMAGE_BYTE = 5
+KAFKA_MAX_RECORD_BYTES = 1 * MIB  # broker message.max.bytes / producer max_request_size defaults
+KAFKA_FETCH_BUFFER_BYTES = 50 * MIB  # kafka-python's fetch_max_bytes default
+CONSUMER_PROCESS_BYTES = 256 * MIB  # interpreter, libraries, clients, threads (~80 MiB measured)
+
+
+def quantity_bytes(q) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(q))
+    assert m, f"not a memory quantity: {q!r}"
+    scale = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    return float(m.group(1)) * scale[m.group(2)]
+
+
+def container_config(r: Rendering, container: dict) -> dict[str, str]:
+    """The container's plain environment: its ConfigMaps in envFrom order, then env values."""
+    config: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            [cm] = [c for c in r.all("ConfigMap") if c["metadata"]["name"] == src["configMapRef"]["name"]]
+            config.update(cm.get("data", {}))
+    config.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return config
+
+
+def consumer_window_bytes(config: dict[str, str]) -> int:
+    from stream.settings import StreamSettings
+
+    def setting(field: str) -> int:
+        return int(config.get(f"SNAP2CAPTION_{field.upper()}", StreamSettings.model_fields[field].default))
+
+    in_flight, fetch_max = setting("max_in_flight"), setting("fetch_max_bytes")
+    pending = max(setting("max_pending"), in_flight)  # as stream/consumer.py bounds it
+    return (
+        in_flight * CONSUMER_BYTES_PER_IMAGE_BYTE * fetch_max
+        + pending * KAFKA_MAX_RECORD_BYTES
+        + KAFKA_FETCH_BUFFER_BYTES
+        + CONSUMER_PROCESS_BYTES
+    )
+
+
+@pytest.mark.parametrize("name", MAIN + ["staging+consumer-ingest"])
+def test_consumer_memory_limit_holds_its_in_flight_window(renderings, name):
+    r = renderings[name]
+    [c] = pod_spec(consumer(r))["containers"]
+    window = consumer_window_bytes(container_config(r, c))
+    limit = quantity_bytes(c["resources"]["limits"]["memory"])
+    assert limit >= window, f"memory limit {limit / MIB:.0f} MiB < in-flight window {window / MIB:.0f} MiB"
+    assert quantity_bytes(c["resources"]["requests"]["memory"]) <= limit
+
+
+def test_consumer_request_body_costs_what_the_window_assumes():
+    """CONSUMER_BYTES_PER_IMAGE_BYTE measured on the real client: the peak Python allocation
+    while one image is sent to the service, relative to the image's size."""
+    import tracemalloc
+
+    import httpx
+
+    from snap2caption_service.core.contracts import CaptionOptions
+    from stream.service_client import ServiceClient
+    from stream.settings import StreamSettings
+
+    answer = {
+        "caption": "c",
+        "hashtags": [],
+        "alt_text": "a",
+        "candidates": [],
+        "model_version": "m",
+        "request_id": "r",
+        "latency_ms": 1.0,
+    }
+    client = ServiceClient(StreamSettings(_env_file=None))
+    client.client = httpx.Client(
+        base_url="http://svc", transport=httpx.MockTransport(lambda req: httpx.Response(200, json=answer))
+    )
+    image = os.urandom(4 * MIB)
+    tracemalloc.start()
+    try:
+        client.caption(image, CaptionOptions())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        client.close()
+    assert (len(image) + peak) / len(image) <= CONSUMER_BYTES_PER_IMAGE_BYTE * 1.02
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_mlflow_credentials_come_from_a_secret(renderings, name, base_secrets):
+    r = renderings[name]
+    assert not set(MLFLOW_CREDENTIALS) & set(r.config()), "credentials belong in Secrets, not ConfigMaps"
+    # The two pods that talk to MLflow: the service (champion) and the retraining job.
+    for obj in (r.ksvc, r.one("CronJob", "snap2caption-retrain")):
+        [c] = pod_spec(obj)["containers"]
+        env = {e["name"]: e for e in c.get("env", [])}
+        for key in MLFLOW_CREDENTIALS:
+            assert key in env, f"{obj['kind']}: {key} is not set"
+            ref = env[key].get("valueFrom", {}).get("secretKeyRef")
+            assert ref, f"{obj['kind']}: {key} must come from a Secret (secretKeyRef)"
+            assert key in base_secrets.get(ref["name"], set()), f"Secret {ref['name']} has no key {key}"
+            assert not ref.get("optional"), "a missing Secret must stop the pod, not run it unauthenticated"
+    for w, tmpl, _ in workloads(r):
+        for c in tmpl["spec"]["containers"]:
+            for e in c.get("env", []):
+                if e["name"].startswith("MLFLOW_TRACKING_") and e["name"] != "MLFLOW_TRACKING_URI":
+                    assert "value" not in e, f"{w}: {e['name']} is written in the manifest"

@@ -132,3 +132,71 @@ def test_canary_branches_on_the_documented_exit_codes():
     triggers = on(workflow("canary.yml"))
     assert {"workflow_dispatch", "workflow_call"} <= set(triggers)
     assert triggers["workflow_dispatch"]["inputs"]["steps"]["default"] == "10 25 50 100"
+
+
+# A `uses:` line: the reference, and the comment after it (`# vX.Y.Z`, the tag it was pinned from).
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>[^\s#]+)\s*(?:#\s*(?P<comment>.*?))?\s*$")
+PINNED = re.compile(r"^(?P<action>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(?:/[^@\s]+)?)@(?P<sha>[0-9a-f]{40})$")
+
+
+def _yaml_uses(wf: dict) -> list[str]:
+    """Every `uses:` the YAML parser sees: job level (reusable workflows) and step level."""
+    found = []
+    for job in wf["jobs"].values():
+        if "uses" in job:
+            found.append(job["uses"])
+        found += [s["uses"] for s in job.get("steps", []) if "uses" in s]
+    return found
+
+
+def test_every_action_is_pinned_by_commit_sha():
+    """A tag (v4) can be moved to other code; a commit SHA cannot. Each third-party `uses:` is
+    owner/repo@<40-hex SHA> # vX.Y.Z, and one action is pinned to one commit everywhere."""
+    pins: dict[str, set[tuple[str, str]]] = {}
+    for path in sorted(WORKFLOWS.glob("*.y*ml")):
+        lines = [(n, USES_LINE.match(line)) for n, line in enumerate(path.read_text().splitlines(), 1)]
+        matched = [(n, m) for n, m in lines if m]
+        # Nothing escapes the line check (flow-style mappings, quoting): the parser agrees.
+        assert sorted(m["ref"].strip("'\"") for _, m in matched) == sorted(_yaml_uses(yaml.safe_load(path.read_text())))
+        for n, m in matched:
+            ref = m["ref"].strip("'\"")
+            where = f"{path.name}:{n}: {ref}"
+            if ref.startswith("./"):
+                continue  # this repository's own workflow or action, at the same commit
+            if ref.startswith("docker://"):
+                assert re.search(r"@sha256:[0-9a-f]{64}$", ref), f"{where}: pin the image by digest"
+                continue
+            pinned = PINNED.match(ref)
+            assert pinned, f"{where}: not pinned to a 40-hex commit SHA"
+            tag = (m["comment"] or "").strip()
+            assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"{where}: needs the tag as '# vX.Y.Z'"
+            pins.setdefault(pinned["action"], set()).add((pinned["sha"], tag))
+    assert pins, "no actions found"
+    mixed = {a: sorted(p) for a, p in pins.items() if len(p) > 1}
+    assert not mixed, f"one action, several pins: {mixed}"
+
+
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# A step that reaches the tracking server: the project's registry commands or mlflow itself.
+TALKS_TO_MLFLOW = re.compile(r"\b(import-model|retrain|train|mlflow)\b")
+
+
+def test_mlflow_is_reached_with_credentials_from_secrets():
+    """Every step that has MLFLOW_TRACKING_URI and runs something that talks to MLflow gets the
+    tracking server's credentials, from GitHub secrets; no MLflow credential is written down."""
+    talking = []
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        wf = yaml.safe_load(path.read_text())
+        for job_id, job in wf["jobs"].items():
+            job_env = {**(wf.get("env") or {}), **(job.get("env") or {})}
+            for i, step in enumerate(job.get("steps", [])):
+                env = {**job_env, **(step.get("env") or {})}
+                where = f"{path.name} {job_id} step {step.get('name', i)}"
+                for key, value in env.items():
+                    if key.startswith("MLFLOW_TRACKING_") and key != "MLFLOW_TRACKING_URI":
+                        assert value == f"${{{{ secrets.{key} }}}}", f"{where}: {key} must be a secret"
+                if "MLFLOW_TRACKING_URI" in env and TALKS_TO_MLFLOW.search(step.get("run", "")):
+                    talking.append(where)
+                    for key in MLFLOW_CREDENTIALS:
+                        assert env.get(key) == f"${{{{ secrets.{key} }}}}", f"{where}: {key} not given"
+    assert any("release.yml" in w for w in talking), "release.yml's import of the champion talks to MLflow"

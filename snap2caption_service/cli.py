@@ -102,6 +102,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         str(settings.port),
         "--host",
         settings.host,
+        # BentoML waits a day (graceful_timeout 86400) for requests that never finish before its
+        # workers exit, and only then runs our on_shutdown hooks (feedback drain, torch thread).
+        "--timeout-graceful-shutdown",
+        str(settings.graceful_shutdown_s),
     ]
     repo_root = Path(__file__).resolve().parent.parent
     os.chdir(repo_root)  # bentoml imports the service relative to the working directory

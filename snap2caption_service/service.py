@@ -14,24 +14,14 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated
 
 import anyio
 import bentoml
-from pydantic import Field
 
-from snap2caption_service.core.caption_archive import CaptionArchive
+from snap2caption_service.core.caption_archive import CaptionArchive, UnreadableRecord
 from snap2caption_service.core.captioner import BatchStats, CaptionJob
 from snap2caption_service.core.contracts import (
     AUDIENCES,
-    DEFAULT_HASHTAGS,
-    MAX_CANDIDATES,
-    MAX_HASHTAGS,
-    MAX_TONE_CHARS,
-    MIN_CANDIDATES,
-    MIN_HASHTAGS,
-    Audience,
     CaptionedEvent,
     CaptionOptions,
     CaptionRequest,
@@ -45,7 +35,8 @@ from snap2caption_service.core.images import ImageError, decode_base64_image, de
 from snap2caption_service.core.settings import get_settings
 from snap2caption_service.serving.auth import ApiKeyMiddleware
 from snap2caption_service.serving.batching import install_gather_dispatch
-from snap2caption_service.serving.feedback_store import FeedbackStore
+from snap2caption_service.serving.feedback_store import FeedbackLogUnavailable, FeedbackStore, FeedbackTooLarge
+from snap2caption_service.serving.limits import RequestLimitMiddleware
 from snap2caption_service.serving.metrics import get_metrics
 from snap2caption_service.serving.pipeline import (
     ModelItem,
@@ -56,7 +47,8 @@ from snap2caption_service.serving.pipeline import (
     prepare_image,
 )
 from snap2caption_service.serving.push import PushHandler, PushRequest
-from snap2caption_service.serving.responses import answer_error, error_response
+from snap2caption_service.serving.responses import ErrorBodyMiddleware, answer_error, error_response
+from snap2caption_service.serving.upload import UploadRequest
 from snap2caption_service.serving.web_app import web_app
 from stream.feedback_producer import FeedbackPublisher
 
@@ -140,18 +132,29 @@ class Snap2Caption:
 
     def __init__(self) -> None:
         self.settings = get_settings()
+        # The feedback log: the one durable copy of each feedback (fsynced before 202), one writer.
         self.feedback_store = FeedbackStore(self.settings.feedback_file, fsync=self.settings.feedback_fsync)
-        # Also to the training topic, via a durable spool, when KAFKA_BOOTSTRAP_SERVERS is set.
-        self.feedback_out = FeedbackPublisher.from_env(self.settings.data_dir, self.settings.feedback_fsync)
+        # When KAFKA_BOOTSTRAP_SERVERS is set, that log is shipped to the training topic from a cursor.
+        self.feedback_out = FeedbackPublisher.from_env(
+            self.settings.feedback_file, self.settings.data_dir, self.settings.feedback_fsync
+        )
+        if self.feedback_out is not None:
+            self.feedback_out.drain_on_sigterm()  # close() below may come late, or never (see there)
         # Each served caption's image and result, so feedback on it can become training data.
         self.archive = CaptionArchive(self.settings.archive_location)
         self.push = PushHandler()  # POST /events; fetch rules (S3 buckets, URL allowlist) as for `consume`
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Hand what is spooled to the publisher's thread one last time and stop it."""
+        """Ship what feedback still waits, within SNAP2CAPTION_FEEDBACK_DRAIN_TIMEOUT_S; release the log.
+
+        BentoML runs this only once uvicorn has seen every request task end, with no time limit;
+        a task that never ends (seen in the tests: requests from before the model was ready)
+        puts it off until the SIGKILL. So the drain itself starts at SIGTERM
+        (FeedbackPublisher.drain_on_sigterm)."""
         if self.feedback_out is not None:
             self.feedback_out.close()
+        self.feedback_store.close()
 
     async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str) -> CaptionResult:
         """Decode, check, batch through the model worker, and shape the result; raises ErrorAnswer."""
@@ -194,22 +197,24 @@ class Snap2Caption:
 
     async def _archive(self, result: CaptionResult, options: CaptionOptions, image_png_b64: str) -> None:
         """Keep the image and the shown result for feedback. A failing archive (S3 down) costs
-        this request its trainability, not its caption: logged and counted, not raised."""
-        served = ServedCaption(
-            request_id=result.request_id,
-            image_sha256=result.image_sha256,
-            tone=options.tone,
-            audience=options.audience,
-            num_hashtags=options.num_hashtags,
-            caption=result.caption,
-            hashtags=result.hashtags,
-            alt_text=result.alt_text,
-            model_version=result.model_version,
-            served_at=datetime.now(UTC).isoformat(),
-        )
+        this request its trainability, not its caption: logged and counted, not raised. The
+        creator it was made for, if the request named one, is the only one whose feedback counts."""
         try:
+            served = ServedCaption(
+                request_id=result.request_id,
+                image_sha256=result.image_sha256,
+                tone=options.tone,
+                audience=options.audience,
+                num_hashtags=options.num_hashtags,
+                caption=result.caption,
+                hashtags=result.hashtags,
+                alt_text=result.alt_text,
+                model_version=result.model_version,
+                served_at=datetime.now(UTC).isoformat(),
+                creator_id=options.creator_id,
+            )
             await anyio.to_thread.run_sync(self.archive.put, served, base64.b64decode(image_png_b64))
-        except Exception:  # noqa: BLE001 - any storage failure; the caption itself is fine
+        except Exception:  # noqa: BLE001 - any storage failure (or a result over the record's bounds)
             get_metrics().archive_errors.inc()
             log.exception("could not archive request %s; feedback on it will be refused", result.request_id)
 
@@ -232,17 +237,11 @@ class Snap2Caption:
         except ErrorAnswer as exc:
             return answer_error(exc)
 
-    @bentoml.api(route="/generate-caption/upload")
-    async def generate_caption_upload(
-        self,
-        image: Path,
-        tone: Annotated[str, Field(max_length=MAX_TONE_CHARS)] = "casual",
-        audience: Audience = "personal",
-        num_hashtags: Annotated[int, Field(ge=MIN_HASHTAGS, le=MAX_HASHTAGS)] = DEFAULT_HASHTAGS,
-        num_candidates: Annotated[int, Field(ge=MIN_CANDIDATES, le=MAX_CANDIDATES)] = 1,
-    ) -> CaptionResult:
+    @bentoml.api(route="/generate-caption/upload", input_spec=UploadRequest)
+    async def generate_caption_upload(self, **fields) -> CaptionResult:
         """The same as /generate-caption, with the photo as a multipart file upload."""
-        options = CaptionOptions(tone=tone, audience=audience, num_hashtags=num_hashtags, num_candidates=num_candidates)
+        request = UploadRequest.model_construct(**fields)
+        image, options = request.image, request.options()
         size = image.stat().st_size
         if size > self.settings.max_image_bytes:
             return error_response(
@@ -257,20 +256,47 @@ class Snap2Caption:
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
     async def feedback(self, ctx: bentoml.Context, **fields) -> FeedbackAccepted:
-        """Record a rating or an edit; 202 once it is durably stored."""
+        """Record a rating or an edit; 202 once it is durably stored.
+
+        The request_id must name a caption this service returned (404); when that caption was
+        requested for a creator_id, only feedback naming the same creator_id is taken (403).
+        No answer repeats what was sent or what is on record."""
         request = FeedbackRequest.model_construct(**fields)
-        served = await anyio.to_thread.run_sync(self.archive.get, request.request_id)
+
+        def refuse(status: int, code: str, detail: str, headers: dict[str, str] | None = None):
+            ctx.response.status_code = status  # BentoML applies the context's status to a returned Response too
+            return error_response(status, code, detail, headers=headers)
+
+        try:
+            served = await anyio.to_thread.run_sync(self.archive.get, request.request_id)
+        except UnreadableRecord:
+            return refuse(500, "archive_unreadable", "The caption this feedback names cannot be read back.")
         if served is None:
-            ctx.response.status_code = 404  # BentoML applies the context's status to a returned Response too
-            return error_response(
+            return refuse(
                 404,
                 "unknown_request",
-                f"No caption with request_id {request.request_id!r} is on record: feedback must name "
-                "the request_id of a caption this service returned.",
+                "No caption with this request_id is on record: feedback must name the request_id of a "
+                "caption this service returned.",
             )
-        record = await anyio.to_thread.run_sync(self.feedback_store.append, request, served)
+        if served.creator_id is not None and request.creator_id != served.creator_id:
+            if request.creator_id is None:
+                return refuse(
+                    403, "creator_required", "This caption was made for a creator: send that creator's creator_id."
+                )
+            return refuse(403, "creator_mismatch", "This caption was made for another creator.")
+        try:
+            record = await anyio.to_thread.run_sync(self.feedback_store.append, request, served)
+        except FeedbackTooLarge as exc:
+            return refuse(413, "feedback_too_large", str(exc))
+        except FeedbackLogUnavailable:
+            return refuse(
+                503,
+                "feedback_unavailable",
+                "Feedback cannot be stored right now; send it again.",
+                {"Retry-After": "30"},
+            )
         if self.feedback_out is not None:
-            await anyio.to_thread.run_sync(self.feedback_out.publish, record)
+            self.feedback_out.notify()
         get_metrics().feedback.labels(request.rating).inc()
         ctx.response.status_code = 202
         return FeedbackAccepted(feedback_id=record.feedback_id)
@@ -281,7 +307,19 @@ class Snap2Caption:
         return await self.push.handle(headers, body, lambda image, options: self._caption(image, options, "events"))
 
 
+# Outermost first: oversized bodies get 413 before auth, handlers or multipart parsers read them.
+# The routes that carry an image get the image-sized limit; everything else (/feedback...) the small one.
+IMAGE_ROUTES = ("/generate-caption", "/generate-caption/upload", "/events")
+Snap2Caption.add_asgi_middleware(
+    RequestLimitMiddleware,
+    limits=dict.fromkeys(IMAGE_ROUTES, settings.max_request_bytes),
+    default_limit=settings.max_small_request_bytes,
+)
 if settings.api_key_list:
     Snap2Caption.add_asgi_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
+
+# Innermost: BentoML's own error answers (invalid bodies, exceptions) leave as an ErrorBody that
+# names fields and rules, never the input (serving/responses.py).
+Snap2Caption.add_asgi_middleware(ErrorBodyMiddleware)
 
 __all__ = ["Snap2Caption", "CaptionModel", "AUDIENCES"]

@@ -20,23 +20,37 @@ forms real batches. A finished record gives its worker back at once, not when it
 transaction commits: the service sees max_in_flight requests all the time, as it would from
 that many HTTP clients, while finished records wait (up to max_pending) for the next commit.
 
-Poison events (the event's fault) are dead-lettered and committed like any result.
-Transient failures are never dead-lettered: when the retries run out the record stays
-uncommitted, its partition pauses for ``retry_later_s``, and the record is tried again.
+Poison events (the event's fault) are dead-lettered and committed like any result; so is
+whatever else fails inside the handler, building the output event included (``internal_error``
+with the step that failed): one event never stops the loop. Transient failures of our own
+service, S3 and the broker are never dead-lettered: when the retries run out the record stays
+uncommitted, its partition pauses for ``retry_later_s``, and the record is tried again. An image
+host that does not answer (``UrlUnavailable``) is somebody else's outage: after ``url_retries``
+such rounds, or once the event is ``url_retry_max_age_s`` old, it is dead-lettered as
+``url_unavailable``. Every result fits: a record over ``produce_max_bytes`` (or one the broker
+refuses for its size) goes out smaller, a captioned event as a dead letter, a dead letter as a
+stub naming the original (topic, partition, offset, sha256), so one unproducible record never
+blocks the transaction that carries every partition.
 SIGTERM: stop polling, let in-flight work finish, commit it, exit 0.
 
 While another transaction holds this group's offsets (KIP-447: UNSTABLE_OFFSET_COMMIT, e.g. a
 killed instance's transaction before its successor's init aborts it, or a broker restart
 mid-commit), kafka-python retries the offset fetch inside poll() and nothing can be consumed;
 the loop just goes on polling. Should events wait on its partitions for stall_timeout_s
-with nothing polled and nothing in flight, the consumer exits with status 70 (EXIT_STALLED)
-for its supervisor to restart it: crash-only recovery, and a restart's InitProducerId aborts
-whatever transaction of this instance was still open.
+with nothing polled and nothing in flight, or the oldest uncommitted record be older than
+stall_timeout_s (unless it waits out an outage of ours), the consumer exits with status 70
+(EXIT_STALLED) for its supervisor to restart it: crash-only recovery, and a restart's
+InitProducerId aborts whatever transaction of this instance was still open.
+
+A commit that got no answer may have landed: the group's committed offsets decide, record by
+record (the finished run may have grown since), so nothing is produced twice.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import hashlib
+import json
 import logging
 import os
 import random
@@ -50,12 +64,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFencedError, RecordListTooLargeError
 from kafka.structs import OffsetAndMetadata
 
 from snap2caption_service.core import cloudevents
 from snap2caption_service.core.contracts import EVENT_TYPE_CAPTIONED, CaptionedEvent
-from snap2caption_service.core.errors import Poison, Transient
+from snap2caption_service.core.errors import Poison, Transient, UrlUnavailable
 from snap2caption_service.core.events import check_type, decode_upload
 from snap2caption_service.core.fetch import ImageFetcher
 from stream.service_client import ServiceClient
@@ -65,6 +79,10 @@ from stream.topics import ensure_topics
 log = logging.getLogger("snap2caption.consumer")
 EXIT_STALLED = 70  # EX_SOFTWARE: events wait, none can be consumed; restart me
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A record the broker refuses for its size: sent again smaller (a dead letter, then a stub).
+SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError)
+STUB_KEY_BYTES = 1024  # a stub keeps the original key up to this size
+STUB_HEADERS_BYTES = 16 * 1024  # ... and the original headers when all of them fit in this
 
 
 @lru_cache(maxsize=1)
@@ -148,6 +166,7 @@ class RetryLater:
     reason: str
     stage: str
     detail: str
+    url: bool = False  # the image host did not answer (UrlUnavailable): dead-lettered after bounded rounds
 
 
 Outcome = Captioned | DeadLetter | RetryLater
@@ -158,14 +177,27 @@ class Pending:
     """A polled record from poll until its transaction commits."""
 
     record: object  # kafka ConsumerRecord
-    polled_at: float
+    polled_at: float  # time.perf_counter()
     future: Future | None = None
     outcome: Captioned | DeadLetter | None = None
     retry_at: float | None = None  # set while waiting to be tried again
+    url_rounds: int = 0  # rounds of retries that ended with the image host unavailable
+    waiting_on: Transient | None = None  # its latest transient failure (set by the worker)
+    stub: str | None = None  # why its dead letter goes out as a stub (set when the full one cannot)
 
     @property
     def finished(self) -> bool:
         return self.outcome is not None
+
+    def failed_transiently(self, exc: Transient) -> None:  # on the worker thread
+        self.waiting_on = exc
+
+    def state(self) -> str:
+        if self.finished:
+            return "finished, not committed"
+        if self.retry_at is not None:
+            return "waiting to be retried"
+        return "in flight"
 
 
 @dataclass
@@ -230,23 +262,34 @@ class Handler:
         self.source = f"urn:snap2caption:consumer:{settings.consumer_group}"
         self.m = consumer_metrics()
 
-    def __call__(self, record, polled_at: float) -> Outcome:
-        started = time.perf_counter()
+    def __call__(self, record, polled_at: float, on_transient=None) -> Outcome:
+        """The outcome of one record. Never raises: a failure at any step, building the output
+        event included, is an outcome (a dead letter with a reason, or a retry)."""
+        stage = "decode"
         try:
+            started = time.perf_counter()
             event = self.decode(record)
             upload = decode_upload(event)
+            stage = "fetch"
             t0 = time.perf_counter()
-            image = self.retrying(lambda: self.fetcher.fetch(upload.image))
+            image = self.retrying(lambda: self.fetcher.fetch(upload.image), on_transient)
+            stage = "caption"
             t1 = time.perf_counter()
-            result = self.retrying(lambda: self.service.caption(image, upload.options()))
+            result = self.retrying(lambda: self.service.caption(image, upload.options()), on_transient)
             t2 = time.perf_counter()
+            stage = "produce"
+            return self.captioned(record, event, upload, result, (polled_at, started, t0, t1, t2))
         except Poison as exc:
             return DeadLetter(exc.reason, exc.stage, exc.detail)
         except Transient as exc:
-            return RetryLater(exc.reason, exc.stage, exc.detail)
-        except Exception as exc:  # a bug here must not stall the partition forever
-            log.exception("unexpected error on %s-%d@%d", record.topic, record.partition, record.offset)
-            return DeadLetter("internal_error", "process", f"{type(exc).__name__}: {exc}")
+            return RetryLater(exc.reason, exc.stage, exc.detail, url=isinstance(exc, UrlUnavailable))
+        except Exception as exc:  # a bug here must not stall the partition, nor stop the loop
+            log.exception("unexpected error on %s-%d@%d (%s)", record.topic, record.partition, record.offset, stage)
+            return DeadLetter("internal_error", stage, f"{type(exc).__name__}: {exc}")
+
+    def captioned(self, record, event, upload, result, times) -> Captioned:
+        """The captioned event (value and headers as they will be produced)."""
+        polled_at, started, t0, t1, t2 = times
         self.m.stage.labels("fetch").observe(t1 - t0)
         self.m.stage.labels("caption").observe(t2 - t1)
         total = time.perf_counter() - polled_at
@@ -281,13 +324,16 @@ class Handler:
         check_type(event.type, "this topic")
         return event
 
-    def retrying(self, call):
-        """``call()``, retried on Transient with exponential backoff (jittered, capped)."""
+    def retrying(self, call, on_transient=None):
+        """``call()``, retried on Transient with exponential backoff (jittered, capped); each
+        failure is also handed to ``on_transient`` (what the record is waiting on)."""
         for attempt in range(self.s.retries + 1):
             try:
                 return call()
             except Transient as exc:
                 self.m.transient.labels(exc.reason, exc.stage).inc()
+                if on_transient is not None:
+                    on_transient(exc)
                 if attempt == self.s.retries or self.stopping.is_set():
                     raise
                 delay_ms = min(self.s.retry_backoff_max_ms, self.s.retry_backoff_ms * 2**attempt)
@@ -405,7 +451,7 @@ class Consumer(ConsumerRebalanceListener):
 
     def submit(self, pending: Pending) -> None:
         pending.retry_at = None
-        future = self.pool.submit(self.handler, pending.record, pending.polled_at)
+        future = self.pool.submit(self.handler, pending.record, pending.polled_at, pending.failed_transiently)
         self.active.add(future)
         future.add_done_callback(self.finished)
         pending.future = future
@@ -419,8 +465,17 @@ class Consumer(ConsumerRebalanceListener):
         for tp, q in self.window.parts.items():
             for p in q:
                 if p.future is not None and p.future.done():
-                    outcome, p.future = p.future.result(), None
-                    if isinstance(outcome, RetryLater):
+                    outcome, p.future = self.outcome_of(p), None
+                    if not isinstance(outcome, RetryLater):
+                        p.outcome = outcome
+                    elif self.url_gives_up(p, outcome):
+                        p.outcome = DeadLetter(
+                            "url_unavailable",
+                            outcome.stage,
+                            f"{outcome.reason}: {outcome.detail} ({p.url_rounds} rounds of {self.s.retries + 1} "
+                            f"attempts in {time.perf_counter() - p.polled_at:.0f}s)",
+                        )
+                    else:
                         # Retries ran out: keep it uncommitted, pause its partition, try again later.
                         log.warning(
                             "%s-%d@%d: %s/%s after %d retries (%s); pausing the partition for %.0fs",
@@ -434,11 +489,26 @@ class Consumer(ConsumerRebalanceListener):
                             self.s.retry_later_s,
                         )
                         p.retry_at = now + self.s.retry_later_s
-                    else:
-                        p.outcome = outcome
                 elif p.retry_at is not None and now >= p.retry_at and not self.stopping.is_set():
                     self.submit(p)
         self.m.in_flight.set(len(self.window))
+
+    @staticmethod
+    def outcome_of(p: Pending) -> Outcome:
+        try:
+            return p.future.result()
+        except Exception as exc:  # the handler never raises; were it to, the record is dead-lettered, not the loop
+            log.exception("handler raised on %s-%d@%d", p.record.topic, p.record.partition, p.record.offset)
+            return DeadLetter("internal_error", "process", f"{type(exc).__name__}: {exc}")
+
+    def url_gives_up(self, p: Pending, outcome: RetryLater) -> bool:
+        """Whether an image host that did not answer has had its bounded retries (rounds) or age.
+        Our own service, S3 and the broker are never given up on: that is not the event's fault."""
+        if not outcome.url or self.stopping.is_set():  # a round cut short by SIGTERM does not count
+            return False
+        p.url_rounds += 1
+        age = time.perf_counter() - p.polled_at
+        return p.url_rounds > self.s.url_retries or age >= self.s.url_retry_max_age_s
 
     def throttle(self) -> int:
         """Pause what must not be polled now; returns how many records may be polled."""
@@ -472,21 +542,12 @@ class Consumer(ConsumerRebalanceListener):
             return
         t0 = time.perf_counter()
         s = self.s
+        sent: list[tuple[Pending, Future]] = []
         try:
             self.producer.begin_transaction()
             for run in ready.values():
                 for p in run:
-                    if isinstance(p.outcome, Captioned):
-                        self.producer.send(
-                            s.topic_captioned, key=p.outcome.key, value=p.outcome.value, headers=p.outcome.headers
-                        )
-                    else:
-                        self.producer.send(
-                            s.topic_dlq,
-                            key=p.record.key,
-                            value=_dlq_value(p.record),
-                            headers=self.dlq_headers(p.record, p.outcome),
-                        )
+                    sent.append((p, self.send_result(p)))
             offsets = {tp: OffsetAndMetadata(run[-1].record.offset + 1, "", -1) for tp, run in ready.items()}
             self.bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
             self.bounded(self.producer.commit_transaction)
@@ -502,16 +563,125 @@ class Consumer(ConsumerRebalanceListener):
             # Nothing of this transaction is visible. Abort (raises if the producer is fenced or
             # in a fatal state: then this process must exit and be restarted) and keep the
             # records: the next commit tries again, or a rebalance hands them to another owner.
-            log.warning("transaction failed (%s: %s); aborting and retrying", type(exc).__name__, exc)
+            failed = [f.exception for _, f in sent if f.failed()]
+            log.warning(
+                "transaction failed (%s: %s); %s and retrying",
+                type(exc).__name__,
+                exc,
+                "replacing the producer" if failed else "aborting",
+            )
             self.m.transactions.labels("aborted").inc()
-            try:
-                self.bounded(self.producer.abort_transaction)
-            except TransactionStuck:
+            if any(isinstance(e, ProducerFencedError) for e in failed):
+                raise exc  # another instance has our transactional id: exit, as abort would
+            self.refused_for_size(sent)
+            if failed:
+                # A record of it failed (the broker refused it). kafka-python (3.0) recovers from
+                # that by bumping the epoch on abort, then gets the next transaction's sequence
+                # numbers wrong: its I/O thread dies and a commit "succeeds" that never happened
+                # (seen in test_stream_dlq.py). A new producer aborts it instead, as after a restart.
                 self.replace_producer()
+            else:
+                try:
+                    self.bounded(self.producer.abort_transaction)
+                except TransactionStuck:
+                    self.replace_producer()
             self.last_commit = time.monotonic()
             time.sleep(0.5)
             return
         self.committed(ready, t0)
+
+    # -- what one finished record produces: it always fits ---------------------------------
+    def send_result(self, p: Pending) -> Future:
+        """Send ``p``'s captioned event or dead letter into the open transaction. A record the
+        producer refuses before sending it (too large, an invalid header) is sent smaller
+        instead, so one unproducible record never blocks the transaction that carries every
+        partition: a captioned event becomes a dead letter, a dead letter a stub."""
+        while True:
+            topic, key, value, headers = self.output(p)
+            try:
+                return self.producer.send(topic, key=key, value=value, headers=headers)
+            except (MessageSizeTooLargeError, TypeError, ValueError) as exc:
+                if not self.degrade(p, exc):
+                    raise
+
+    def output(self, p: Pending) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """(topic, key, value, headers) of ``p``'s result, within produce_max_bytes."""
+        limit = self.s.produce_max_bytes
+        if isinstance(p.outcome, Captioned):
+            o = p.outcome
+            size = _record_size(o.key, o.value, o.headers)
+            if size <= limit:
+                return self.s.topic_captioned, o.key, o.value, o.headers
+            p.outcome = DeadLetter(
+                "result_too_large", "produce", f"the captioned event is {size} bytes; the limit is {limit}"
+            )
+        record, dead = p.record, p.outcome
+        if p.stub is None:
+            headers = _original_headers(record) + self.dlq_headers(record, dead)
+            size = _record_size(record.key, record.value, headers)
+            if size <= limit:
+                return self.s.topic_dlq, record.key, _dlq_value(record), headers
+            p.stub = f"the dead letter would be {size} bytes; the limit is {limit} (produce_max_bytes)"
+        return self.stub(record, dead, p.stub)
+
+    def stub(self, record, dead: DeadLetter, why: str) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+        """A dead letter that always fits: where the original is (topic, partition, offset), its
+        sha256 and sizes, the reason; the original key and headers only when they are small."""
+        value = record.value or b""
+        originals = _original_headers(record)
+        headers_bytes = sum(len(k.encode()) + len(v) for k, v in originals)
+        small_key = record.key is not None and len(record.key) <= STUB_KEY_BYTES
+        info = {
+            "dlq_stub": True,
+            "reason": dead.reason,
+            "stage": dead.stage,
+            "why_stub": why,
+            "source_topic": record.topic,
+            "source_partition": record.partition,
+            "source_offset": record.offset,
+            "value_bytes": None if record.value is None else len(record.value),
+            "value_sha256": hashlib.sha256(value).hexdigest(),
+            "key_bytes": None if record.key is None else len(record.key),
+            "key_sha256": None if record.key is None else hashlib.sha256(record.key).hexdigest(),
+            "headers_bytes": headers_bytes,
+            "headers_kept": headers_bytes <= STUB_HEADERS_BYTES,
+        }
+        headers = (originals if info["headers_kept"] else []) + self.dlq_headers(record, dead)
+        headers += [
+            ("dlq_stub", b"true"),
+            ("dlq_value_sha256", info["value_sha256"].encode()),
+            ("dlq_value_bytes", b"" if record.value is None else str(len(record.value)).encode()),
+        ]
+        # Always keyed (a compacted DLQ topic refuses keyless records): the original key when small.
+        key = record.key if small_key else f"{record.topic}-{record.partition}@{record.offset}".encode()
+        return self.s.topic_dlq, key, json.dumps(info).encode(), headers
+
+    def degrade(self, p: Pending, exc: Exception) -> bool:
+        """Make ``p``'s result smaller after the producer or broker refused it; False when it is
+        a stub already (nothing smaller to send)."""
+        cause = f"{type(exc).__name__}: {exc}"
+        if isinstance(p.outcome, Captioned):
+            p.outcome = DeadLetter("unproducible_result", "produce", f"the captioned event was refused: {cause}")
+        elif p.stub is None:
+            p.stub = f"the dead letter was refused: {cause}"
+        else:
+            return False
+        log.warning(
+            "%s-%d@%d: its result was refused (%s); sending %s",
+            p.record.topic,
+            p.record.partition,
+            p.record.offset,
+            cause,
+            "a stub" if p.stub else "a dead letter",
+        )
+        return True
+
+    def refused_for_size(self, sent: list[tuple[Pending, Future]]) -> None:
+        """After a failed transaction: the records the broker refused as too large (a topic's
+        max.message.bytes below produce_max_bytes) go out smaller in the next one."""
+        for p, future in sent:
+            if future.failed() and isinstance(future.exception, SIZE_ERRORS):
+                self.degrade(p, future.exception)
 
     def committed(self, ready: dict[TopicPartition, list[Pending]], t0: float) -> None:
         self.window.remove(ready)
@@ -549,6 +719,8 @@ class Consumer(ConsumerRebalanceListener):
             acks="all",
             linger_ms=5,
             max_block_ms=int(s.transaction_call_timeout_s * 1000),
+            # Above produce_max_bytes, which output() keeps every record within (stubs if need be).
+            max_request_size=max(1024 * 1024, s.produce_max_bytes + 64 * 1024),
             transaction_timeout_ms=60_000,
         )
         try:
@@ -586,13 +758,20 @@ class Consumer(ConsumerRebalanceListener):
             except KafkaError as exc:
                 log.warning("cannot read committed offsets yet (%s); retrying", exc)
                 return False
-            landed[tp] = committed is not None and committed >= run[-1].record.offset + 1
+            # Record by record, not against the run's end: records may have finished since the
+            # unanswered transaction (the run grew), and those it carried must not go out twice.
+            done = [p for p in run if committed is not None and p.record.offset < committed]
+            if done:
+                landed[tp] = done
         self.outcome_unknown = False
-        if any(landed.values()):
+        if landed:
             # The earlier transaction committed: its records are done, their results are out.
-            log.info("the unanswered transaction had committed (%s)", sorted(map(str, landed)))
-            self.committed({tp: run for tp, run in ready.items() if landed[tp]}, time.perf_counter())
-            return False
+            log.info(
+                "the unanswered transaction had committed (%s)",
+                ", ".join(f"{tp.topic}-{tp.partition} up to {run[-1].record.offset}" for tp, run in landed.items()),
+            )
+            self.committed(landed, time.perf_counter())
+            return False  # the rest goes out in the next transaction
         return True
 
     def bounded(self, call, *args):
@@ -616,6 +795,8 @@ class Consumer(ConsumerRebalanceListener):
         return box.get("value")
 
     def dlq_headers(self, record, dead: DeadLetter) -> list[tuple[str, bytes]]:
+        """The dlq_* headers (after the original ones). Details may quote the input: any text
+        that UTF-8 cannot take (a lone surrogate) is escaped, never a reason to fail."""
         extra = {
             "dlq_reason": dead.reason,
             "dlq_stage": dead.stage,
@@ -626,7 +807,7 @@ class Consumer(ConsumerRebalanceListener):
             "dlq_consumer_group": self.s.consumer_group,
             "dlq_time": cloudevents.now_rfc3339(),
         }
-        return list(record.headers or []) + [(k, v.encode()) for k, v in extra.items()]
+        return [(k, v.encode(errors="backslashreplace")) for k, v in extra.items()]
 
     # -- rebalance ------------------------------------------------------------------------
     def on_partitions_revoked(self, revoked) -> None:
@@ -674,22 +855,65 @@ class Consumer(ConsumerRebalanceListener):
         self.check_stalled()
 
     def check_stalled(self, every_s: float = 10.0) -> None:
-        """Exit (for a restart) when events wait on our partitions and none can be consumed."""
+        """Exit (for a restart) when a record stays uncommitted for stall_timeout_s, or when
+        events wait on our partitions and none can be consumed."""
         now = time.monotonic()
-        if (
-            len(self.window)
-            or now - self.last_progress < self.s.stall_timeout_s
-            or now - self.last_stall_check < every_s
-        ):
+        if now - self.last_stall_check < every_s:
             return
-        self.last_stall_check = now
+        if len(self.window):
+            self.last_stall_check = now
+            stuck = self.stuck_records()
+            why = "; ".join(f"{k}: {v}" for k, v in stuck.items())
+        elif now - self.last_progress >= self.s.stall_timeout_s:
+            self.last_stall_check = now
+            waiting = self.unconsumed()
+            if not waiting:
+                self.last_progress = now  # idle: nothing to consume
+            why = waiting and (
+                f"nothing polled or committed for {now - self.last_progress:.0f}s while "
+                + "; ".join(f"{k}: {v}" for k, v in waiting.items())
+            )
+        else:
+            return
+        if not why:
+            return
+        log.error("stalled: %s; exiting with status %d for a restart. Threads:", why, EXIT_STALLED)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(EXIT_STALLED)  # not sys.exit: the stuck calls would keep a clean exit waiting
+
+    def stuck_records(self) -> dict[str, str]:
+        """Partitions whose oldest uncommitted record is older than stall_timeout_s (a call that
+        never returns, a transaction that never commits, a record retried without end). Not a
+        record that waits out an outage of our own service, S3 or the broker: retried by design,
+        and a restart would not help."""
+        stuck, now = {}, time.perf_counter()
+        for tp, q in self.window.parts.items():
+            if not q:
+                continue
+            head = q[0]
+            if isinstance(head.waiting_on, Transient) and not isinstance(head.waiting_on, UrlUnavailable):
+                continue
+            age = now - head.polled_at
+            if age >= self.s.stall_timeout_s:
+                stuck[f"{tp.topic}-{tp.partition}"] = (
+                    f"offset {head.record.offset} uncommitted for {age:.0f}s ({head.state()})"
+                )
+        if stuck:
+            try:
+                self.consumer.end_offsets(sorted(self.window.parts), timeout_ms=10_000)
+            except KafkaError:
+                return {}  # the broker is away: everybody waits, a restart would not help
+        return stuck
+
+    def unconsumed(self) -> dict[str, str]:
+        """Nothing polled or committed for stall_timeout_s: the partitions where events wait."""
         assigned = self.consumer.assignment() - self.consumer.paused()
         if not assigned:
-            return
+            return {}
         try:
             end = self.consumer.end_offsets(sorted(assigned), timeout_ms=10_000)
         except KafkaError:
-            return  # the broker is away: everybody waits, a restart would not help
+            return {}  # the broker is away: everybody waits, a restart would not help
         waiting = {}
         for tp in sorted(assigned):
             name = f"{tp.topic}-{tp.partition}"
@@ -700,17 +924,7 @@ class Consumer(ConsumerRebalanceListener):
                 continue
             if end.get(tp, 0) > done:
                 waiting[name] = f"{end[tp] - done} events"
-        if not waiting:
-            self.last_progress = now  # idle: nothing to consume
-            return
-        log.error(
-            "stalled: nothing polled or committed for %.0fs while %s; exiting with status %d for a restart. Threads:",
-            now - self.last_progress,
-            "; ".join(f"{k}: {v}" for k, v in waiting.items()),
-            EXIT_STALLED,
-        )
-        faulthandler.dump_traceback(all_threads=True)
-        os._exit(EXIT_STALLED)  # not sys.exit: the stuck calls would keep a clean exit waiting
+        return waiting
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -736,6 +950,17 @@ class Consumer(ConsumerRebalanceListener):
 def _dlq_value(record) -> bytes | None:
     # A record needs a key or a value; a keyless tombstone is dead-lettered as an empty value.
     return record.value if record.value is not None or record.key is not None else b""
+
+
+def _original_headers(record) -> list[tuple[str, bytes]]:
+    # A header may have a null value, which the producer refuses: sent as empty.
+    return [(k, v if v is not None else b"") for k, v in record.headers or []]
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    """An upper bound of the record's size in a batch (kafka-python's estimate is below it)."""
+    size = 256 + len(key or b"") + len(value or b"")
+    return size + sum(16 + len(k.encode(errors="surrogatepass")) + len(v or b"") for k, v in headers)
 
 
 def run_consumer(settings: StreamSettings | None = None) -> int:

@@ -53,7 +53,29 @@ class StreamSettings(KafkaSettings, FetchSettings):
         30.0,
         gt=0,
         description="After retries run out the partition pauses this "
-        "long, then the event is tried again (never DLQ'd).",
+        "long, then the event is tried again (never DLQ'd, unless its image host is unavailable: below).",
+    )
+    url_retries: int = Field(
+        2,
+        ge=0,
+        description="Rounds (retries with backoff, then a retry_later_s pause) an event whose image URL's "
+        "host does not answer (timeout, DNS failure, refused, 5xx) is tried again before it is "
+        "dead-lettered as url_unavailable. Our own service, S3 and the broker are retried without end.",
+    )
+    url_retry_max_age_s: float = Field(
+        120.0,
+        gt=0,
+        description="... or once the event is this old (since it was polled; checked when a round ends), "
+        "whichever comes first. Keep it well under stall_timeout_s.",
+    )
+    produce_max_bytes: int = Field(
+        1_000_000,
+        ge=64 * 1024,
+        description="Largest record the consumer produces, key and headers included: within the "
+        "output topics' max.message.bytes (broker default 1 MiB); the producer's max_request_size is "
+        "set above it. A dead letter that would be larger (a huge poison record) goes out as a stub "
+        "(source topic/partition/offset, sha256, sizes, reason); a larger captioned event is "
+        "dead-lettered (result_too_large).",
     )
     transaction_call_timeout_s: float = Field(
         30.0,
@@ -66,10 +88,11 @@ class StreamSettings(KafkaSettings, FetchSettings):
     stall_timeout_s: float = Field(
         300.0,
         gt=0,
-        description="Most time upload events may wait on this consumer's partitions while it "
-        "polls none and has none in flight (committed offsets that stay unreadable, "
-        "a fetch that never answers). Then it exits with status 70 so that its "
-        "supervisor restarts it; the restart aborts any transaction it left open.",
+        description="Most time an upload event may stay uncommitted (the oldest one; not while it "
+        "waits out an outage of the service, S3 or the broker), or events may wait on this "
+        "consumer's partitions while it polls none (committed offsets that stay unreadable). "
+        "Then it exits with status 70 so that its supervisor restarts it; the restart aborts "
+        "any transaction it left open.",
     )
 
     metrics_port: int = Field(9400, ge=0, le=65535, description="Prometheus /metrics; 0 = off.")
@@ -81,11 +104,25 @@ class StreamSettings(KafkaSettings, FetchSettings):
 
 
 class FeedbackPublisherSettings(KafkaSettings):
-    """The service's feedback publisher: the training topic, and a spool for while the broker is away."""
+    """The service's feedback publisher: ships the feedback log (SNAP2CAPTION_FEEDBACK_PATH) to the
+    training topic from a cursor of its own (stream/feedback_producer.py)."""
 
     feedback_spool: str = Field(
-        "", description="Feedback spool file while the broker is away; default <data_dir>/feedback-spool.jsonl"
+        "",
+        description="Only read once, on upgrade: the separate spool file earlier versions kept "
+        "(default <data_dir>/feedback-spool.jsonl). Its unsent records are resumed from the "
+        "feedback log, then it is renamed *.migrated.",
     )
+    feedback_drain_timeout_s: float = Field(
+        10.0, ge=0, description="On shutdown (SIGTERM): most time to ship what is still waiting."
+    )
+    feedback_lock_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="How long a second process waits for the feedback log's shipping lock "
+        "before it fails (one publisher per log).",
+    )
+    feedback_batch_records: int = Field(500, ge=1, description="Most records sent per round trip.")
 
     @property
     def kafka_configured(self) -> bool:

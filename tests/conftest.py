@@ -117,6 +117,8 @@ def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, tim
             str(port),
             "--host",
             "127.0.0.1",
+            "--timeout-graceful-shutdown",  # as `snap2caption serve` starts it
+            "10",
         ],
         cwd=REPO,
         env=env,

@@ -76,3 +76,50 @@ def test_cloudevent_decode_errors_have_reasons(value, headers, reason):
     with pytest.raises(cloudevents.CloudEventError) as exc:
         cloudevents.from_kafka(value, headers)
     assert exc.value.reason == reason
+
+
+def _structured(**attrs) -> bytes:
+    event = {"specversion": "1.0", "id": "1", "source": "s", "type": "t", "data": {"x": 1}, **attrs}
+    return json.dumps(event).encode()  # ensure_ascii: a lone surrogate is written as a \ud800 escape
+
+
+_BINARY = [("ce_specversion", b"1.0"), ("ce_id", b"1"), ("ce_source", b"s"), ("ce_type", b"t")]
+
+
+@pytest.mark.parametrize(
+    "value,headers",
+    [
+        (_structured(id="a\ud800"), [("content-type", b"application/cloudevents+json")]),
+        (_structured(source="urn:\udc00x"), [("content-type", b"application/cloudevents+json")]),
+        (_structured(subject="\ud800"), [("content-type", b"application/cloudevents+json")]),
+        (_structured(comexample="\udfff"), [("content-type", b"application/cloudevents+json")]),
+        (_structured(id={"nested": 1}), [("content-type", b"application/cloudevents+json")]),
+        (b"{}", [*_BINARY[:1], ("ce_id", b"line\nbreak"), *_BINARY[2:]]),
+        (b"{}", [*_BINARY, ("ce_subject", b"tab\there")]),
+        (b"{}", [*_BINARY, ("ce_comexample", b"del\x7f")]),
+    ],
+)
+def test_attributes_a_cloudevents_string_cannot_hold_are_refused_at_decode(value, headers):
+    """Before: a structured event's lone surrogate ("\\ud800" in JSON) passed decoding and only
+    failed when the output event was encoded, outside the consumer's handler."""
+    with pytest.raises(cloudevents.CloudEventError) as exc:
+        cloudevents.from_kafka(value, headers)
+    assert exc.value.reason == "invalid_attribute"
+    exc.value.detail.encode()  # the reason's text can itself be written anywhere
+
+
+def test_structured_attributes_keep_their_valid_forms():
+    pair = json.dumps({"specversion": "1.0", "id": "\U0001f600", "source": "s", "type": "t", "data": None})
+    assert "\\ud83d\\ude00" in pair  # a surrogate *pair* escape is one valid character
+    assert cloudevents.from_kafka(pair.encode(), [("content-type", b"application/cloudevents+json")]).id == "\U0001f600"
+    ev = cloudevents.from_kafka(
+        _structured(id=7, comexampleflag=True, subject=None), [("content-type", b"application/cloudevents+json")]
+    )
+    assert (ev.id, ev.extensions, ev.subject) == ("7", {"comexampleflag": "true"}, None)
+    # HTTP header values arrive latin-1-decoded: UTF-8 "\u2026" shows as "\xe2\x80\xa6", a C1 character
+    # in the middle. The spec rules C1 out; refusing it would refuse every such /events header.
+    http = cloudevents.from_http(
+        b"{}",
+        {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t", "ce-source": "urn:\u2026".encode().decode("latin-1")},
+    )
+    assert http.source == "urn:\xe2\x80\xa6"

@@ -26,9 +26,14 @@ def png(color) -> bytes:
     return buf.getvalue()
 
 
+def req(n: int) -> str:
+    """A request id of the shape the service issues (the archive and the contracts insist)."""
+    return f"{n:032x}"
+
+
 def served(archive: CaptionArchive, n: int, caption: str = "A red circle.") -> ServedCaption:
     s = ServedCaption(
-        request_id=f"req-{n}",
+        request_id=req(n),
         image_sha256=f"{n:064x}",
         tone="funny",
         audience="personal",
@@ -58,13 +63,13 @@ def feedback(s: ServedCaption | None, rating: str, request_id: str | None = None
 def test_feedback_rules(tmp_path):
     archive = CaptionArchive(str(tmp_path / "archive"))
     s = [served(archive, i) for i in range(6)]
-    ghost = ServedCaption(**{**s[0].model_dump(), "request_id": "req-ghost", "image_sha256": "f" * 64})
+    ghost = ServedCaption(**{**s[0].model_dump(), "request_id": "e" * 32, "image_sha256": "f" * 64})
     events = [
         feedback(s[0], "down", edited_caption="Studio pick: a red circle."),  # correction (caption)
         feedback(s[1], "down", edited_hashtags=["#red", "#studio"]),  # correction (hashtags)
         feedback(s[2], "up"),  # positive
         feedback(s[3], "down"),  # counted, not trained
-        feedback(None, "up", request_id="req-old"),  # no served record
+        feedback(None, "up", request_id="d" * 32),  # no served record
         feedback(ghost, "up"),  # image not archived
         feedback(s[4], "up"),
         feedback(s[4], "down", edited_caption="Better."),  # the last one wins
@@ -78,17 +83,71 @@ def test_feedback_rules(tmp_path):
         "unmatched": 1,
         "image_missing": 1,
         "superseded": 1,
+        "bad_ids": 0,
     }
     by_id = {r.extra["request_id"]: r for r in records}
-    assert set(by_id) == {"req-0", "req-1", "req-2", "req-4"}
-    assert by_id["req-0"].caption == "Studio pick: a red circle." and by_id["req-0"].kind == "correction"
-    assert by_id["req-0"].hashtags == tuple(s[0].hashtags)  # unedited parts stay as shown
-    assert by_id["req-1"].hashtags == ("#red", "#studio") and by_id["req-1"].caption == s[1].caption
-    assert by_id["req-2"].kind == "positive" and by_id["req-2"].caption == s[2].caption
-    assert by_id["req-4"].caption == "Better."
-    assert by_id["req-0"].tone == "funny" and by_id["req-0"].alt_text == "A red circle on white."
-    assert "Caption: Studio pick: a red circle.\nHashtags: #red #circle" in by_id["req-0"].target()
+    assert set(by_id) == {req(0), req(1), req(2), req(4)}
+    assert by_id[req(0)].caption == "Studio pick: a red circle." and by_id[req(0)].kind == "correction"
+    assert by_id[req(0)].hashtags == tuple(s[0].hashtags)  # unedited parts stay as shown
+    assert by_id[req(1)].hashtags == ("#red", "#studio") and by_id[req(1)].caption == s[1].caption
+    assert by_id[req(2)].kind == "positive" and by_id[req(2)].caption == s[2].caption
+    assert by_id[req(4)].caption == "Better."
+    assert by_id[req(0)].tone == "funny" and by_id[req(0)].alt_text == "A red circle on white."
+    assert "Caption: Studio pick: a red circle.\nHashtags: #red #circle" in by_id[req(0)].target()
     assert (tmp_path / f"{s[0].image_sha256}.png").read_bytes() == archive.image(s[0].image_sha256)
+
+
+def test_ids_of_the_wrong_shape_never_become_paths(tmp_path):
+    """Request ids and image hashes read from Kafka name files in the snapshot: a record that got
+    past the contract (an older producer, a hand-made event) with ``../`` in them is skipped."""
+    archive = CaptionArchive(str(tmp_path / "archive"))
+    good = served(archive, 1)
+    evil_served = ServedCaption.model_construct(**{**good.model_dump(), "image_sha256": "../../../escaped"})
+    events = [
+        FeedbackRecord.model_construct(**{**feedback(good, "up").model_dump(), "request_id": "../../x"}),
+        FeedbackRecord.model_construct(**{**feedback(good, "up").model_dump(), "served": evil_served}),
+        feedback(good, "up"),
+    ]
+    (tmp_path / "images").mkdir()
+    records, counts = records_from_feedback(events, archive, tmp_path / "images")
+    assert counts["bad_ids"] == 2 and len(records) == 1
+    assert not (tmp_path / "escaped.png").exists()
+
+
+def test_a_snapshot_copied_from_s3_takes_only_snapshot_files(tmp_path, monkeypatch):
+    """Object keys listed under an S3 snapshot (``../x``) and its prefix never leave the cache."""
+    from training import feedback_snapshot
+
+    objects = {
+        "records.jsonl": b"",
+        "snapshot.json": b"{}",
+        f"images/{'a' * 64}.png": b"png",
+        "../../outside.txt": b"escaped",
+        "images/../../x.png": b"escaped",
+    }
+
+    class FakeStorage:
+        def __init__(self, location):
+            pass
+
+        def list(self):
+            return list(objects)
+
+        def read(self, key):
+            return objects[key]
+
+    monkeypatch.setattr(feedback_snapshot, "Storage", FakeStorage)
+    monkeypatch.setenv("SNAP2CAPTION_SNAPSHOT_CACHE", str(tmp_path / "cache"))
+    folder = feedback_snapshot._local_copy("s3://bucket/snaps/fb-abc")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        f"images/{'a' * 64}.png",
+        "records.jsonl",
+        "snapshot.json",
+    ]
+    assert not list(tmp_path.rglob("outside.txt")) and not list(tmp_path.rglob("x.png"))
+    for location in ("s3://bucket/..", "s3://bucket/", "s3://bucket/."):
+        with pytest.raises(ValueError, match="not a snapshot location"):
+            feedback_snapshot._local_copy(location)
 
 
 # --- snapshots from the real topic ----------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import free_port, png_bytes
 from snap2caption_service.core.contracts import ImageRef
-from snap2caption_service.core.errors import Poison, Transient
+from snap2caption_service.core.errors import Poison, Transient, UrlUnavailable
 from snap2caption_service.core.fetch import ImageFetcher, UrlPolicy, blocked_reason
 from stream_support import image_site, moto_s3, settings  # noqa: F401  (fixtures)
 
@@ -73,7 +73,7 @@ def _fetcher(**kw) -> ImageFetcher:
         ("https://169.254.169.254/latest/meta-data/", "ssrf_blocked"),
         ("https://[fd00:ec2::254]/latest/", "ssrf_blocked"),
         ("https://10.0.0.1/x.png", "ssrf_blocked"),
-        ("https://2130706433/x.png", "ssrf_blocked"),  # 127.0.0.1 as a decimal integer
+        ("https://2130706433/x.png", "invalid_url"),  # 127.0.0.1 as a decimal integer (tests/test_ssrf.py)
         ("http://example.com/x.png", "url_scheme_not_allowed"),
         ("https://user:pw@example.com/x.png", "invalid_url"),
         ("https://name.invalid/x.png", "url_unresolvable"),
@@ -115,7 +115,7 @@ def test_url_fetch_from_allowlisted_server_and_every_redirect_hop_rechecked(imag
             f.fetch_url(image_site.url + path)
         assert exc.value.reason == reason, path
     assert image_site.hits["/loop"] == 4  # the first request plus 3 redirects, then refused
-    with pytest.raises(Transient):
+    with pytest.raises(UrlUnavailable):  # the image host's outage: dead-lettered after bounded retries
         f.fetch_url(image_site.url + "/busy")
     # Without the allowlist the very same server is refused before any request is made.
     hits = dict(image_site.hits)
@@ -157,9 +157,9 @@ def test_connection_goes_to_the_checked_address(image_site, monkeypatch):
         _fetcher(url_allowlist="127.0.0.1").fetch_url("https://evil.test/a.png")
 
 
-def test_slow_download_is_transient_not_poison(image_site):
+def test_slow_download_is_url_unavailable_not_poison(image_site):
     image_site.routes["/slow"] = ("slow", 3.0, b"x" * 30)
-    with pytest.raises(Transient) as exc:
+    with pytest.raises(UrlUnavailable) as exc:
         _fetcher(url_allowlist="127.0.0.1", fetch_timeout_s=0.5).fetch_url(image_site.url + "/slow")
     assert exc.value.reason == "fetch_timeout"
 
@@ -195,5 +195,6 @@ def test_s3_fetch(moto_s3):
             f.fetch(ImageRef(s3_uri=ref))
         assert exc.value.reason == reason
     down = _fetcher(**{**kw, "aws_endpoint_url_s3": f"http://127.0.0.1:{free_port()}"})
-    with pytest.raises(Transient, match="s3_unavailable"):
+    with pytest.raises(Transient, match="s3_unavailable") as exc:
         down.fetch(ImageRef(s3_uri=uri))
+    assert not isinstance(exc.value, UrlUnavailable)  # our own S3: retried, never dead-lettered

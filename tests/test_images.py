@@ -486,3 +486,106 @@ def test_downscale_never_enlarges():
     assert downscale(small, 50) is small
     with pytest.raises(ValueError):
         downscale(small, 0)
+
+
+# The decode budget (issue 13): pixels being decoded at once, across all requests of the process.
+
+
+def test_header_pixels_reads_the_header_only():
+    assert images.header_pixels(encode(Image.new("RGB", (300, 200)), "PNG")) == 60_000
+    assert images.header_pixels(b"not an image") == 0
+    assert images.header_pixels(b"") == 0
+    png = encode(noise((64, 48)), "PNG")
+    assert images.header_pixels(png[:100]) == 64 * 48  # the size is known before the data is there
+
+
+def test_pixel_budget_bounds_what_is_decoded_at_once():
+    import threading
+    import time
+
+    budget = images.PixelBudget(100)
+    lock = threading.Lock()
+    holders, peak_holders, peak_in_use = 0, 0, 0
+
+    def decode():
+        nonlocal holders, peak_holders, peak_in_use
+        with budget.hold(40, wait_s=30):
+            with lock:
+                holders += 1
+                peak_holders = max(peak_holders, holders)
+                peak_in_use = max(peak_in_use, budget.capacity - budget.free)
+            time.sleep(0.01)
+            with lock:
+                holders -= 1
+
+    threads = [threading.Thread(target=decode) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert peak_in_use <= 100 and peak_holders == 2  # 40 + 40 fit, a third would not
+    assert budget.free == budget.capacity
+
+
+def test_pixel_budget_gives_up_after_the_wait_with_an_overload_answer():
+    # A fake clock: both deadlines are set at t=0, and the wait is over at the next look (t=10).
+    ticks = iter([0.0, 0.0, 10.0])
+    budget = images.PixelBudget(100, clock=lambda: next(ticks))
+    budget.acquire(100, wait_s=1)
+    with pytest.raises(images.DecodeBusy) as err:
+        budget.acquire(1, wait_s=5)
+    assert (err.value.status, err.value.code) == (503, "overloaded")
+    assert isinstance(err.value, ErrorAnswer) and not isinstance(err.value, ImageError)  # not the image's fault
+    assert budget.free == 0  # the refused request reserved nothing
+
+
+def test_pixel_budget_real_wait_then_refusal_and_release_on_error():
+    import time
+
+    budget = images.PixelBudget(10)
+    with budget.hold(10, wait_s=1):
+        t0 = time.monotonic()
+        with pytest.raises(images.DecodeBusy):
+            budget.acquire(5, wait_s=0.05)
+        assert 0.04 <= time.monotonic() - t0 < 2
+    with pytest.raises(RuntimeError):
+        with budget.hold(7, wait_s=1):
+            raise RuntimeError("decode failed")
+    assert budget.free == budget.capacity  # released on the way out of a failed decode
+
+
+def test_pixel_budget_is_first_come_first_served():
+    """A large image waiting at the head is not overtaken by small ones that would fit."""
+    import threading
+    import time
+
+    budget = images.PixelBudget(100)
+    order = []
+    budget.acquire(60, wait_s=1)
+
+    def take(name, n):
+        with budget.hold(n, wait_s=30):
+            order.append(name)
+
+    large = threading.Thread(target=take, args=("large", 80))
+    large.start()
+    time.sleep(0.1)  # large is queued first
+    small = threading.Thread(target=take, args=("small", 10))
+    small.start()
+    time.sleep(0.1)
+    assert order == []  # small fits in the 40 free, but waits behind large
+    budget.release(60)
+    large.join(10)
+    small.join(10)
+    assert order == ["large", "small"]
+
+
+def test_pixel_budget_edge_sizes():
+    budget = images.PixelBudget(100)
+    assert budget.acquire(500, wait_s=0) == 100  # larger than the whole budget: runs alone
+    assert budget.acquire(0, wait_s=0) == 0  # nothing to decode never waits
+    budget.release(100)
+    assert budget.free == budget.capacity
+    with pytest.raises(ValueError):
+        images.PixelBudget(0)

@@ -752,6 +752,20 @@ def test_k8s_lets_knative_deliver_to_events_on_the_cluster_local_address():
     assert Settings(_env_file=None, events_auth=env["SNAP2CAPTION_EVENTS_AUTH"]).events_auth == "cluster-local"
 
 
+@pytest.mark.parametrize("name", MAIN)
+def test_the_service_knows_its_own_cluster_local_name(renderings, name):
+    """events_auth=cluster-local accepts only <K_SERVICE>.<namespace>.svc...; the service refuses to
+    start without the namespace, and the pod has no service-account mount to read it from."""
+    from snap2caption_service.serving.auth import is_cluster_local_host
+
+    r = renderings[name]
+    data = r.configmap("snap2caption-common")["data"]
+    namespace = r.ksvc["metadata"].get("namespace", "snap2caption")
+    assert data["SNAP2CAPTION_NAMESPACE"] == namespace, name
+    service = r.ksvc["metadata"]["name"]  # what Knative puts in K_SERVICE
+    assert is_cluster_local_host(f"{service}.{namespace}.svc.cluster.local", service, data["SNAP2CAPTION_NAMESPACE"])
+
+
 # --------------------------------------------------------------------------------------
 # Consumer StatefulSet and its Services
 # --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import re
 import sys
+import sysconfig
 import tomllib
 
 from packaging.requirements import Requirement
@@ -87,7 +88,12 @@ def test_the_running_environment_is_exactly_the_lock():
     """Whatever runs the tests (make test: infra/python_env.sh's venv) holds the locked versions and
     nothing else but the interpreter's own pip."""
     pins = locked()  # resolved for one platform (Makefile `lock`): no environment markers to evaluate
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    # The venv's own site-packages only: other tests put tool folders on sys.path (kubernetes-validate,
+    # installed by infra/install_k8s_tools.sh beside the venv, with its own packaging).
+    site = sysconfig.get_paths()["purelib"]
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=[site])
+    }
     wrong = {n: (v, installed.get(n)) for n, v in pins.items() if installed.get(n) != v}
     extra = sorted(set(installed) - set(pins) - {"pip"})
     assert not wrong and not extra, (

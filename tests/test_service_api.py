@@ -138,8 +138,10 @@ def test_bad_fields_get_400_naming_the_field(service, name, body, field):
         else:
             r = c.post("/generate-caption", json=body)
     assert r.status_code == 400, r.text
-    detail = r.json()["detail"]
-    assert any(field in d["loc"] for d in detail) if field else detail
+    body = r.json()  # contracts.ErrorBody: the fields' paths and rules, never their values
+    assert body["error"] == "invalid_request" and body["detail"], body
+    assert any(field in f["loc"] for f in body["fields"]) if field else body["fields"]
+    assert all(set(f) == {"loc", "msg"} for f in body["fields"])
 
 
 def test_image_variants_are_accepted(service):
@@ -212,9 +214,14 @@ def test_feedback_is_persisted(service):
 
 
 def test_feedback_for_an_unknown_request_is_404(service):
+    import uuid
+
     with service.client() as c:
-        r = c.post("/feedback", json={"request_id": "never-served", "rating": "up"})
+        r = c.post("/feedback", json={"request_id": uuid.uuid4().hex, "rating": "up"})
+        malformed = c.post("/feedback", json={"request_id": "never-served", "rating": "up"})
     assert r.status_code == 404 and r.json()["error"] == "unknown_request", r.text
+    # Not the shape the service issues: refused before any lookup (tests/test_feedback_security.py).
+    assert malformed.status_code == 400 and malformed.json()["fields"][0]["loc"] == ["request_id"], malformed.text
 
 
 def test_health_and_metrics(service):

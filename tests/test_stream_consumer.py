@@ -213,6 +213,46 @@ def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstra
         proxy.close()
 
 
+def test_an_unreachable_image_host_is_dead_lettered_after_bounded_retries_and_blocks_nothing(
+    bootstrap, service, image_site, tmp_path
+):
+    """Issue 13. Before: every failure of an image host was retried forever, so one dead host held
+    its partition (the events behind it were never committed). Now it is tried for
+    SNAP2CAPTION_URL_RETRIES more rounds, then dead-lettered as url_unavailable; the events behind
+    it on the same partition are captioned. Needs the fetcher to raise UrlUnavailable for an
+    image host's 5xx (snap2caption_service/core/fetch.py)."""
+    topics = topic_env("deadhost")
+    create_topics(bootstrap, topics, partitions=1)
+    image_site.routes["/down.png"] = 503
+    image_site.routes["/ok.png"] = png_bytes((40, 40, 200))
+    dead = upload_event("dead-host", {"url": image_site.url + "/down.png"})
+    live = [upload_event(f"live-{i}", inline((i * 50, 200, 10))) for i in range(4)]
+    live.append(upload_event("live-url", {"url": image_site.url + "/ok.png"}))
+    env = consumer_env(
+        bootstrap,
+        service.url,
+        topics,
+        SNAP2CAPTION_URL_ALLOWLIST="127.0.0.1",
+        SNAP2CAPTION_RETRIES=1,
+        SNAP2CAPTION_RETRY_LATER_S=1,
+        SNAP2CAPTION_URL_RETRIES=1,
+        SNAP2CAPTION_URL_RETRY_MAX_AGE_S=120,
+    )
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], [dead, *live])
+        out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(live), timeout=120, settle=1)
+        dlq = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 1, timeout=10, settle=1)
+    finally:
+        assert consumer.terminate() == 0, consumer.log()[-3000:]
+    assert Counter(r.key.decode() for r in out) == Counter(k.decode() for k, _, _ in live), consumer.log()[-3000:]
+    assert [(r.key, headers_dict(r)["dlq_reason"], headers_dict(r)["dlq_stage"]) for r in dlq] == [
+        (b"dead-host", "url_unavailable", "fetch")
+    ], consumer.log()[-3000:]
+    assert "503" in headers_dict(dlq[0])["dlq_detail"]
+    assert image_site.hits["/down.png"] == 4  # (1 + retries) attempts x (1 + url_retries) rounds
+
+
 class CountingProxy(LoopbackServer):
     """Forwards to the service and records the most requests it ever had open at once."""
 

@@ -170,3 +170,61 @@ def test_dead_letter_table(bootstrap, service, moto_s3, image_site, tmp_path):
         count = f'snap2caption_consumer_dlq_total{{reason="{reason}",stage="{stage}"}}'
         assert count in metrics, name
     print(f"\n{len(cases)} poison events dead-lettered, {len(good)} good events captioned")
+
+
+def _create_topic(bootstrap: str, name: str, partitions: int = 1, **config) -> None:
+    """A topic with its own config (max.message.bytes ...), before the consumer creates the rest."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(name, partitions, 1, topic_configs={k.replace("_", "."): str(v) for k, v in config.items()})]
+        )
+    finally:
+        admin.close()
+
+
+def test_a_poison_record_too_large_to_dead_letter_goes_out_as_a_stub_and_blocks_nothing(bootstrap, service, tmp_path):
+    """Issue 13. Before: a 2 MB invalid record on an uploads topic that allows 4 MiB records could
+    not be dead-lettered (MessageSizeTooLargeError), the transaction aborted and was retried twice
+    a second, forever, and none of the good events after it was captioned. Now its dead letter is
+    a stub; so is that of a 700 kB one that the producer takes but the DLQ topic
+    (max.message.bytes 512 KiB) refuses. Every good event is captioned exactly once."""
+    import hashlib
+    from collections import Counter
+
+    topics = topic_env("dlq-big")
+    uploaded, dlq_topic = topics["SNAP2CAPTION_TOPIC_UPLOADED"], topics["SNAP2CAPTION_TOPIC_DLQ"]
+    _create_topic(bootstrap, uploaded, max_message_bytes=4 * 1024 * 1024)
+    _create_topic(bootstrap, dlq_topic, max_message_bytes=512 * 1024)
+    create_topics(bootstrap, topics, partitions=1)  # the others
+    _, _, h = upload_event("template", inline())
+    huge, big = b"{" + b"x" * 2_000_000, b"{" + b"y" * 700_000  # invalid JSON, both
+    good = [upload_event(f"after-{i}", inline((i * 30, 90, 90))) for i in range(6)]
+    records = [(b"poison-huge", huge, h), *good[:3], (b"poison-big", big, h), *good[3:]]
+    env = consumer_env(bootstrap, service.url, topics)
+    consumer = ConsumerProcess(env, tmp_path / "consumer.log")
+    try:
+        sent = produce(bootstrap, uploaded, records)
+        captioned = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(good), timeout=180, settle=2)
+        dlq = read_topic(bootstrap, dlq_topic, 2, timeout=30, settle=1)
+    finally:
+        assert consumer.terminate() == 0, consumer.log()[-3000:]
+    assert Counter(r.key.decode() for r in captioned) == Counter(k.decode() for k, _, _ in good), consumer.log()[-3000:]
+    assert len(dlq) == 2, consumer.log()[-3000:]
+    for record, (key, value, _), meta in zip(
+        sorted(dlq, key=lambda r: int(headers_dict(r)["dlq_source_offset"])),
+        [records[0], records[4]],
+        [sent[0], sent[4]],
+    ):
+        hd, info = headers_dict(record), json.loads(record.value)
+        assert (hd["dlq_stub"], hd["dlq_reason"], hd["dlq_stage"]) == ("true", "invalid_json", "decode")
+        assert (hd["dlq_source_topic"], hd["dlq_source_offset"]) == (uploaded, str(meta.offset))
+        assert info["value_sha256"] == hd["dlq_value_sha256"] == hashlib.sha256(value).hexdigest()
+        assert (info["source_offset"], info["value_bytes"], info["reason"]) == (meta.offset, len(value), "invalid_json")
+        assert record.key == key and len(record.value) < 10_000
+        assert record.headers[: len(h)] == list(h)  # the original (small) headers are kept
+    print(
+        f"\n{consumer.log().count('its result was refused')} refusal(s) logged; stubs: {[json.loads(r.value)['why_stub'] for r in dlq]}"
+    )

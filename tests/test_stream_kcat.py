@@ -1,6 +1,7 @@
 """kcat (librdkafka, the Debian package) as an independent client: it produces an upload
 event in CloudEvents binary mode and reads the captioned event back with read_committed,
-so the contract is checked by something that shares no code with ours."""
+so the contract is checked by something that shares no code with ours; and it produces the
+records that once stopped the consumer (a structured event with a lone surrogate, a null header)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ import uuid
 import pytest
 
 from conftest import REPO
-from stream_support import ConsumerProcess, bootstrap, consumer_env, create_topics, inline, topic_env  # noqa: F401
+from stream_support import (  # noqa: F401
+    ConsumerProcess,
+    bootstrap,
+    consumer_env,
+    create_topics,
+    headers_dict,
+    inline,
+    read_topic,
+    topic_env,
+    upload_event,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.service]
 
@@ -90,3 +101,55 @@ def test_kcat_produces_an_upload_event_and_reads_the_captioned_event(kcat, boots
     payload = json.loads(message["payload"])
     assert payload["media_id"] == media_id and payload["source_event_id"] == event_id
     assert payload["caption"] and isinstance(payload["hashtags"], list) and payload["model_version"]
+
+
+def test_kcat_events_that_once_stopped_the_consumer_are_dead_lettered_and_it_goes_on(
+    kcat, bootstrap, service, tmp_path
+):
+    """Issue 13. Before: a structured-mode event with a lone surrogate in ``id`` (the JSON escape
+    "\\ud800") passed decoding and raised UnicodeEncodeError outside the handler, and a poison
+    record with a null-valued header (kcat's ``-H name``) raised TypeError when its dead letter
+    was sent: either one stopped the consumer, on every restart."""
+    topics = topic_env("kcat-bad")
+    create_topics(bootstrap, topics, partitions=1)
+    uploaded = topics["SNAP2CAPTION_TOPIC_UPLOADED"]
+    data = {"media_id": "kcat-s", "creator_id": "c", "image": inline()}
+    structured = {
+        "specversion": "1.0",
+        "id": "evt-\ud800",
+        "source": "urn:test:kcat",
+        "type": "com.snap2caption.media.uploaded",
+        "data": data,
+    }
+    line = json.dumps(structured)  # ensure_ascii: the lone surrogate is the six characters \ud800
+    assert "\\ud800" in line
+    _, good_value, good_headers = upload_event("kcat-good", inline((9, 99, 199)))
+    sends = [
+        (["-k", "bad-surrogate", "-H", "content-type=application/cloudevents+json"], line),
+        (
+            ["-k", "bad-null"] + [a for k, v in good_headers for a in ("-H", f"{k}={v.decode()}")] + ["-H", "x-null"],
+            "{oops",
+        ),
+        (["-k", "kcat-good"] + [a for k, v in good_headers for a in ("-H", f"{k}={v.decode()}")], good_value.decode()),
+    ]
+    for args, payload in sends:
+        subprocess.run(
+            [kcat, "-P", "-b", bootstrap, "-t", uploaded, *args],
+            input=payload + "\n",
+            text=True,
+            check=True,
+            timeout=60,
+        )
+
+    consumer = ConsumerProcess(consumer_env(bootstrap, service.url, topics), tmp_path / "consumer.log")
+    try:
+        captioned = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], 1, timeout=120, settle=1)
+        dlq = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 2, timeout=30, settle=1)
+        assert consumer.proc.poll() is None, consumer.log()[-3000:]
+    finally:
+        assert consumer.terminate() == 0, consumer.log()[-3000:]
+    assert [r.key for r in captioned] == [b"kcat-good"], consumer.log()[-3000:]
+    reasons = {r.key: (headers_dict(r)["dlq_reason"], headers_dict(r)["dlq_stage"]) for r in dlq}
+    assert reasons == {b"bad-surrogate": ("invalid_attribute", "decode"), b"bad-null": ("invalid_json", "decode")}
+    (null_dlq,) = [r for r in dlq if r.key == b"bad-null"]
+    assert ("x-null", b"") in null_dlq.headers and null_dlq.value == b"{oops"  # null header: sent as empty

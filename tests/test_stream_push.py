@@ -168,7 +168,12 @@ def cluster_local_events_service(tmp_path_factory, tiny_model_dir):
     svc = start_service(
         tmp_path_factory.mktemp("svc-events-auth"),
         tiny_model_dir,
-        {"SNAP2CAPTION_API_KEYS": "key-one", "SNAP2CAPTION_EVENTS_AUTH": "cluster-local"},
+        {
+            "SNAP2CAPTION_API_KEYS": "key-one",
+            "SNAP2CAPTION_EVENTS_AUTH": "cluster-local",
+            "K_SERVICE": "snap2caption",  # as Knative sets it
+            "SNAP2CAPTION_NAMESPACE": "snap2caption-prod",  # as k8s/overlays/production sets it
+        },
     )
     yield svc
     stop_service(svc.proc)
@@ -191,7 +196,7 @@ def test_events_from_the_cluster_local_address_need_no_key(cluster_local_events_
         url + "/events",
         json=_data("push-local-2"),
         timeout=120,
-        headers={**_kafka_source_headers("o", "push-local-2"), "Host": "snap2caption.prod.svc:80"},
+        headers={**_kafka_source_headers("o", "push-local-2"), "Host": "snap2caption.snap2caption-prod.svc:80"},
     )
     assert r.status_code == 200, r.text
 
@@ -203,6 +208,8 @@ def test_events_from_the_cluster_local_address_need_no_key(cluster_local_events_
         "127.0.0.1",
         "svc.cluster.local",
         "snap2caption.svc.cluster.local.evil.example",
+        "other.snap2caption-prod.svc.cluster.local",  # another Service in the same namespace
+        "snap2caption.other-ns.svc.cluster.local",  # the same name in another namespace
     ],
 )
 def test_events_through_any_other_host_still_need_the_key(cluster_local_events_service, host):

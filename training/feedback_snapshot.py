@@ -38,7 +38,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from snap2caption_service.core.caption_archive import CaptionArchive
-from snap2caption_service.core.contracts import FeedbackRecord
+from snap2caption_service.core.contracts import FeedbackRecord, is_request_id, is_sha256
 from snap2caption_service.core.settings import _config
 from snap2caption_service.core.storage import Storage, is_s3, join, split_s3_uri
 from training.datasets import CaptionRecord, read_manifest, write_manifest
@@ -87,9 +87,15 @@ def records_from_feedback(
         "unmatched": 0,
         "image_missing": 0,
         "superseded": 0,
+        "bad_ids": 0,
     }
     latest: dict[str, FeedbackRecord] = {}
     for fb in feedback:
+        # Ids from Kafka become file names below: only the shapes the service issues.
+        if not is_request_id(fb.request_id) or (fb.served is not None and not is_sha256(fb.served.image_sha256)):
+            counts["bad_ids"] += 1
+            log.warning("feedback %s: request id or image hash of the wrong shape; skipped", fb.feedback_id[:64])
+            continue
         if fb.request_id in latest:
             counts["superseded"] += 1
         latest[fb.request_id] = fb
@@ -298,6 +304,14 @@ def _publish(work: Path, info: SnapshotInfo) -> None:
     os.replace(staging, target)
 
 
+def _snapshot_file(key: str) -> bool:
+    """The only keys a snapshot holds; anything else (``../x``, an absolute path) is not copied."""
+    if key in ("records.jsonl", "snapshot.json"):
+        return True
+    name = key.removeprefix("images/")
+    return name != key and name.endswith(".png") and is_sha256(name.removesuffix(".png"))
+
+
 def _local_copy(location: str) -> Path:
     if not is_s3(location):
         store = Storage(location)
@@ -305,12 +319,18 @@ def _local_copy(location: str) -> Path:
             raise FileNotFoundError(f"{store.path} is not a feedback snapshot (no records.jsonl)")
         return store.path
     _bucket, prefix = split_s3_uri(location)
-    folder = SnapshotSettings().snapshot_cache / prefix.replace("/", "_")
+    cache = SnapshotSettings().snapshot_cache
+    folder = cache / prefix.replace("/", "_")
+    if folder.resolve().parent != cache.resolve():  # a prefix of "", "." or ".."
+        raise ValueError(f"{location} is not a snapshot location")
     if (folder / "records.jsonl").is_file():
         return folder  # snapshots are immutable: the id is their content hash
     store = Storage(location)
     staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
     for key in store.list():
+        if not _snapshot_file(key):
+            log.warning("snapshot %s: unexpected object %r not copied", location, key[:200])
+            continue
         data = store.read(key)
         if data is None:
             continue  # listed, then gone: not part of a finished snapshot

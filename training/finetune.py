@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from snap2caption_service.core.captioner import require_safetensors, safetensors_adapter
 from snap2caption_service.core.model_loading import ADAPTER_META, resolve_base
 from snap2caption_service.core.settings import get_settings
 from training.build_demo import ensure_demo_model
@@ -84,13 +85,16 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
     # Master weights in fp32 (autocast does the fast math) on CPU; bf16 base weights on GPU
     # keep a 7B model inside one card's memory, the LoRA weights stay fp32 either way.
     dtype = torch.bfloat16 if device.startswith("cuda") and cfg.precision != "fp32" else torch.float32
-    model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype)
+    # Safetensors only, as for serving (core/captioner.py): a pickle can run code when loaded.
+    require_safetensors(base_ref)
+    resume_dir = safetensors_adapter(resume_adapter) if resume_adapter else None
+    model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(base_ref)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    if resume_adapter:
-        model = PeftModel.from_pretrained(model, resume_adapter, is_trainable=True)
+    if resume_dir:
+        model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
         log.info("resuming from adapter %s", resume_adapter)
     else:
         lora = LoraConfig(

@@ -9,23 +9,43 @@ saw. So every caption request leaves two small objects, in a local folder or an 
 
 Images are content-addressed, so a photo captioned ten times is stored once. The request
 record is written after the image, so a record never points at a missing image.
+
+Keys are built from ids that arrive from outside (a /feedback body, a Kafka record), so they
+are checked twice: an id must have exactly the shape the service issues (32 hex digits for a
+request, 64 for an image hash: ``InvalidKey`` otherwise), and a folder archive refuses a key
+whose path resolves outside its root (a planted symlink, say). A record that is there but
+does not parse is ``UnreadableRecord``, whose message never carries the file's content.
 """
 
 from __future__ import annotations
 
 import logging
 
-from snap2caption_service.core.contracts import ServedCaption
+from pydantic import ValidationError
+
+from snap2caption_service.core.contracts import ServedCaption, is_request_id, is_sha256
 from snap2caption_service.core.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
+class InvalidKey(ValueError):
+    """An id that is not of the shape the service issues, or a key outside the archive."""
+
+
+class UnreadableRecord(Exception):
+    """A request record exists but is not a ServedCaption (corrupt, or not ours)."""
+
+
 def image_key(sha256: str) -> str:
+    if not is_sha256(sha256):
+        raise InvalidKey("an image hash is 64 lowercase hex digits")
     return f"images/{sha256[:2]}/{sha256}.png"
 
 
 def request_key(request_id: str) -> str:
+    if not is_request_id(request_id):
+        raise InvalidKey("a request_id is 32 lowercase hex digits")
     return f"requests/{request_id}.json"
 
 
@@ -35,18 +55,33 @@ class CaptionArchive:
     def __init__(self, location: str):
         self.location = str(location)
         self._store = Storage(self.location, create=True)
+        self._root = None if self._store.path is None else self._store.path.resolve()
+
+    def _checked(self, key: str) -> str:
+        """``key`` if it stays inside the archive (folders: after resolving links), else InvalidKey."""
+        if self._root is not None and not (self._root / key).resolve().is_relative_to(self._root):
+            raise InvalidKey("the key resolves outside the archive")
+        return key
 
     # --- writing (the service, at caption time) ----------------------------------------------
     def put(self, served: ServedCaption, image_png: bytes) -> None:
-        key = image_key(served.image_sha256)
+        key = self._checked(image_key(served.image_sha256))
+        record_key = self._checked(request_key(served.request_id))
         if not self._store.exists(key):
             self._store.write(key, image_png)
-        self._store.write(request_key(served.request_id), served.model_dump_json().encode())
+        self._store.write(record_key, served.model_dump_json().encode())
 
     # --- reading (the service at feedback time; snapshot building) ---------------------------
     def get(self, request_id: str) -> ServedCaption | None:
-        data = self._store.read(request_key(request_id))
-        return None if data is None else ServedCaption.model_validate_json(data)
+        """The record, None when there is none; InvalidKey for an id of the wrong shape."""
+        data = self._store.read(self._checked(request_key(request_id)))
+        if data is None:
+            return None
+        try:
+            return ServedCaption.model_validate_json(data)
+        except ValidationError:
+            log.warning("archived request %s is not a ServedCaption record; refusing it", request_id)
+            raise UnreadableRecord(f"the archived record of request {request_id} is unreadable") from None
 
     def image(self, sha256: str) -> bytes | None:
-        return self._store.read(image_key(sha256))
+        return self._store.read(self._checked(image_key(sha256)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.prompting import build_prompt, parse_output
@@ -65,19 +66,77 @@ def resolve_dtype(dtype: str, device: str):
     }[dtype]
 
 
+# Weights are read from safetensors only: a pickle (pytorch_model.bin, adapter_model.bin) can
+# run arbitrary code when loaded, and checkpoints come from registries and buckets.
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+SAFE_ADAPTER = "adapter_model.safetensors"
+
+
+class UnsafeCheckpoint(ValueError):
+    """A checkpoint or adapter whose weights are only in pickle form: refused, never unpickled."""
+
+
+def _pickles(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.bin") if p.is_file())
+
+
+def require_safetensors(model_ref: str) -> None:
+    """Refuse, with the reason, a local checkpoint folder without safetensors weights. A hub id is
+    left to ``from_pretrained(use_safetensors=True)``, which refuses it there."""
+    folder = Path(model_ref)
+    if folder.is_dir() and not any((folder / name).is_file() for name in SAFE_WEIGHTS):
+        found = _pickles(folder)
+        raise UnsafeCheckpoint(
+            f"{model_ref} has no safetensors weights ({' or '.join(SAFE_WEIGHTS)})"
+            + (f", only {', '.join(found)} (pickle, which can run code when loaded)" if found else "")
+            + ": only safetensors are loaded. Re-save it with save_pretrained(..., safe_serialization=True)."
+        )
+
+
+def safetensors_adapter(adapter_ref: str) -> str:
+    """The folder of a PEFT adapter whose weights are ``adapter_model.safetensors``.
+
+    peft picks whichever weights file is there (pickle included) and has no switch to refuse a
+    pickle, so the choice is made here. A hub id is resolved to its cached files, downloading
+    the safetensors file and the config only.
+    """
+    folder = Path(adapter_ref)
+    if not folder.is_dir():
+        from transformers.utils import cached_file
+
+        weights = cached_file(adapter_ref, SAFE_ADAPTER, _raise_exceptions_for_missing_entries=False)
+        if weights is None:
+            raise UnsafeCheckpoint(
+                f"adapter {adapter_ref} has no {SAFE_ADAPTER}: only safetensors adapters are loaded."
+            )
+        cached_file(adapter_ref, "adapter_config.json")
+        return str(Path(weights).parent)
+    if not (folder / SAFE_ADAPTER).is_file():
+        found = _pickles(folder)
+        raise UnsafeCheckpoint(
+            f"adapter {adapter_ref} has no {SAFE_ADAPTER}"
+            + (f", only {', '.join(found)} (pickle, which can run code when loaded)" if found else "")
+            + ": only safetensors adapters are loaded. Re-save it with save_pretrained(..., safe_serialization=True)."
+        )
+    return str(folder)
+
+
 def load_merged(model_ref: str, adapter_ref: str = "", torch_dtype="auto"):
     """(model, processor) of a LLaVA checkpoint, with a LoRA adapter merged in if given, in eval mode.
 
     Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
+    Safetensors weights only (``UnsafeCheckpoint`` for a pickle-only checkpoint or adapter).
     """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype)
+    require_safetensors(model_ref)
+    adapter_dir = safetensors_adapter(adapter_ref) if adapter_ref else ""
+    model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype, use_safetensors=True)
     processor = AutoProcessor.from_pretrained(model_ref)
-    if adapter_ref:
+    if adapter_dir:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_ref).merge_and_unload()
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model.eval(), processor
 
 

@@ -29,6 +29,12 @@ HTTP_PREFIX = "ce-"
 _CORE = ("specversion", "id", "source", "type", "time", "subject", "dataschema")
 # The spec asks for at most 20 characters but Knative's kafkaheader* attributes are longer.
 _ATTR_NAME = re.compile(r"^[a-z0-9]+$")
+# What a String attribute must not hold: C0 control characters and DEL (a newline cannot be an
+# HTTP header), and lone surrogates (a JSON "\ud800" escape decodes to one; no UTF-8 encoder
+# takes it back, so the output event and its headers could not be written). CloudEvents 1.0 also
+# rules out C1 controls and noncharacters; they are let through: they encode, and HTTP header
+# values arrive latin-1-decoded, where UTF-8 text such as "\u2026" shows up as C1 characters.
+_FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 Headers = list[tuple[str, bytes]]
 
@@ -164,6 +170,8 @@ def _from_attrs(attrs: dict[str, str], data: bytes, content_type: str | None) ->
     missing = [a for a in ("specversion", "id", "source", "type") if not attrs.get(a)]
     if missing:
         raise CloudEventError("not_a_cloudevent", "missing CloudEvents attribute(s): " + ", ".join(missing))
+    for name, value in attrs.items():
+        _check_string(name, value)
     if attrs["specversion"] != SPEC_VERSION:
         raise CloudEventError(
             "unsupported_specversion", f"specversion {attrs['specversion']!r}; only {SPEC_VERSION} is supported"
@@ -201,8 +209,38 @@ def _from_structured(value: bytes) -> CloudEvent:
             raise CloudEventError("invalid_json", "data_base64 is not valid base64") from None
     else:
         data = json.dumps(obj.get("data")).encode()
-    attrs = {k: str(v) for k, v in obj.items() if k not in ("data", "data_base64", "datacontenttype")}
-    return _from_attrs(attrs, data, obj.get("datacontenttype", JSON))
+    attrs = {}
+    for name, value in obj.items():
+        if name in ("data", "data_base64", "datacontenttype") or value is None:  # null = absent
+            continue
+        attrs[name] = _scalar(name, value)
+    content_type = obj.get("datacontenttype", JSON)
+    if content_type is not None:
+        content_type = _scalar("datacontenttype", content_type)
+        _check_string("datacontenttype", content_type)
+    return _from_attrs(attrs, data, content_type)
+
+
+def _scalar(name: str, value) -> str:
+    """A structured-mode attribute as its canonical string (JSON strings, integers, booleans)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    raise CloudEventError(
+        "invalid_attribute", f"attribute {name!r} is a JSON {type(value).__name__}, not a string, integer or boolean"
+    )
+
+
+def _check_string(name: str, value: str) -> None:
+    """Raises CloudEventError('invalid_attribute') unless ``value`` is a CloudEvents String."""
+    bad = _FORBIDDEN_CHARS.search(value)
+    if bad:
+        raise CloudEventError(
+            "invalid_attribute",
+            f"attribute {name!r} holds {ascii(bad.group())} at position {bad.start()}, which a CloudEvents "
+            "String must not (control characters, lone surrogates)",
+        )
 
 
 def _check_time(value: str) -> None:

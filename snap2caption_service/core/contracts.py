@@ -6,8 +6,9 @@ defines a caption request or result.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -19,6 +20,33 @@ MIN_HASHTAGS, MAX_HASHTAGS, DEFAULT_HASHTAGS = 5, 10, 8
 MIN_CANDIDATES, MAX_CANDIDATES = 1, 5
 # Instagram's own caption limit: an edit longer than this could never be posted.
 MAX_CAPTION_CHARS = 2200
+# Every free-text field is bounded, so that a record built from them is bounded too (below).
+MAX_HASHTAG_CHARS = 100  # one hashtag
+MAX_HASHTAGS_LIST = 30  # Instagram's own limit per post
+MAX_REASON_CHARS = 500
+MAX_ALT_TEXT_CHARS = 2200
+MAX_CREATOR_ID_CHARS = 128
+MAX_MODEL_VERSION_CHARS = 256
+# A whole feedback record as one JSON line (the feedback log, the training topic). Every field
+# at its limit, each character escaped to 6 bytes, stays far below this (tests/test_contracts.py),
+# and this stays far below Kafka's default 1 MB message limit.
+MAX_FEEDBACK_RECORD_BYTES = 256 * 1024
+
+# Ids that become file names and object keys (the caption archive, snapshots) have exactly the
+# shape the service issues, so no id can name a path outside its folder.
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"  # serving/pipeline.py new_request_id: uuid4().hex
+SHA256_PATTERN = r"^[0-9a-f]{64}$"  # images.image_sha256: the upload's hex digest
+
+
+def is_request_id(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(REQUEST_ID_PATTERN, value) is not None
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(SHA256_PATTERN, value) is not None
+
+
+Hashtag = Annotated[str, Field(max_length=MAX_HASHTAG_CHARS)]
 
 
 class CaptionOptions(BaseModel):
@@ -38,6 +66,13 @@ class CaptionOptions(BaseModel):
         ge=MIN_CANDIDATES,
         le=MAX_CANDIDATES,
         description="1 = greedy only; more adds sampled candidates, best first.",
+    )
+    creator_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CREATOR_ID_CHARS,
+        description="Who the caption is for. When given, only feedback naming the same creator_id is "
+        "accepted for this caption.",
     )
 
 
@@ -72,38 +107,51 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(..., min_length=1, max_length=128)
+    request_id: str = Field(
+        ..., pattern=REQUEST_ID_PATTERN, description="The request_id of a caption this service returned."
+    )
     rating: Literal["up", "down"]
     edited_caption: str | None = Field(None, max_length=MAX_CAPTION_CHARS)
-    edited_hashtags: list[str] | None = Field(None, max_length=30)
-    reason: str | None = Field(None, max_length=500)
-    creator_id: str | None = Field(None, max_length=128)
+    edited_hashtags: list[Hashtag] | None = Field(None, max_length=MAX_HASHTAGS_LIST)
+    reason: str | None = Field(None, max_length=MAX_REASON_CHARS)
+    creator_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CREATOR_ID_CHARS,
+        description="Required, and must match, when the caption was requested with a creator_id.",
+    )
 
 
 class ServedCaption(BaseModel):
     """What a creator was shown for one request, kept so that feedback can become training data.
 
     Written to the caption archive at caption time; copied into the feedback record at
-    feedback time, so each event on the training topic is self-contained.
+    feedback time, so each event on the training topic is self-contained. Every field is
+    bounded: the record is read back from files and from Kafka.
     """
 
-    request_id: str
-    image_sha256: str = Field(..., description="Content hash of the upload; the archive keys the image by it.")
-    tone: str
-    audience: str
+    request_id: str = Field(..., pattern=REQUEST_ID_PATTERN)
+    image_sha256: str = Field(
+        ..., pattern=SHA256_PATTERN, description="Content hash of the upload; the archive keys the image by it."
+    )
+    tone: str = Field(..., max_length=MAX_TONE_CHARS)
+    audience: str = Field(..., max_length=32)
     num_hashtags: int = DEFAULT_HASHTAGS
-    caption: str
-    hashtags: list[str]
-    alt_text: str
-    model_version: str
-    served_at: str = ""
+    caption: str = Field(..., max_length=MAX_CAPTION_CHARS)
+    hashtags: list[Hashtag] = Field(..., max_length=MAX_HASHTAGS_LIST)
+    alt_text: str = Field(..., max_length=MAX_ALT_TEXT_CHARS)
+    model_version: str = Field(..., max_length=MAX_MODEL_VERSION_CHARS)
+    served_at: str = Field("", max_length=64)
+    creator_id: str | None = Field(
+        None, max_length=MAX_CREATOR_ID_CHARS, description="The creator the caption was requested for, if any."
+    )
 
 
 class FeedbackRecord(FeedbackRequest):
     """A feedback event as stored and as later produced to the training topic."""
 
-    feedback_id: str
-    received_at: str
+    feedback_id: str = Field(..., max_length=64)
+    received_at: str = Field(..., max_length=64)
     served: ServedCaption | None = Field(
         None, description="The captioned request this rates (image hash, options, shown result)."
     )
@@ -114,12 +162,24 @@ class FeedbackAccepted(BaseModel):
     status: Literal["recorded"] = "recorded"
 
 
+class FieldProblem(BaseModel):
+    """One invalid field of a request: where it is and what is wrong, never its value."""
+
+    loc: list[str | int] = Field(..., description='The field\'s path in the body, e.g. ["edited_hashtags", 2].')
+    msg: str
+
+
 class ErrorBody(BaseModel):
-    """Every 4xx/5xx answer: a stable machine code and a sentence a person can act on."""
+    """Every 4xx/5xx answer: a stable machine code and a sentence a person can act on.
+
+    No error answer carries the request's own content back: a field problem names the field
+    and the rule it broke (``fields``), not what was sent.
+    """
 
     error: str
     detail: str
     stage: str | None = Field(None, description="Event handling only (/events): where it failed.")
+    fields: list[FieldProblem] | None = Field(None, description="Invalid request fields (400 invalid_request).")
 
 
 # --- Events (Kafka and Knative push mode) ------------------------------------------------
@@ -169,15 +229,16 @@ class ImageRef(BaseModel):
 class UploadEvent(CaptionOptions):
     """Data of a ``media.uploaded`` event: the photo's location plus the caption options.
 
-    The options (tone, audience, num_hashtags, num_candidates) are CaptionOptions' own
-    fields, with the same limits and defaults as over HTTP. Unknown top-level fields are
-    ignored so producers can add fields without turning every event into poison.
+    The options (tone, audience, num_hashtags, num_candidates; creator_id, required here)
+    are CaptionOptions' own fields, with the same limits and defaults as over HTTP. Unknown
+    top-level fields are ignored so producers can add fields without turning every event
+    into poison.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     media_id: str = Field(..., min_length=1, max_length=MAX_ID_CHARS, description="Record key and idempotency key.")
-    creator_id: str = Field(..., min_length=1, max_length=128)
+    creator_id: str = Field(..., min_length=1, max_length=MAX_CREATOR_ID_CHARS)
     image: ImageRef
     uploaded_at: datetime | None = None
 

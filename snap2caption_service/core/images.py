@@ -10,6 +10,11 @@ import base64
 import binascii
 import hashlib
 import io
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -313,6 +318,87 @@ def load_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         return out
     finally:
         im.close()
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image header alone (nothing decoded); 0 when there is none to read.
+
+    What :func:`load_image` is about to decode, so a decode budget can be reserved first.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - not an image, a bomb, a broken header: load_image names it
+        return 0
+    return width * height if width > 0 and height > 0 else 0
+
+
+class DecodeBusy(ErrorAnswer):
+    """No decode budget came free within the wait: the process is decoding enough already.
+    Overload, not the image's fault: 503, and the caller retries (Retry-After)."""
+
+    def __init__(self, pixels: int, wait_s: float) -> None:
+        super().__init__(
+            503,
+            "overloaded",
+            f"Too many large images are being decoded right now ({pixels:,} pixels could not be "
+            f"reserved within {wait_s:g} s). Please retry shortly.",
+        )
+
+
+class PixelBudget:
+    """A process-wide cap on pixels being decoded at once: decoding holds the full-size bitmap
+    (and a converted copy), so memory follows pixels in flight, not requests in flight.
+
+    First come, first served: a large image waiting at the head is not overtaken by a stream
+    of small ones. A request larger than the whole budget may still run, alone.
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.capacity = capacity
+        self._clock = clock
+        self.free = capacity  # pixels not reserved right now (read it, never write it)
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int, wait_s: float) -> int:
+        """Reserve ``pixels`` (at most the whole budget); returns what was reserved. Raises
+        :class:`DecodeBusy` when that does not come free within ``wait_s`` seconds."""
+        n = min(max(pixels, 0), self.capacity)
+        if n == 0:
+            return 0
+        deadline = self._clock() + wait_s
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or self.free < n:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        raise DecodeBusy(pixels, wait_s)
+                    self._cond.wait(remaining)
+                self.free -= n
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()  # the next in line may fit now
+        return n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.free = min(self.capacity, self.free + n)
+            self._cond.notify_all()
+
+    @contextmanager
+    def hold(self, pixels: int, wait_s: float) -> Iterator[None]:
+        n = self.acquire(pixels, wait_s)
+        try:
+            yield
+        finally:
+            self.release(n)
 
 
 def encode_png_base64(img: Image.Image) -> str:

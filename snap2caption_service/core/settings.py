@@ -20,12 +20,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snap2caption"
+
+
+# Mounted in every pod whose service account token is automounted (the Kubernetes default).
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def pod_namespace() -> str:
+    """The pod's namespace from its service-account mount; "" outside Kubernetes."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -94,6 +106,26 @@ class Settings(RegistrySettings):
     model_image_side: int = Field(
         448, ge=32, description="Images are shrunk to this long side before crossing to the model worker."
     )
+    # Request bodies are refused (413) by serving/limits.py before any handler or multipart
+    # parser reads them, so an oversized upload is never spooled to disk or held in memory.
+    max_request_bytes: int = Field(
+        0,
+        ge=0,
+        description="Largest request body on the caption routes and /events; 0 = derived from "
+        "max_image_bytes: 4/3 x max_image_bytes (base64) + 64 KiB (JSON, form fields).",
+    )
+    # The largest valid feedback, every character an emoji sent as JSON \u escapes, is ~70 KB.
+    max_small_request_bytes: int = Field(
+        128 * 1024, ge=1024, description="Largest request body on every other route (/feedback ...)."
+    )
+    # Decoding holds the full-size bitmap (40 MP is ~120 MB as RGB, more while converting):
+    # a process-wide pixel budget bounds what all requests decode at once (serving/pipeline.py).
+    decode_budget_pixels: int = Field(
+        0, ge=0, description="Pixels decoded at once across all requests; 0 = 4 x max_image_pixels."
+    )
+    decode_wait_s: float = Field(
+        5.0, ge=0, description="Longest wait for decode budget; then 503 with Retry-After (overloaded)."
+    )
 
     api_keys: str = Field("", description="Comma-separated bearer keys; empty = auth off.")
     feedback_path: Path | None = Field(None, description="Feedback store file; default <data_dir>/feedback.jsonl")
@@ -116,15 +148,45 @@ class Settings(RegistrySettings):
     cluster_domain: str = Field(
         "cluster.local", description="The Kubernetes cluster domain, for events_auth=cluster-local."
     )
+    # events_auth=cluster-local accepts only this Service's own in-cluster name,
+    # <service_name>.<namespace>.svc[.<cluster_domain>], not any *.svc host.
+    service_name: str = Field(
+        "",
+        validation_alias=AliasChoices("SNAP2CAPTION_SERVICE_NAME", "K_SERVICE", "service_name"),
+        description="This Service's Kubernetes/Knative name, for events_auth=cluster-local "
+        "[SNAP2CAPTION_SERVICE_NAME, else K_SERVICE, which Knative sets].",
+    )
+    namespace: str = Field(
+        default_factory=pod_namespace,
+        validation_alias=AliasChoices("SNAP2CAPTION_NAMESPACE", "POD_NAMESPACE", "namespace"),
+        description="This Service's namespace, for events_auth=cluster-local [SNAP2CAPTION_NAMESPACE, "
+        "else POD_NAMESPACE (downward API), else the pod's service-account namespace file].",
+    )
 
     # Fault injection for canary-analysis tests and drills; never set in production.
     fault_error_rate: float = Field(0.0, ge=0.0, le=1.0)
     fault_latency_ms: int = Field(0, ge=0)
 
+    graceful_shutdown_s: int = Field(
+        30,
+        ge=1,
+        description="`snap2caption serve`: on SIGTERM, most seconds to finish requests in flight before "
+        "the shutdown hooks run (BentoML's own default is a day).",
+    )
+
     @field_validator("data_dir", mode="before")
     @classmethod
     def _expand(cls, v):
         return Path(v).expanduser() if v else default_data_dir()
+
+    @model_validator(mode="after")
+    def _derived_limits(self):
+        """0 means 'derive from the image limits', so raising those raises these with them."""
+        if not self.max_request_bytes:
+            self.max_request_bytes = self.max_image_bytes * 4 // 3 + 64 * 1024
+        if not self.decode_budget_pixels:
+            self.decode_budget_pixels = 4 * self.max_image_pixels
+        return self
 
     @property
     def generation(self) -> GenerationSettings:
@@ -185,8 +247,19 @@ class FetchSettings(BaseSettings):
         "from even though they resolve to loopback/private/link-local addresses.",
     )
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest image fetched (S3, URL, inline).")
-    fetch_timeout_s: float = Field(10.0, gt=0, description="Whole download of one URL or S3 object.")
+    fetch_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="One wall-clock deadline per URL fetch (DNS, connect, TLS, every redirect, the body); "
+        "the connect and read timeouts of an S3 fetch.",
+    )
     fetch_max_redirects: int = Field(3, ge=0)
+    fetch_max_concurrency: int = Field(
+        16,
+        ge=1,
+        description="/events: URL and S3 fetches at once, on their own threads (not the API's); "
+        "one more is answered 503 with Retry-After.",
+    )
 
     @property
     def bucket_allowlist(self) -> frozenset[str]:

@@ -5,11 +5,16 @@ KafkaSource, Sequence or Trigger delivers events without custom headers. How it 
 authenticated is SNAP2CAPTION_EVENTS_AUTH (snap2caption_service/core/settings.py):
 
   bearer         the same key as every other route (the default: nothing is opened by accident)
-  cluster-local  no key needed when the request names the Service by its cluster-local host
-                 (``<svc>.<ns>.svc[.<cluster domain>]``), which is the address Knative Eventing
-                 delivers to; a request through the public domain still needs the key. This
-                 relies on Knative's gateways routing cluster-local host names only on the
-                 cluster-local gateway, which clients outside the cluster cannot reach.
+  cluster-local  no key needed when the request names *this* Service by its cluster-local
+                 host, ``<service>.<namespace>.svc[.<cluster domain>]`` (SNAP2CAPTION_SERVICE_NAME
+                 or Knative's K_SERVICE; SNAP2CAPTION_NAMESPACE, POD_NAMESPACE or the pod's
+                 service-account namespace), which is the address Knative Eventing delivers to.
+                 Any other host, another Service's ``*.svc`` name included, needs the key, as
+                 does a request through the public domain. This relies on Knative's gateways
+                 routing cluster-local host names only on the cluster-local gateway, which
+                 clients outside the cluster cannot reach. Knative's per-revision names
+                 (``<revision>[-private]``) are not accepted: Eventing never addresses them, and
+                 the activator keeps the original Host when it forwards.
   none           no key on /events at all: only for a Service that is cluster-local as a whole
                  (label networking.knative.dev/visibility: cluster-local) or otherwise private
 
@@ -19,6 +24,7 @@ A valid key is accepted on /events in every mode.
 from __future__ import annotations
 
 import hmac
+import re
 
 from snap2caption_service.serving.responses import error_body
 
@@ -30,6 +36,7 @@ OPEN_PATHS = frozenset(
 OPEN_PREFIXES = ("/static/", "/static_content/", "/ui/", "/docs/")
 EVENTS_PATH = "/events"
 EVENTS_AUTH_MODES = ("bearer", "cluster-local", "none")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def is_open_path(path: str) -> bool:
@@ -52,32 +59,62 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
-def is_cluster_local_host(host_header: str, cluster_domain: str = "cluster.local") -> bool:
-    """``<svc>.<ns>.svc`` or ``<svc>.<ns>.svc.<cluster_domain>``: Kubernetes' in-cluster names."""
-    labels = host_name(host_header).split(".")
-    domain = [d for d in cluster_domain.lower().strip(".").split(".") if d]
-    if len(labels) >= 3 and labels[-1] == "svc":
-        return all(labels[:-1])
-    n = len(domain)
-    return len(labels) >= 3 + n and labels[-n - 1 :] == ["svc", *domain] and all(labels[: -n - 1])
+def is_dns_label(name: str) -> bool:
+    """An RFC 1123 label, as Kubernetes requires of Service and namespace names."""
+    return bool(_DNS_LABEL.fullmatch(name))
+
+
+def cluster_local_names(service: str, namespace: str, cluster_domain: str = "cluster.local") -> frozenset[str]:
+    """The host names that reach this Service inside the cluster: ``<service>.<namespace>.svc``
+    and ``<service>.<namespace>.svc.<cluster_domain>``; none when either name is missing or invalid."""
+    service, namespace = service.strip().lower(), namespace.strip().lower()
+    if not (is_dns_label(service) and is_dns_label(namespace)):
+        return frozenset()
+    short = f"{service}.{namespace}.svc"
+    domain = cluster_domain.strip().lower().strip(".")
+    return frozenset({short, f"{short}.{domain}"} if domain else {short})
+
+
+def is_cluster_local_host(
+    host_header: str, service: str, namespace: str, cluster_domain: str = "cluster.local"
+) -> bool:
+    """Whether the Host header names this very Service by its in-cluster name (any port)."""
+    return host_name(host_header) in cluster_local_names(service, namespace, cluster_domain)
 
 
 class ApiKeyMiddleware:
-    def __init__(self, app, keys: list[str], events_auth: str | None = None, cluster_domain: str | None = None):
-        if events_auth is None or cluster_domain is None:
+    def __init__(
+        self,
+        app,
+        keys: list[str],
+        events_auth: str | None = None,
+        cluster_domain: str | None = None,
+        service_name: str | None = None,
+        namespace: str | None = None,
+    ):
+        if None in (events_auth, cluster_domain, service_name, namespace):
             from snap2caption_service.core.settings import get_settings
 
             s = get_settings()
-            events_auth = events_auth or s.events_auth
-            cluster_domain = cluster_domain or s.cluster_domain
+            events_auth = s.events_auth if events_auth is None else events_auth
+            cluster_domain = s.cluster_domain if cluster_domain is None else cluster_domain
+            service_name = s.service_name if service_name is None else service_name
+            namespace = s.namespace if namespace is None else namespace
         if events_auth not in EVENTS_AUTH_MODES:
             raise ValueError(
                 f"SNAP2CAPTION_EVENTS_AUTH={events_auth!r}: expected one of {', '.join(EVENTS_AUTH_MODES)}"
             )
+        if events_auth == "cluster-local" and not cluster_local_names(service_name, namespace, cluster_domain):
+            # Fail at start, not with a 401 on every delivered event.
+            raise ValueError(
+                "SNAP2CAPTION_EVENTS_AUTH=cluster-local needs this Service's name and namespace as DNS "
+                f"labels (got service {service_name!r}, namespace {namespace!r}): set K_SERVICE (Knative "
+                "sets it) or SNAP2CAPTION_SERVICE_NAME, and POD_NAMESPACE or SNAP2CAPTION_NAMESPACE"
+            )
         self.app = app
         self.keys = keys
         self.events_auth = events_auth
-        self.cluster_domain = cluster_domain
+        self.service_name, self.namespace, self.cluster_domain = service_name, namespace, cluster_domain
 
     def exempt(self, scope, headers: dict) -> bool:
         path = scope["path"]
@@ -87,7 +124,8 @@ class ApiKeyMiddleware:
             return False
         if self.events_auth == "none":
             return True
-        return is_cluster_local_host(headers.get(b"host", b"").decode("latin-1"), self.cluster_domain)
+        host = headers.get(b"host", b"").decode("latin-1")
+        return is_cluster_local_host(host, self.service_name, self.namespace, self.cluster_domain)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.keys:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import cache
 
 from pydantic import BaseModel
 
@@ -40,10 +41,27 @@ class PreparedImage:
     sha256: str
 
 
+@cache
+def decode_budget(capacity: int) -> images.PixelBudget:
+    """The process-wide decode budget (one per capacity; the service has one setting)."""
+    return images.PixelBudget(capacity)
+
+
 def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
-    """Raises images.ImageError (a 4xx / dead-letter reason) for anything unusable."""
-    img = images.load_image(data, settings.max_image_bytes, settings.max_image_pixels)
-    return PreparedImage(images.downscale(img, settings.model_image_side), images.image_sha256(data))
+    """Raises images.ImageError (a 4xx / dead-letter reason) for anything unusable, and
+    images.DecodeBusy (503) when the decode budget stays spent for ``decode_wait_s``.
+
+    The budget is held from decode until the full-size bitmap is shrunk and dropped, so
+    concurrent large images wait for each other instead of multiplying memory.
+    """
+    pixels = images.header_pixels(data) if len(data) <= settings.max_image_bytes else 0
+    if pixels > settings.max_image_pixels:
+        pixels = 0  # refused from its header by load_image, never decoded
+    with decode_budget(settings.decode_budget_pixels).hold(pixels, settings.decode_wait_s):
+        img = images.load_image(data, settings.max_image_bytes, settings.max_image_pixels)
+        small = images.downscale(img, settings.model_image_side)
+        del img  # the full-size bitmap goes before the budget does
+    return PreparedImage(small, images.image_sha256(data))
 
 
 def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
@@ -57,6 +75,8 @@ def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
 
 
 def new_request_id() -> str:
+    """32 lowercase hex digits: the only shape /feedback and the caption archive accept
+    (contracts.REQUEST_ID_PATTERN), so a request id can never name a path."""
     return uuid.uuid4().hex
 
 

@@ -12,6 +12,11 @@ Knative sink forwards as the reply event. A bad event gets a 4xx with ``{"error"
 deadLetterSink); a transient failure gets 503 with Retry-After, which Knative retries. No
 retries happen here: the delivery spec's retry/backoff owns that. Decoding the upload and
 classifying a refusal follow the consumer's rules (core/events.py).
+
+Fetching an image by reference (URL, S3) runs on threads of its own, at most
+``fetch_max_concurrency`` at once, never on the API's thread pool (image decoding, /feedback):
+a few image hosts that trickle or hang cannot stall the API. When they are all busy the event
+is answered 503 with Retry-After at once (``fetch_busy``) rather than queued.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from snap2caption_service.core.contracts import (
     CaptionedEvent,
     CaptionOptions,
     CaptionResult,
+    ImageRef,
     UploadEvent,
 )
 from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
@@ -70,7 +76,9 @@ class PushRequest(bentoml.IODescriptor):
 class PushHandler:
     def __init__(self, settings: FetchSettings | None = None):
         self.s = settings or FetchSettings()
-        self.fetcher = ImageFetcher(self.s)
+        self.fetcher = ImageFetcher(self.s, max_connections=self.s.fetch_max_concurrency)
+        self._fetch_limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
+        self._fetching = 0  # fetches admitted and not finished (touched on the event loop only)
 
     def decode(self, headers: Mapping[str, str], body: bytes) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
         """(event, upload data, id of the original upload event); raises Poison."""
@@ -95,7 +103,7 @@ class PushHandler:
         t0 = time.perf_counter()
         try:
             event, upload, source_id = self.decode(headers, body)
-            image = await anyio.to_thread.run_sync(self.fetcher.fetch, upload.image)
+            image = await self.fetch(upload.image)
             t1 = time.perf_counter()
             try:
                 result = await caption(image, upload.options())
@@ -122,6 +130,26 @@ class PushHandler:
         )
         body, out_headers = cloudevents.to_http(out)
         return Response(body, status_code=200, headers=out_headers, media_type=out.datacontenttype)
+
+    async def fetch(self, ref: ImageRef) -> bytes:
+        """The image's bytes. URL and S3 fetches go to the fetch pool, or raise Transient
+        ``fetch_busy`` when all ``fetch_max_concurrency`` of its threads are taken."""
+        if ref.s3_uri is None and ref.url is None:  # inline: decoding only, like an upload
+            return await anyio.to_thread.run_sync(self.fetcher.fetch, ref)
+        limit = self.s.fetch_max_concurrency
+        if self._fetching >= limit:
+            raise Transient(
+                "fetch_busy", "fetch", f"{limit} image fetches in flight (SNAP2CAPTION_FETCH_MAX_CONCURRENCY)"
+            )
+        if self._fetch_limiter is None:
+            self._fetch_limiter = anyio.CapacityLimiter(limit)
+        self._fetching += 1
+        try:
+            # Its own limiter: these threads never take a token of the API's default pool. The
+            # fetch itself ends by fetch_timeout_s (one deadline), so a slot is never held longer.
+            return await anyio.to_thread.run_sync(self.fetcher.fetch, ref, limiter=self._fetch_limiter)
+        finally:
+            self._fetching -= 1
 
 
 def _status(exc: Poison) -> int:

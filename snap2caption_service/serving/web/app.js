@@ -389,12 +389,16 @@
   }
 
   function options() {
-    return {
+    const opts = {
       tone: el.tone.value.trim().slice(0, 32) || "casual",
       audience: el.audience.value,
       num_hashtags: parseInt(el.numHashtags.value, 10),
       num_candidates: parseInt(el.numCandidates.value, 10),
     };
+    // The caption is made for this creator: only their feedback on it will count.
+    const creator = store.get(STORE_CREATOR).trim();
+    if (creator) opts.creator_id = creator.slice(0, 128);
+    return opts;
   }
 
   el.form.addEventListener("submit", async (e) => {

@@ -314,6 +314,7 @@ Snap2Caption.add_asgi_middleware(
     RequestLimitMiddleware,
     limits=dict.fromkeys(IMAGE_ROUTES, settings.max_request_bytes),
     default_limit=settings.max_small_request_bytes,
+    image_bytes=settings.max_image_bytes,
 )
 if settings.api_key_list:
     Snap2Caption.add_asgi_middleware(ApiKeyMiddleware, keys=settings.api_key_list)

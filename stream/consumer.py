@@ -72,6 +72,7 @@ from snap2caption_service.core.contracts import EVENT_TYPE_CAPTIONED, CaptionedE
 from snap2caption_service.core.errors import Poison, Transient, UrlUnavailable
 from snap2caption_service.core.events import check_type, decode_upload
 from snap2caption_service.core.fetch import ImageFetcher
+from stream import kafka_compat
 from stream.service_client import ServiceClient
 from stream.settings import StreamSettings
 from stream.topics import ensure_topics
@@ -392,6 +393,7 @@ class Consumer(ConsumerRebalanceListener):
         ensure_topics(s, [s.topic_uploaded, s.topic_captioned, s.topic_dlq])
         # Fences any earlier incarnation of this instance and aborts its open transaction.
         self.producer = self.new_producer()
+        kafka_compat.install()  # a header key that is not UTF-8 reaches us (and the DLQ), not poll()
         self.consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap,
             client_id=f"snap2caption-{s.instance_id}",
@@ -954,7 +956,20 @@ def _dlq_value(record) -> bytes | None:
 
 def _original_headers(record) -> list[tuple[str, bytes]]:
     # A header may have a null value, which the producer refuses: sent as empty.
-    return [(k, v if v is not None else b"") for k, v in record.headers or []]
+    return [(_text_key(k), v if v is not None else b"") for k, v in record.headers or []]
+
+
+def _text_key(name: str) -> str:
+    """A header key as UTF-8 text. One that was not UTF-8 (kafka_compat: lone surrogates) is
+    escaped, b"\\xff" as "\\xff", so that readers of the DLQ need no such shim."""
+    try:
+        str.encode(name, "utf-8")
+        return name
+    except UnicodeEncodeError:
+        try:
+            return str.encode(name, "utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return str.encode(name, "utf-8", "backslashreplace").decode()
 
 
 def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:

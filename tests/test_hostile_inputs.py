@@ -448,7 +448,7 @@ HTTP_JSON = [
             "/generate-caption", raw=[], raw_headers={"Content-Type": "application/json", "Content-Length": "52428800"}
         ),
         413,
-        "request_too_large",
+        "image_too_large",
     ),
     Case(
         "json-chunked-oversize",
@@ -460,7 +460,7 @@ HTTP_JSON = [
             raw_headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
         ),
         413,
-        "request_too_large",
+        "image_too_large",
     ),
 ]
 

@@ -153,3 +153,45 @@ def test_kcat_events_that_once_stopped_the_consumer_are_dead_lettered_and_it_goe
     assert reasons == {b"bad-surrogate": ("invalid_attribute", "decode"), b"bad-null": ("invalid_json", "decode")}
     (null_dlq,) = [r for r in dlq if r.key == b"bad-null"]
     assert ("x-null", b"") in null_dlq.headers and null_dlq.value == b"{oops"  # null header: sent as empty
+
+
+def test_kcat_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_events_around_it_captioned(
+    kcat, bootstrap, service, tmp_path
+):
+    """Issue 13. Before: a record whose header *key* is not UTF-8 (kcat ``-H $'\\xff\\xfe=1'``)
+    made kafka-python raise CorruptRecordError from poll(), before the consumer saw the record:
+    it exited, and crash-looped on every restart. Now (stream/kafka_compat.py) the record is
+    dead-lettered as ``undecodable_header`` and every good event around it is captioned once."""
+    topics = topic_env("kcat-hkey")
+    create_topics(bootstrap, topics, partitions=1)
+    uploaded = topics["SNAP2CAPTION_TOPIC_UPLOADED"]
+
+    def send(media_id: str, color, extra: list[bytes] = ()) -> None:
+        _, value, headers = upload_event(media_id, inline(color))
+        args = [a for k, v in headers for a in (b"-H", k.encode() + b"=" + v)]
+        subprocess.run(
+            [kcat, "-P", "-b", bootstrap, "-t", uploaded, "-k", media_id, *args, *extra],
+            input=value + b"\n",
+            check=True,
+            timeout=60,
+        )
+
+    send("hkey-good-1", (1, 2, 3))
+    send("hkey-bad", (4, 5, 6), [b"-H", b"\xff\xfe=1"])  # otherwise a valid event
+    send("hkey-good-2", (7, 8, 9))
+    send("hkey-good-3", (10, 11, 12))
+
+    consumer = ConsumerProcess(consumer_env(bootstrap, service.url, topics), tmp_path / "consumer.log")
+    try:
+        captioned = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], 3, timeout=120, settle=2)
+        dlq = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 1, timeout=30, settle=1)
+        assert consumer.proc.poll() is None, consumer.log()[-3000:]
+    finally:
+        assert consumer.terminate() == 0, consumer.log()[-3000:]
+    assert sorted(r.key for r in captioned) == [b"hkey-good-1", b"hkey-good-2", b"hkey-good-3"], consumer.log()[-3000:]
+    assert [r.key for r in dlq] == [b"hkey-bad"], consumer.log()[-3000:]
+    got = headers_dict(dlq[0])
+    assert (got["dlq_reason"], got["dlq_stage"]) == ("undecodable_header", "decode")
+    assert got["dlq_source_offset"] == "1"
+    # The original headers are kept, the undecodable key escaped as UTF-8 text.
+    assert ("\\xff\\xfe", b"1") in dlq[0].headers and "ce_id" in got

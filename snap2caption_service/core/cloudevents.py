@@ -36,6 +36,8 @@ _ATTR_NAME = re.compile(r"^[a-z0-9]+$")
 # values arrive latin-1-decoded, where UTF-8 text such as "\u2026" shows up as C1 characters.
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -128,6 +130,10 @@ def from_kafka(value: bytes | None, headers: Headers | None) -> CloudEvent:
         raise CloudEventError("empty_value", "the record has no value (a tombstone?)")
     texts = []
     for name, raw in headers or ():
+        if _SURROGATE.search(name):
+            # A key that was not UTF-8, kept by the Kafka client as lone surrogates
+            # (stream/kafka_compat.py).
+            raise CloudEventError("undecodable_header", f"header key {name!r} is not UTF-8")
         try:
             texts.append((name, raw.decode() if raw is not None else ""))
         except UnicodeDecodeError:

@@ -62,13 +62,23 @@ _CUT_BODY_LOG_FILTER = CutBodyLogFilter()
 class RequestLimitMiddleware:
     """413 for bodies over their route's limit, before they are read; Retry-After on every 503."""
 
-    def __init__(self, app, limits: Mapping[str, int], default_limit: int, retry_after_s: int = RETRY_AFTER_S):
+    def __init__(
+        self,
+        app,
+        limits: Mapping[str, int],
+        default_limit: int,
+        retry_after_s: int = RETRY_AFTER_S,
+        image_bytes: int | None = None,
+    ):
         for path, limit in {**limits, "*": default_limit}.items():
             if not isinstance(limit, int) or limit <= 0:
                 raise ValueError(f"body limit for {path} must be a positive int, got {limit!r}")
         self.app = app
         self.limits = dict(limits)
         self.default_limit = default_limit
+        # On the routes of ``limits`` the body is a photo plus a few options: too large means the
+        # photo is, and clients branch on image_too_large as for a photo refused after reading.
+        self.image_bytes = image_bytes
         self.retry_after = str(retry_after_s).encode()
         logging.getLogger(BENTOML_HANDLER_LOGGER).addFilter(_CUT_BODY_LOG_FILTER)  # once: same object
 
@@ -124,10 +134,17 @@ class RequestLimitMiddleware:
             # told to stop reading.
 
     async def _too_large(self, send, path: str, limit: int, what: str) -> None:
-        body = error_body(
-            "request_too_large",
-            f"{what}; the limit on {path} is {_human(limit)}. Please send a smaller image or request.",
-        )
+        if self.image_bytes and path in self.limits:
+            body = error_body(
+                "image_too_large",
+                f"{what}; photos may be at most {self.image_bytes} bytes ({_human(self.image_bytes)}), "
+                f"so the limit on {path} is {_human(limit)}. Please send a smaller image.",
+            )
+        else:
+            body = error_body(
+                "request_too_large",
+                f"{what}; the limit on {path} is {_human(limit)}. Please send a smaller request.",
+            )
         await send(
             {
                 "type": "http.response.start",

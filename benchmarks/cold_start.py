@@ -159,7 +159,7 @@ def make_adapter(demo_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
-    base = LlavaForConditionalGeneration.from_pretrained(demo_dir)
+    base = LlavaForConditionalGeneration.from_pretrained(demo_dir, use_safetensors=True)
     lora = get_peft_model(
         base,
         LoraConfig(

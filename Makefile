@@ -16,7 +16,7 @@ env:  ## create the cached Python environment and print its path
 serve:  ## start the service on the demo model at http://127.0.0.1:$(PORT)
 	$(PY) -m snap2caption_service serve --port $(PORT)
 
-test:  ## the whole test suite (starts Kafka, S3, Chromium and the service itself)
+test: lint  ## make lint, then the whole test suite (starts Kafka, S3, Chromium and the service itself)
 	@# The demo model (cached; ~10 min to build on first run) is built up front, with its
 	@# progress bar, rather than inside a test fixture under pytest's per-test timeout.
 	$(PY) -m snap2caption_service demo-model > /dev/null

@@ -48,8 +48,10 @@ def plant(path: Path, code: str) -> None:
 def test_make_lint_runs_the_five_checks_and_ci_runs_it_before_the_tests():
     linters = re.search(r"^LINTERS = (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
     assert shlex.split(linters) == ["ruff check", "ruff format --check", "lint-imports", "vulture", "deptry ."]
+    # `make test` (the README's test command, all .ci/run runs) lints first.
+    assert re.search(r"^test: lint\b", (REPO / "Makefile").read_text(), re.M)
     ci_run = (REPO / ".ci" / "run").read_text()
-    assert 0 <= ci_run.index("make lint") < ci_run.index("make test"), ci_run
+    assert "make test" in ci_run, ci_run
     ci = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
     assert "make lint" in [s.get("run") for s in ci["jobs"]["lint"]["steps"]]
 

@@ -44,10 +44,4 @@ class UploadRequest(bentoml.IODescriptor):
         return await super().from_http_request(request, serde)
 
     def options(self) -> CaptionOptions:
-        return CaptionOptions(
-            tone=self.tone,
-            audience=self.audience,
-            num_hashtags=self.num_hashtags,
-            num_candidates=self.num_candidates,
-            creator_id=self.creator_id,
-        )
+        return CaptionOptions(**self.model_dump(exclude={"image"}))

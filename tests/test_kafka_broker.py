@@ -158,11 +158,9 @@ def test_aborted_transaction_invisible_to_read_committed(bootstrap_servers: str)
 def test_storage_formats_with_a_cluster_id_that_starts_with_a_dash(tmp_path):
     """One random cluster id in 64 begins with '-'; the storage tool must not read it as an
     option (it did once, failing a CI run)."""
-    import socket
+    from stream_support import free_port_pair
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port_pair()  # port + 1 was taken unchecked once: the controller could not bind
     env = {
         **os.environ,
         "KAFKA_DATA_DIR": str(tmp_path / "kafka"),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import random
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ import anyio
 import bentoml
 
 from snap2caption_service.core.caption_archive import CaptionArchive, UnreadableRecord
-from snap2caption_service.core.captioner import BatchStats, CaptionJob
+from snap2caption_service.core.captioner import BatchStats, CaptionJob, CheckpointRefused
 from snap2caption_service.core.contracts import (
     AUDIENCES,
     CaptionedEvent,
@@ -57,6 +59,14 @@ install_gather_dispatch()
 settings = get_settings()  # env only; cheap. Batcher limits must be known when the class is defined.
 
 
+def stop_server_for(exc: Exception) -> None:
+    """The configured model can never be served (unsupported, unsafe, adapter on the wrong base):
+    stop the whole server instead of letting BentoML restart this worker forever, so that
+    start-up fails with the reason (a crash-looping pod names it; a never-ready one does not)."""
+    log.critical("cannot serve the configured model, stopping the server: %s", exc)
+    os.kill(os.getppid(), signal.SIGTERM)  # the BentoML arbiter that started this worker
+
+
 @bentoml.service(
     name="snap2caption-model",
     workers=1,
@@ -87,9 +97,13 @@ class CaptionModel:
 
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         t0 = time.perf_counter()
-        self.captioner = self._torch_thread.submit(
-            load_captioner, get_settings(), ensure_demo_model, progress=False
-        ).result()
+        try:
+            self.captioner = self._torch_thread.submit(
+                load_captioner, get_settings(), ensure_demo_model, progress=False
+            ).result()
+        except CheckpointRefused as exc:
+            stop_server_for(exc)
+            raise
         get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 

@@ -41,9 +41,12 @@ class LoraSettings(_Strict):
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] | None = Field(
+        None, description="Language-model projections to adapt; None = the base's defaults (finetune.LORA_TARGETS)."
+    )
     layers: list[int] | None = Field(None, description="Decoder layers to adapt; None = all.")
-    # Trained fully and saved with the adapter (LLaVA's projector maps image features to words).
+    # Trained fully and saved whole with the adapter (e.g. multi_modal_projector). Off by default:
+    # vLLM's LoRA loader refuses adapters that carry full modules, and the file grows by them.
     modules_to_save: list[str] = Field(default_factory=list)
 
 

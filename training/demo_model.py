@@ -1,4 +1,4 @@
-"""Assemble the embedded demo model: a small but real LlavaForConditionalGeneration.
+"""Assemble the embedded demo model: a small but real LlavaForConditionalGeneration (LLaVA-1.5).
 
 A CLIP-style vision tower and a Llama-style decoder come from transformers configs, the
 tokenizer is trained here with ``tokenizers``; the result saves and loads with
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snap2caption_service.core.prompting import IMAGE_TOKEN, LAYOUT_LABELS, build_prompt
+from snap2caption_service.core.contracts import ANSWER_LABELS
+from snap2caption_service.core.prompting import IMAGE_TOKEN, instruction
 from training import synthetic
+from training.checkpoint_families import LLAVA_TEMPLATE
 
-# Bump when the architecture or tokenizer recipe changes: the demo-model cache is keyed by it.
-ARCHITECTURE_VERSION = "2"
+# Bump when the architecture, tokenizer recipe or prompt format changes: the demo-model cache is keyed by it.
+# 3: the processor carries LLaVA-1.5's chat template (prompts come from prompting.ChatFormat).
+ARCHITECTURE_VERSION = "3"
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
 
@@ -50,8 +53,8 @@ def train_tokenizer(vocab_size: int):
         show_progress=False,
     )
     lines = synthetic.corpus_lines()
-    lines += [build_prompt(t, a) for t in synthetic.TONES for a in synthetic.AUDIENCES]
-    lines += list(LAYOUT_LABELS)
+    lines += [instruction(t, a) for t in synthetic.TONES for a in synthetic.AUDIENCES]
+    lines += ["USER: ASSISTANT:", *ANSWER_LABELS]
     tok.train_from_iterator(lines, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
@@ -82,6 +85,8 @@ def build_processor(arch: DemoArchitecture, tokenizer):
         patch_size=arch.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
+        # A LLaVA-1.5 architecture, so LLaVA-1.5's conversation format: one prompt path for every model.
+        chat_template=LLAVA_TEMPLATE,
     )
 
 

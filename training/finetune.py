@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from snap2caption_service.core.captioner import require_safetensors, safetensors_adapter
-from snap2caption_service.core.model_loading import ADAPTER_META, resolve_base
+from snap2caption_service.core.captioner import base_identity, check_adapter_base, load_checkpoint, safetensors_adapter
+from snap2caption_service.core.model_loading import resolve_base
 from snap2caption_service.core.settings import get_settings
+from snap2caption_service.core.versions import ADAPTER_META
 from training.build_demo import ensure_demo_model
 from training.config import TrainingConfig
 from training.datasets import CaptionRecord, load_image, read_source
@@ -66,34 +67,55 @@ def read_records(cfg: TrainingConfig) -> tuple[list[CaptionRecord], list[Caption
     return train_part, eval_part[: cfg.eval.max_records]
 
 
+# LoRA targets per language model (text_config.model_type): the attention projections, which
+# every family names alike; vLLM serves LoRA on exactly these (and the MLP's gate/up/down_proj,
+# which a config may add).
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+
+
+def default_lora_targets(model) -> list[str]:
+    text_type = model.config.text_config.model_type
+    if text_type not in LORA_TARGETS:
+        raise ValueError(
+            f"no default LoRA targets for a {text_type!r} language model (known: {', '.join(LORA_TARGETS)}): "
+            "list lora.target_modules in the training config"
+        )
+    return LORA_TARGETS[text_type]
+
+
 def lora_target_pattern(modules: list[str], layers: list[int] | None = None) -> str:
-    """LoRA on the language model's layers only: LLaVA's CLIP tower uses the same projection names
-    (q_proj, k_proj, v_proj) and adapting it would retrain the eyes, not the words.
+    """LoRA on the language model's layers only: the vision towers (CLIP, SigLIP) use the same
+    projection names (q_proj, k_proj, v_proj) and adapting them would retrain the eyes, not the words.
 
     ``layers`` limits it further to those decoder layers: layers below them then read the
     image tokens exactly as before, which protects what the model sees from a style fine-tune.
     """
     where = r".*\.layers\.(" + "|".join(str(i) for i in layers) + r")\..*" if layers else ".*"
-    return r"^(?!.*vision_tower)" + where + r"\.(" + "|".join(modules) + r")$"
+    return r"^(?!.*vision_tower)(?=.*language_model\.)" + where + r"\.(" + "|".join(modules) + r")$"
 
 
 def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | None, device: str):
+    """(peft model, processor, base identity): a supported checkpoint loaded as serving loads it
+    (core/captioner.load_checkpoint: its family's auto class, safetensors only, every weight
+    accounted for), with LoRA on the language model and everything else frozen."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     # Master weights in fp32 (autocast does the fast math) on CPU; bf16 base weights on GPU
     # keep a 7B model inside one card's memory, the LoRA weights stay fp32 either way.
     dtype = torch.bfloat16 if device.startswith("cuda") and cfg.precision != "fp32" else torch.float32
-    # Safetensors only, as for serving (core/captioner.py): a pickle can run code when loaded.
-    require_safetensors(base_ref)
     resume_dir = safetensors_adapter(resume_adapter) if resume_adapter else None
-    model = LlavaForConditionalGeneration.from_pretrained(base_ref, dtype=dtype, use_safetensors=True)
-    processor = AutoProcessor.from_pretrained(base_ref)
+    model, processor = load_checkpoint(base_ref, dtype)
+    identity = base_identity(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if resume_dir:
+        check_adapter_base(resume_dir, base_ref, identity)
         model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
         log.info("resuming from adapter %s", resume_adapter)
     else:
@@ -101,7 +123,7 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=lora_target_pattern(cfg.lora.target_modules, cfg.lora.layers),
+            target_modules=lora_target_pattern(cfg.lora.target_modules or default_lora_targets(model), cfg.lora.layers),
             modules_to_save=cfg.lora.modules_to_save or None,
             bias="none",
         )
@@ -113,7 +135,7 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model, processor
+    return model, processor, identity
 
 
 def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
@@ -148,7 +170,7 @@ def finetune(
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     base_ref = resolve_base(cfg.base_model, get_settings().data_dir, ensure_demo_model)
     torch.manual_seed(cfg.seed)
-    model, processor = load_trainable(base_ref, cfg, resume_adapter, device)
+    model, processor, identity = load_trainable(base_ref, cfg, resume_adapter, device)
     data = EncodedDataset(processor, examples_of(train_records), progress=progress and ddp.is_main)
     steps = cfg.total_steps(len(data))
     loop_cfg = TrainConfig(
@@ -181,6 +203,7 @@ def finetune(
         meta = {
             "base_model": cfg.base_model,
             "base_ref": base_ref,
+            "base_identity": identity,  # checked when the adapter is loaded (core/captioner.check_adapter_base)
             "config": cfg.name,
             "resumed_from": resume_adapter,
             "steps": result.steps,

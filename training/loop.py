@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from snap2caption_service.core.prompting import build_prompt
+from snap2caption_service.core.prompting import ChatFormat
 
 IGNORE_INDEX = -100
 
@@ -69,38 +69,60 @@ def autocast_dtype(precision: str, device_type: str):
 
 
 class EncodedDataset:
-    """Tokenized prompt+answer ids, answer-only labels and pixel values, built once up front.
+    """Tokenized prompt+answer ids, answer-only labels and image tensors, built once up front.
 
-    Pre-encoding keeps the processor (PIL resize, normalisation) out of the timed loop.
+    Prompts and answers come from the checkpoint's ChatFormat, the same function serving uses.
+    Image tensors are kept per example: LLaVA-NeXT and OneVision tile each photo into as many
+    patches as its aspect ratio needs, so examples differ in size and a batch pads them
+    (``image_sizes`` tells the model which patches are real). Pre-encoding keeps the processor
+    (PIL resize, normalisation) out of the timed loop.
     """
 
     def __init__(self, processor, examples: Sequence[TrainExample], progress: bool = True):
-        import torch
         from tqdm import tqdm
 
         tok = processor.tokenizer
+        chat = ChatFormat(processor)
+        eos = tok.eos_token_id
         self.input_ids: list[list[int]] = []
         self.labels: list[list[int]] = []
-        pixels = []
+        self.images: list[dict] = []  # per example: pixel_values (+ image_sizes, ...) without the batch dim
         chunk = 256
         bar = tqdm(total=len(examples), desc="encode", unit="ex", disable=not progress)
         for start in range(0, len(examples), chunk):
             part = examples[start : start + chunk]
-            prompts = [build_prompt(e.tone, e.audience) for e in part]
-            enc = processor(text=prompts, images=[e.image for e in part], return_tensors="pt", padding=True)
-            pixels.append(enc["pixel_values"])
-            for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], part):
+            pairs = [chat.example(e.tone, e.audience, e.target) for e in part]
+            enc = processor(
+                text=[p for p, _ in pairs], images=[e.image for e in part], return_tensors="pt", padding=True
+            )
+            image_keys = [k for k in enc if k not in ("input_ids", "attention_mask")]
+            for row, (ids, mask, (_, answer_text)) in enumerate(zip(enc["input_ids"], enc["attention_mask"], pairs)):
                 prompt_ids = ids[mask.bool()].tolist()  # drop the batch padding, wherever it sits
-                answer = tok(" " + ex.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+                answer = tok(answer_text, add_special_tokens=False)["input_ids"]
+                if not answer or answer[-1] != eos:  # templates that close a turn with EOS already have it
+                    answer.append(eos)
                 self.input_ids.append(prompt_ids + answer)
                 self.labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)
+                self.images.append({k: enc[k][row] for k in image_keys})
             bar.update(len(part))
         bar.close()
-        self.pixel_values = torch.cat(pixels)
-        self.pad_id = tok.pad_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def _stack_images(self, idx: Sequence[int]) -> dict:
+        import torch
+
+        out = {}
+        for key in self.images[idx[0]]:
+            parts = [self.images[i][key] for i in idx]
+            longest = max(p.shape[0] for p in parts) if parts[0].dim() else 0
+            if parts[0].dim() and any(p.shape[0] != longest for p in parts):
+                # Tiles padded with zeros; the model reads only the first image_sizes-many.
+                parts = [torch.cat([p, p.new_zeros((longest - p.shape[0], *p.shape[1:]))]) for p in parts]
+            out[key] = torch.stack(parts)
+        return out
 
     def batch(self, idx: Sequence[int]) -> dict:
         import torch
@@ -114,12 +136,7 @@ class EncodedDataset:
             ids[row, :n] = torch.tensor(self.input_ids[i])
             labels[row, :n] = torch.tensor(self.labels[i])
             mask[row, :n] = 1
-        return {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "pixel_values": self.pixel_values[list(idx)],
-        }
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._stack_images(idx)}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -43,3 +43,8 @@ _.padding_side
 _.pre_tokenizer
 _.decoder
 _.post_processor
+
+# Shipped for the tests' and benchmarks' use (vulture scans shipped code only): the tiny
+# random-weight checkpoints of each family, and a 7b-shaped processor for benchmarks/gpu.py.
+_.ensure_random_checkpoint  # training/checkpoint_families.py <- tests/checkpoint_support.py
+_.processor_for  # training/checkpoint_families.py <- benchmarks/gpu.py

@@ -1,5 +1,9 @@
 """The captioning core: load a LLaVA checkpoint (+ LoRA), caption a batch of images.
 
+Any checkpoint of the families in SUPPORTED_MODEL_TYPES loads through transformers' auto
+classes, is prompted in its own chat format (prompting.ChatFormat) and, by default, answers
+under the answer grammar (answer_grammar.py), so every answer parses.
+
 Plain Python with no BentoML dependency: the service, the CLI, the benchmarks and the
 evaluation scripts all call ``Captioner.caption_batch``. torch and transformers are
 imported inside functions so that importing this module stays cheap.
@@ -12,10 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_token_bound
 from snap2caption_service.core.contracts import Candidate
-from snap2caption_service.core.prompting import build_prompt, parse_output
+from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
 from snap2caption_service.core.settings import GenerationSettings
-from snap2caption_service.core.versions import model_version
+from snap2caption_service.core.versions import ADAPTER_META, model_version
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,11 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 SAFE_ADAPTER = "adapter_model.safetensors"
 
 
-class UnsafeCheckpoint(ValueError):
+class CheckpointRefused(ValueError):
+    """A model this service will not serve as configured: retrying cannot help, so start-up fails."""
+
+
+class UnsafeCheckpoint(CheckpointRefused):
     """A checkpoint or adapter whose weights are only in pickle form: refused, never unpickled."""
 
 
@@ -121,23 +130,148 @@ def safetensors_adapter(adapter_ref: str) -> str:
     return str(folder)
 
 
+# transformers model_types served: LLaVA-1.5 / LLaVA-Interleave, LLaVA-NeXT (1.6), LLaVA-OneVision.
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
+
+
+class UnsupportedCheckpoint(CheckpointRefused):
+    """A checkpoint this service cannot serve faithfully: refused at start-up, never half-loaded."""
+
+
+class AdapterBaseMismatch(CheckpointRefused):
+    """A LoRA adapter loaded on a base model other than the one it was trained on."""
+
+
+def checkpoint_model_type(model_ref: str) -> str:
+    """The checkpoint's ``model_type``, read from its config.json alone (no weights, no code)."""
+    from transformers import PretrainedConfig
+
+    config, _ = PretrainedConfig.get_config_dict(model_ref)
+    return str(config.get("model_type", ""))
+
+
+def require_supported(model_ref: str) -> str:
+    model_type = checkpoint_model_type(model_ref)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedCheckpoint(
+            f"{model_ref} is a {model_type or 'untyped'!r} model; Snap2Caption serves the LLaVA families "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (model_type in config.json)"
+        )
+    return model_type
+
+
+def base_identity(model) -> dict:
+    """What identifies a base model to its adapters: architecture, shapes and a fingerprint of
+    its token embeddings (rounded to bf16, so the same checkpoint loaded in fp32 on a CPU or in
+    bf16 on a GPU gives the same identity). Computed before any adapter is merged."""
+    import hashlib
+
+    import torch
+
+    config = model.config
+    text = config.text_config
+    vision = config.vision_config
+    rows = model.get_input_embeddings().weight[:16].detach().to("cpu", torch.bfloat16).float()
+    return {
+        "model_type": config.model_type,
+        "text_model_type": text.model_type,
+        "vision_model_type": vision.model_type,
+        "shape": [text.hidden_size, text.num_hidden_layers, text.vocab_size, vision.hidden_size],
+        "embedding_sha256": hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16],
+    }
+
+
+def check_adapter_base(adapter_dir: str, model_ref: str, identity: dict) -> None:
+    """Refuse an adapter trained on another base, naming both. An adapter saved before bases
+    were recorded (no ``base_identity``) is not checked."""
+    import json
+
+    meta_path = Path(adapter_dir) / ADAPTER_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    trained_on = meta.get("base_identity")
+    if not trained_on:
+        log.info("adapter %s does not record its base model: not checked against %s", adapter_dir, model_ref)
+        return
+    if trained_on != identity:
+        raise AdapterBaseMismatch(
+            f"adapter {adapter_dir} was trained on {meta.get('base_model') or 'another model'} "
+            f"({trained_on['model_type']}, {trained_on['text_model_type']} {trained_on['shape']}, "
+            f"embeddings {trained_on['embedding_sha256']}) but the base model being loaded is {model_ref} "
+            f"({identity['model_type']}, {identity['text_model_type']} {identity['shape']}, "
+            f"embeddings {identity['embedding_sha256']}): serve it on its own base, or train one on this base"
+        )
+
+
+def load_checkpoint(model_ref: str, torch_dtype="auto"):
+    """(model, processor) of a supported checkpoint, every weight accounted for.
+
+    Loaded through the auto classes, so each family gets its own model and processor classes;
+    a checkpoint whose weights do not match its architecture (missing, unexpected or
+    mis-shaped tensors) is refused rather than served with random or ignored weights.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    require_supported(model_ref)
+    require_safetensors(model_ref)
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        model_ref, dtype=torch_dtype, use_safetensors=True, output_loading_info=True
+    )
+    problems = {k: sorted(map(str, v))[:5] for k, v in info.items() if k != "error_msgs" and v}
+    if problems:
+        raise UnsupportedCheckpoint(f"{model_ref} does not load cleanly as {type(model).__name__}: {problems}")
+    processor = AutoProcessor.from_pretrained(model_ref)
+    return model, processor
+
+
 def load_merged(model_ref: str, adapter_ref: str = "", torch_dtype="auto"):
     """(model, processor) of a LLaVA checkpoint, with a LoRA adapter merged in if given, in eval mode.
 
     Merged once at load: serving then runs plain matmuls, no adapter overhead per token.
-    Safetensors weights only (``UnsafeCheckpoint`` for a pickle-only checkpoint or adapter).
+    Safetensors weights only (``UnsafeCheckpoint`` for a pickle-only checkpoint or adapter);
+    an adapter trained on another base is refused (``AdapterBaseMismatch``).
     """
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    require_safetensors(model_ref)
     adapter_dir = safetensors_adapter(adapter_ref) if adapter_ref else ""
-    model = LlavaForConditionalGeneration.from_pretrained(model_ref, dtype=torch_dtype, use_safetensors=True)
-    processor = AutoProcessor.from_pretrained(model_ref)
+    model, processor = load_checkpoint(model_ref, torch_dtype)
     if adapter_dir:
         from peft import PeftModel
 
+        check_adapter_base(adapter_dir, model_ref, base_identity(model))
         model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model.eval(), processor
+
+
+class _ChosenTokenLogProbs:
+    """Logits processor that adds up each row's chosen-token log-probabilities as generate runs.
+
+    Stacking every step's logits to score afterwards costs rows x steps x vocab floats (GBs at
+    batch 32 with a 152k vocabulary); this keeps one step's log-softmax, to look up the token
+    the next step shows was chosen, and one float per row and step. It runs before the grammar
+    mask and the per-row temperature, so candidates are scored under the model itself (as
+    decoded, repetition penalty included) on one scale, constrained or not.
+    """
+
+    def __init__(self):
+        self._last = None  # [rows, vocab] log-softmax of the previous step
+        self.per_step: list = []  # [rows] log-prob of each step's chosen token
+
+    def _take(self, chosen) -> None:
+        if self._last is not None:
+            self.per_step.append(self._last.gather(1, chosen.view(-1, 1).to(self._last.device)).squeeze(1))
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self._take(input_ids[:, -1])
+        self._last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens):
+        """[rows, steps] log-probs, once generate has returned its final tokens."""
+        import torch
+
+        self._take(last_tokens)
+        self._last = None
+        return torch.stack(self.per_step, dim=1)
 
 
 class _PerRowTemperature:
@@ -151,15 +285,33 @@ class _PerRowTemperature:
         return scores / self.temperatures.to(scores.dtype)
 
 
+def _eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends an answer: the generation config's (a list for some checkpoints,
+    e.g. ChatML's <|im_end|> and <|endoftext|>) and the tokenizer's."""
+    configured = model.generation_config.eos_token_id
+    ids = configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
+
+
 class Captioner:
     def __init__(self, model, processor, version: str, generation: GenerationSettings | None = None):
         self.model = model
         self.processor = processor
         self.version = version
         self.generation = generation or GenerationSettings()
-        self.processor.tokenizer.padding_side = "left"  # batched decoding needs prompts right-aligned
-        if self.processor.tokenizer.pad_token is None:
-            self.processor.tokenizer.pad_token = self.processor.tokenizer.eos_token
+        tok = self.processor.tokenizer
+        tok.padding_side = "left"  # batched decoding needs prompts right-aligned
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        try:
+            self.chat = ChatFormat(processor)
+        except MissingChatTemplate as exc:
+            raise UnsupportedCheckpoint(str(exc)) from exc
+        self.eos_ids = _eos_ids(model, tok)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self.constraint = (
+            AnswerConstraint(tok, max(vocab, len(tok)), self.eos_ids) if self.generation.constrained else None
+        )
 
     @classmethod
     def load(
@@ -171,7 +323,7 @@ class Captioner:
         generation: GenerationSettings | None = None,
         version: str | None = None,
     ) -> Captioner:
-        """Load any LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given.
+        """Load a supported LLaVA checkpoint (local folder or hub id), merging a LoRA adapter if given.
 
         ``version``: the model's known version; without it the folders are content-hashed,
         which reads every weight file once (seconds for a 7B checkpoint, at every cold start).
@@ -182,53 +334,58 @@ class Captioner:
         model, processor = load_merged(model_ref, adapter_ref, torch_dtype)
         model.to(device)
         version = version or model_version(model_ref, adapter_ref)
-        log.info("loaded %s on %s (%s) in %.1fs", version, device, torch_dtype, time.perf_counter() - t0)
+        log.info(
+            "loaded %s (%s) on %s (%s) in %.1fs",
+            version,
+            model.config.model_type,
+            device,
+            torch_dtype,
+            time.perf_counter() - t0,
+        )
         return cls(model, processor, version, generation)
 
     @property
     def device(self):
         return next(self.model.parameters()).device
 
-    def _generate(self, images, prompts, temperatures=None, seed: int = 0):
+    def _generate(self, images, prompts, num_hashtags: list[int], temperatures=None, seed: int = 0):
         """One generate call; returns (texts, mean token log-probs, generated token count)."""
         import torch
+        from transformers import LogitsProcessorList
 
         inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         tok = self.processor.tokenizer
+        scorer = _ChosenTokenLogProbs()
+        processors = [scorer]
+        max_new_tokens = self.generation.max_new_tokens
+        if self.constraint is not None:
+            processors.append(self.constraint.mask(num_hashtags))
+            # Every field is capped in tokens, so this budget always holds a complete answer.
+            max_new_tokens = answer_token_bound(max(num_hashtags))
         kwargs = dict(
-            max_new_tokens=self.generation.max_new_tokens,
+            max_new_tokens=max_new_tokens,
             repetition_penalty=self.generation.repetition_penalty,
             return_dict_in_generate=True,
-            output_logits=True,
             pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=self.eos_ids,
         )
         if temperatures is None:
             kwargs["do_sample"] = False
         else:
-            from transformers import LogitsProcessorList
-
             torch.manual_seed(seed)
             temps = torch.tensor(temperatures, dtype=torch.float32).unsqueeze(1).to(self.device)
-            kwargs.update(
-                do_sample=True,
-                temperature=1.0,
-                top_p=self.generation.top_p,
-                logits_processor=LogitsProcessorList([_PerRowTemperature(temps)]),
-            )
+            processors.append(_PerRowTemperature(temps))
+            kwargs.update(do_sample=True, temperature=1.0, top_p=self.generation.top_p)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
-        prompt_len = inputs["input_ids"].shape[1]
-        new_tokens = out.sequences[:, prompt_len:]
-        # Score under the model itself (raw logits), not the tempered sampling distribution,
-        # so greedy and sampled candidates are ranked on one scale.
-        logits = torch.stack(out.logits, dim=1).float()  # [rows, steps, vocab]
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-        # Count tokens up to and including the first EOS; padding after it does not count.
-        is_eos = new_tokens == tok.eos_token_id
+            out = self.model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList(processors))
+            prompt_len = inputs["input_ids"].shape[1]
+            new_tokens = out.sequences[:, prompt_len:]
+            logprobs = scorer.finish(new_tokens[:, -1]).to(new_tokens.device)
+        # Count tokens up to and including the first end-of-answer; padding after it does not count.
+        is_eos = torch.isin(new_tokens, torch.tensor(self.eos_ids, device=new_tokens.device))
         after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
         valid = ~after_eos
         mean_lp = (logprobs * valid).sum(1) / valid.sum(1).clamp(min=1)
@@ -239,9 +396,9 @@ class Captioner:
         """Candidates for each job, best first. One greedy call for all jobs, and one sampled
         call for every extra candidate of every job, whatever the batch mix."""
         t0 = time.perf_counter()
-        prompts = [build_prompt(j.tone, j.audience) for j in jobs]
+        prompts = [self.chat.prompt(j.tone, j.audience) for j in jobs]
         images = [j.image for j in jobs]
-        texts, scores, ntok = self._generate(images, prompts)
+        texts, scores, ntok = self._generate(images, prompts, [j.num_hashtags for j in jobs])
         per_job: list[list[Candidate]] = [
             [self._candidate(t, s, j.num_hashtags)] for t, s, j in zip(texts, scores, jobs)
         ]
@@ -254,6 +411,7 @@ class Captioner:
             s_texts, s_scores, s_tok = self._generate(
                 [images[i] for i, _ in rows],
                 [prompts[i] for i, _ in rows],
+                [jobs[i].num_hashtags for i, _ in rows],
                 temperatures=[t for _, t in rows],
                 seed=self.generation.seed,
             )
@@ -270,7 +428,5 @@ class Captioner:
 
     @staticmethod
     def _candidate(text: str, score: float, num_hashtags: int) -> Candidate:
-        parsed = parse_output(text, num_hashtags)
-        return Candidate(
-            caption=parsed.caption, hashtags=parsed.hashtags, alt_text=parsed.alt_text, score=round(float(score), 4)
-        )
+        answer = parse_output(text, num_hashtags)
+        return Candidate(**answer.model_dump(), score=round(float(score), 4))

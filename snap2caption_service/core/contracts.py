@@ -102,6 +102,32 @@ class CaptionResult(BaseModel):
     image_sha256: str = Field("", description="Content hash of the decoded image; feedback finds the image by it.")
 
 
+# --- The model's answer ------------------------------------------------------------------
+# What a captioning model writes, one line per field, each after its label:
+#     Caption: <one line>\nHashtags: #a #b ...\nAlt text: <one line>
+# Training writes its targets in this layout (prompting.format_target), the constrained decoder
+# builds its grammar from these limits (core/answer_grammar.py), and prompting.parse_output reads
+# it back into a ModelAnswer. Limits are in tokens, so that a whole answer always fits the
+# generation budget, whatever the model (answer_grammar.answer_token_bound).
+ANSWER_LABELS: tuple[str, str, str] = ("Caption:", "Hashtags:", "Alt text:")
+ANSWER_CAPTION_MAX_TOKENS = 64
+ANSWER_HASHTAG_MAX_TOKENS = 8
+ANSWER_ALT_TEXT_MAX_TOKENS = 96
+# One hashtag as platforms index it: lowercase letters and digits, at least one letter (an
+# all-digit tag is not a hashtag on Instagram), within the Hashtag field's length.
+MAX_HASHTAG_BODY_CHARS = MAX_HASHTAG_CHARS - 1
+_HALF = (MAX_HASHTAG_BODY_CHARS - 1) // 2
+HASHTAG_BODY_PATTERN = f"[a-z0-9]{{0,{_HALF}}}[a-z][a-z0-9]{{0,{_HALF}}}"
+
+
+class ModelAnswer(BaseModel):
+    """A model's answer, parsed: what Candidate adds a score to."""
+
+    caption: str
+    hashtags: list[str]
+    alt_text: str
+
+
 class FeedbackRequest(BaseModel):
     """POST /feedback body."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from snap2caption_service.core.contracts import MAX_HASHTAG_BODY_CHARS
+
 # Words that carry no reach as a hashtag; filling from them would be padding in disguise.
 STOPWORDS = frozenset(
     """
@@ -25,7 +27,7 @@ def normalize_hashtag(raw: str) -> str | None:
     body = re.sub(r"[^a-z0-9]", "", text.lower())
     if not body or body.isdigit():
         return None
-    return "#" + body[:50]
+    return "#" + body[:MAX_HASHTAG_BODY_CHARS]
 
 
 def keywords(text: str) -> list[str]:

@@ -27,12 +27,10 @@ from pathlib import Path
 from snap2caption_service.core.captioner import Captioner
 from snap2caption_service.core.registry import RegistryReader
 from snap2caption_service.core.settings import Settings
-from snap2caption_service.core.versions import registered_version
+from snap2caption_service.core.versions import ADAPTER_META, registered_version
 
 log = logging.getLogger(__name__)
 
-# An adapter's record of the base it was trained on, written next to adapter_config.json.
-ADAPTER_META = "snap2caption_adapter.json"
 # (data_dir, progress) -> the demo model's folder, built on first use.
 DemoBuilder = Callable[[Path, bool], Path]
 

@@ -1,42 +1,112 @@
-"""The prompt the model sees and the parsing of what it answers.
+"""The prompt the model sees, in its own chat format, and the parsing of what it answers.
 
-Training (``training/``) and serving build prompts with the same function, so a fine-tuned
+Training (``training/``) and serving build prompts with the same ChatFormat, so a fine-tuned
 adapter always sees at inference exactly the text it was trained on.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from snap2caption_service.core.contracts import ANSWER_LABELS, ModelAnswer
 from snap2caption_service.core.hashtags import finalize_hashtags
 
-IMAGE_TOKEN = "<image>"
-# The answer's layout, one line each: what models are trained to write and parse_output reads.
-LAYOUT_LABELS = ("Caption:", "Hashtags:", "Alt text:")
+IMAGE_TOKEN = "<image>"  # the image placeholder of LLaVA checkpoints (and the demo model)
 
-# LLaVA-1.5 conversation format; the image placeholder is expanded by the processor.
-PROMPT_TEMPLATE = (
-    "USER: " + IMAGE_TOKEN + "\n"
+# What the model is asked, inside its own conversation format (ChatFormat).
+INSTRUCTION = (
     "Write an Instagram caption for this photo in a {tone} tone for a {audience} audience, "
-    "then hashtags and alt text.\nASSISTANT:"
+    "then hashtags and alt text, one line each."
 )
+DEFAULT_TONE = "casual"
 
 
-def clean_tone(tone: str) -> str:
-    """Tone is free text from a creator: keep it one line so it cannot restructure the prompt."""
-    return " ".join(tone.replace(IMAGE_TOKEN, " ").split()).strip() or "casual"
+def instruction(tone: str, audience: str) -> str:
+    return INSTRUCTION.format(tone=tone, audience=audience)
 
 
-def build_prompt(tone: str, audience: str) -> str:
-    return PROMPT_TEMPLATE.format(tone=clean_tone(tone), audience=audience)
+def conversation(text: str, answer: str | None = None) -> list[dict]:
+    """One user turn (the photo, then the text), and the assistant's answer when training."""
+    turns: list[dict] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    if answer is not None:
+        turns.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return turns
 
 
-@dataclass(frozen=True)
-class ParsedOutput:
-    caption: str
-    hashtags: list[str]
-    alt_text: str
+class MissingChatTemplate(ValueError):
+    """A checkpoint whose processor has no chat template: its conversation format is unknown."""
+
+
+_SENTINEL = "\x00"
+
+
+class ChatFormat:
+    """A checkpoint's own conversation format: its processor's chat template.
+
+    Serving (core/captioner.py) and training (training/loop.py) both build prompts here, so a
+    fine-tuned adapter sees at inference exactly what it was trained on, in the format its base
+    model was instruction-tuned with (``USER: ... ASSISTANT:``, ``[INST] ... [/INST]``, ChatML).
+    """
+
+    def __init__(self, processor):
+        if not getattr(processor, "chat_template", None):
+            raise MissingChatTemplate(
+                "the checkpoint's processor has no chat template, so its conversation format is unknown; "
+                "add one (processor.chat_template, saved as chat_template.jinja by save_pretrained)"
+            )
+        self.processor = processor
+        self.markers = self._turn_markers()
+
+    def _render(self, turns: list[dict], generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(turns, add_generation_prompt=generation_prompt, tokenize=False)
+
+    def _turn_markers(self) -> list[str]:
+        """Every piece of template text that opens or closes a turn (``USER:``, ``[/INST]``,
+        ``<|im_end|>``, the image placeholder) and every special token, longest first."""
+        rendered = self._render(conversation(_SENTINEL, _SENTINEL), False) + self._render(conversation(_SENTINEL), True)
+        pieces = {p for p in rendered.replace(_SENTINEL, " ").split() if not p.isalnum()}
+        tokenizer = self.processor.tokenizer
+        pieces |= {t for t in tokenizer.all_special_tokens if t}
+        pieces |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.content.strip()}
+        return sorted(pieces, key=len, reverse=True)
+
+    def clean_tone(self, tone: str) -> str:
+        """Tone is free creator text: it may not open or close a turn, add an image or a line.
+
+        Markers are removed until none is left (removing one could join two halves of another),
+        case-insensitively, with any spacing before a trailing colon (``user :``).
+        """
+        text = " ".join(tone.split())
+        patterns = [
+            re.compile(re.escape(m[:-1]) + r"\s*:" if m.endswith(":") and len(m) > 1 else re.escape(m), re.IGNORECASE)
+            for m in self.markers
+        ]
+        while True:
+            cleaned = text
+            for pattern in patterns:
+                cleaned = pattern.sub(" ", cleaned)
+            cleaned = " ".join(cleaned.split())
+            if cleaned == text:
+                return cleaned or DEFAULT_TONE
+            text = cleaned
+
+    def prompt(self, tone: str, audience: str) -> str:
+        """The text the model is given, up to where its answer starts."""
+        return self._render(conversation(instruction(self.clean_tone(tone), audience)), True)
+
+    def example(self, tone: str, audience: str, target: str) -> tuple[str, str]:
+        """(prompt, answer) for training: the prompt exactly as ``prompt`` builds it, and what
+        follows it in the conversation whose answer is ``target``, with the template's own
+        spacing and end-of-turn text (the labels a model learns)."""
+        text = instruction(self.clean_tone(tone), audience)
+        prompt = self._render(conversation(text), True)
+        full = self._render(conversation(text, target), False)
+        if full.startswith(prompt):
+            return prompt, full[len(prompt) :].rstrip()
+        # A template whose answered conversation does not extend its generation prompt (OneVision's
+        # opens an assistant turn with "assistant \n" but prompts with "assistant\n"): the answer
+        # follows the prompt directly after a line break, after one space otherwise (LLaVA-1.5).
+        return prompt, (target if prompt[-1:].isspace() else " " + target)
 
 
 _SECTION = re.compile(r"^\s*(caption|hashtags|alt[ _-]?text)\s*:\s*", re.IGNORECASE | re.MULTILINE)
@@ -53,13 +123,17 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _strip_prompt_echo(text: str) -> str:
-    # Some checkpoints repeat the conversation; everything up to the last ASSISTANT: is prompt.
-    if "ASSISTANT:" in text:
-        text = text.rsplit("ASSISTANT:", 1)[1]
-    return text.replace(IMAGE_TOKEN, "").strip()
+    """Some checkpoints repeat the conversation before answering: whatever comes before the
+    first label, up to its last ``ASSISTANT:``, is prompt. Only before it: an answer's own
+    text (a caption saying "ASSISTANT:") is the answer's."""
+    first = _SECTION.search(text)
+    head, rest = (text[: first.start()], text[first.start() :]) if first else (text, "")
+    if "ASSISTANT:" in head:
+        head = head.rsplit("ASSISTANT:", 1)[1]
+    return (head.replace(IMAGE_TOKEN, "") + rest).strip()
 
 
-def parse_output(text: str, num_hashtags: int) -> ParsedOutput:
+def parse_output(text: str, num_hashtags: int) -> ModelAnswer:
     """Split a generation into caption, hashtags and alt text.
 
     A model that ignores the format still yields a usable result: the first sentence-ish line
@@ -81,18 +155,18 @@ def parse_output(text: str, num_hashtags: int) -> ParsedOutput:
     caption = caption.splitlines()[0].strip() if caption else caption
     alt = " ".join(alt.split())
     tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=f"{alt} {caption}")
-    return ParsedOutput(caption=caption, hashtags=tags, alt_text=alt)
+    return ModelAnswer(caption=caption, hashtags=tags, alt_text=alt)
 
 
 def format_target(caption: str, hashtags: list[str], alt_text: str) -> str:
     """The assistant's answer a model is trained on; ``parse_output`` reads it back."""
     lines = (caption, " ".join(hashtags), alt_text)
-    return "\n".join(f"{label} {value}" for label, value in zip(LAYOUT_LABELS, lines, strict=True))
+    return "\n".join(f"{label} {value}" for label, value in zip(ANSWER_LABELS, lines, strict=True))
 
 
 def split_target(target: str) -> tuple[str, tuple[str, ...], str]:
     """The exact inverse of ``format_target``, for training data we wrote ourselves."""
     caption, tags, alt = (
-        line.removeprefix(f"{label} ") for label, line in zip(LAYOUT_LABELS, target.split("\n"), strict=True)
+        line.removeprefix(f"{label} ") for label, line in zip(ANSWER_LABELS, target.split("\n"), strict=True)
     )
     return caption, tuple(tags.split()), alt

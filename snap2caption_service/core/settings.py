@@ -44,10 +44,11 @@ def pod_namespace() -> str:
 class GenerationSettings:
     """How the captioner samples; the service's come from Settings, training's eval from its config."""
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = 128  # unconstrained only: a constrained answer has its grammar's bound
     repetition_penalty: float = 1.0
     top_p: float = 0.95
     seed: int = 0
+    constrained: bool = True
 
 
 def _csv(value: str) -> list[str]:
@@ -91,6 +92,11 @@ class Settings(RegistrySettings):
     repetition_penalty: float = Field(1.0, ge=0.5, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 0
+    constrained: bool = Field(
+        True,
+        description="Constrain generation to the answer layout (llguidance), so every answer parses. Turn off "
+        "only for a model fine-tuned on the layout; max_new_tokens then bounds the answer.",
+    )
     host: str = Field("127.0.0.1", description="`snap2caption serve`: address to listen on.")
     port: int = Field(3000, ge=0, le=65535, description="`snap2caption serve`: port to listen on.")
 
@@ -190,7 +196,7 @@ class Settings(RegistrySettings):
 
     @property
     def generation(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.repetition_penalty, self.top_p, self.seed)
+        return GenerationSettings(self.max_new_tokens, self.repetition_penalty, self.top_p, self.seed, self.constrained)
 
     @property
     def api_key_list(self) -> list[str]:

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 DEMO_META_FILE = "snap2caption_demo.json"
+# An adapter's record of the base it was trained on, written next to adapter_config.json.
+ADAPTER_META = "snap2caption_adapter.json"
 
 
 def registered_version(name: str, version: str | int) -> str:

@@ -16,6 +16,7 @@ characters, and a byte-level tokenizer can spend up to four tokens on one charac
 from __future__ import annotations
 
 import logging
+import os
 from functools import cache
 
 from snap2caption_service.core.contracts import (
@@ -29,6 +30,8 @@ from snap2caption_service.core.contracts import (
 )
 
 log = logging.getLogger(__name__)
+
+PARALLEL_MASK_MIN_CPUS = 8
 
 # A caption or alt text starts with a visible character (never whitespace, so it is never empty
 # once stripped) and holds no control characters; a caption holds no '#': hashtags go in their
@@ -92,6 +95,7 @@ class AnswerConstraint:
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: list[int]):
         import llguidance.hf
+        from llguidance import LLExecutor, LLMatcher
         from transformers import PreTrainedTokenizerFast
 
         if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -104,19 +108,26 @@ class AnswerConstraint:
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         self.tag_enders, self.by_bytes = _token_tables(self.tokenizer, vocab_size)
-        for k in range(MIN_HASHTAGS, MAX_HASHTAGS + 1):  # fail at load, not at the first request
-            self._check(_compiled(k))
+        # One compiled matcher per hashtag count; each generate call's rows get copies (cheap),
+        # where building one from the grammar text costs ~1 ms. Built here, so a grammar this
+        # tokenizer cannot take fails at load, not at the first request.
+        self._matchers = {}
+        for k in range(MIN_HASHTAGS, MAX_HASHTAGS + 1):
+            matcher = LLMatcher(self.tokenizer, _compiled(k))
+            if matcher.is_error():
+                raise ValueError(f"the answer grammar does not compile for this tokenizer: {matcher.get_error()}")
+            self._matchers[k] = matcher
+        # Masks for a whole batch in one call on Rust threads, where there are cores to spare: on
+        # 2 cores their spinning took CPU from torch's own threads (batch 32 on the demo model:
+        # 1.36 s per call with the executor, 1.23 s row by row; docs/notes/real-checkpoints.md).
+        self.executor = LLExecutor() if (os.cpu_count() or 1) >= PARALLEL_MASK_MIN_CPUS else None
 
-    def _check(self, grammar: str) -> None:
-        from llguidance import LLMatcher
-
-        matcher = LLMatcher(self.tokenizer, grammar)
-        if matcher.is_error():
-            raise ValueError(f"the answer grammar does not compile for this tokenizer: {matcher.get_error()}")
+    def matcher(self, num_hashtags: int):
+        return self._matchers[num_hashtags].deep_copy()
 
     def mask(self, num_hashtags: list[int]) -> GrammarMask:
         """A logits processor for one generate call whose rows want these hashtag counts."""
-        return GrammarMask(self, [_compiled(k) for k in num_hashtags])
+        return GrammarMask(self, num_hashtags)
 
 
 _TAG_SEPARATORS = (b" ", b"\n")
@@ -160,26 +171,44 @@ def _tag_tokens(tokens: list[bytes]) -> int:
     return 0
 
 
+class _Row:
+    """One row's answer so far, as the grammar accepted it."""
+
+    __slots__ = ("matcher", "tokens", "text", "in_tags")
+
+    def __init__(self, matcher):
+        self.matcher = matcher
+        self.tokens: list[bytes] = []
+        self.text = b""
+        self.in_tags = False  # in the hashtags line: the only place a hashtag can repeat
+
+    def add(self, token_bytes: bytes) -> None:
+        self.tokens.append(token_bytes)
+        self.text += token_bytes
+        if self.in_tags:
+            self.in_tags = _ALT_TEXT_LINE not in self.text
+        elif _HASHTAGS_LINE in self.text and _ALT_TEXT_LINE not in self.text:
+            self.in_tags = True
+
+
 class GrammarMask:
     """Logits processor: -inf for every token that would leave the grammar, row by row.
 
     One per generate call (its matchers follow that call's rows). Besides the grammar it keeps
     hashtags distinct, which no context-free grammar can say: a token that would end a hashtag
     as a repeat of an earlier one is masked too (unless nothing else is left, when the parse
-    tops the list up instead). A row whose matcher fails (which the mask
-    itself prevents) is logged and left unconstrained rather than failing the whole batch: its
-    answer then goes through the same lenient parse as an unconstrained one.
+    tops the list up instead). A row whose matcher fails (which the mask itself prevents) is
+    logged and left unconstrained rather than failing the whole batch: its answer then goes
+    through the same lenient parse as an unconstrained one.
     """
 
-    def __init__(self, constraint: AnswerConstraint, grammars: list[str]):
+    def __init__(self, constraint: AnswerConstraint, num_hashtags: list[int]):
         import torch
-        from llguidance import LLMatcher
 
         self.constraint = constraint
-        self.matchers = [LLMatcher(constraint.tokenizer, g) for g in grammars]
-        self.tokens: list[list[bytes]] = [[] for _ in grammars]  # each row's answer so far, token by token
+        self.rows = [_Row(constraint.matcher(k)) for k in num_hashtags]
         words = (constraint.vocab_size + 31) // 32
-        self.bitmask = torch.full((len(grammars), words), -1, dtype=torch.int32)
+        self.bitmask = torch.full((len(self.rows), words), -1, dtype=torch.int32)
         self._shifts = torch.arange(32, dtype=torch.int32)
         self._eos_only = torch.zeros(words, dtype=torch.int32)
         for token in constraint.eos_token_ids:
@@ -187,25 +216,26 @@ class GrammarMask:
         self._started = False
 
     def _consume(self, input_ids) -> None:
-        for row, (matcher, token) in enumerate(zip(self.matchers, input_ids[:, -1].tolist())):
-            if matcher.is_stopped() or matcher.is_error():
+        decode = self.constraint.tokenizer.decode_bytes
+        for i, (row, token) in enumerate(zip(self.rows, input_ids[:, -1].tolist())):
+            if row.matcher.is_stopped() or row.matcher.is_error():
                 continue
-            if matcher.consume_token(token):
-                self.tokens[row].append(self.constraint.tokenizer.decode_bytes([token]))
+            if row.matcher.consume_token(token):
+                row.add(decode([token]))
             else:
-                log.warning("grammar matcher refused token %d in row %d: %s", token, row, matcher.get_error())
+                log.warning("grammar matcher refused token %d in row %d: %s", token, i, row.matcher.get_error())
 
-    def _repeat_tokens(self, row: int) -> list[int]:
+    def _repeat_tokens(self, row: _Row) -> list[int]:
         """Tokens that would make the row's open hashtag a repeat of an earlier one: those that end
         it there, and, on the tag's last token under its cap (the grammar then ends it), those that
         complete the repeat."""
-        open_tag = _open_tag(b"".join(self.tokens[row]))
+        open_tag = _open_tag(row.text)
         if open_tag is None:
             return []
         current, done = open_tag
         repeats = [tag[len(current) :] for tag in done if tag.startswith(current)]
         tokens = [t for rest in repeats for t in self.constraint.tag_enders.get(rest, ())]
-        if _tag_tokens(self.tokens[row]) >= ANSWER_HASHTAG_MAX_TOKENS - 1:
+        if _tag_tokens(row.tokens) >= ANSWER_HASHTAG_MAX_TOKENS - 1:
             tokens += [t for rest in repeats if rest for t in self.constraint.by_bytes.get(rest, ())]
         return tokens
 
@@ -213,22 +243,29 @@ class GrammarMask:
         if self._started:  # the previous step's choices, now in input_ids
             self._consume(input_ids)
         self._started = True
-        for row, matcher in enumerate(self.matchers):
-            if matcher.is_error():
-                self.bitmask[row] = -1  # failed: unconstrained from here on
-            elif matcher.is_stopped():
+        active = []
+        for i, row in enumerate(self.rows):
+            if row.matcher.is_error():
+                self.bitmask[i] = -1  # failed: unconstrained from here on
+            elif row.matcher.is_stopped():
                 # The answer is complete (its last field may have reached its cap): it can only end.
-                self.bitmask[row] = self._eos_only
+                self.bitmask[i] = self._eos_only
+            elif self.constraint.executor is None:
+                view = self.bitmask[i]
+                row.matcher.unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
             else:
-                view = self.bitmask[row]
-                matcher.unsafe_compute_mask_ptr(view.data_ptr(), view.numel() * view.element_size())
+                active.append((row.matcher, i))
+        if active:  # (llguidance.torch.fill_next_token_bitmask_par, without importing torch.compile)
+            rows, words = self.bitmask.shape
+            self.constraint.executor.unsafe_compute_mask_ptr(active, self.bitmask.data_ptr(), words * 4, rows)
         bits = (self.bitmask.unsqueeze(-1) >> self._shifts) & 1  # [rows, words, 32], token i = bit i % 32
-        allowed = bits.view(len(self.matchers), -1)[:, : scores.shape[-1]].bool()
-        for row in range(len(self.matchers)):
-            repeats = self._repeat_tokens(row)
-            if repeats:
-                kept = allowed[row].clone()
-                allowed[row, repeats] = False
-                if not allowed[row].any():  # nothing but a repeat can follow: allow it, the parse tops up
-                    allowed[row] = kept
+        allowed = bits.view(len(self.rows), -1)[:, : scores.shape[-1]].bool()
+        for i, row in enumerate(self.rows):
+            if row.in_tags:
+                repeats = self._repeat_tokens(row)
+                if repeats:
+                    kept = allowed[i].clone()
+                    allowed[i, repeats] = False
+                    if not allowed[i].any():  # nothing but a repeat can follow: allow it, the parse tops up
+                        allowed[i] = kept
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))

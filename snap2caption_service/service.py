@@ -330,7 +330,7 @@ Snap2Caption.add_asgi_middleware(
     default_limit=settings.max_small_request_bytes,
     image_bytes=settings.max_image_bytes,
 )
-if settings.api_key_list:
+if settings.api_key_list or settings.events_auth == "oidc":  # oidc guards /events with or without keys
     Snap2Caption.add_asgi_middleware(ApiKeyMiddleware, keys=settings.api_key_list)
 
 # Innermost: BentoML's own error answers (invalid bodies, exceptions) leave as an ErrorBody that

@@ -93,13 +93,21 @@ class RunningService:
         return httpx.Client(base_url=self.url, timeout=120, **kw)
 
 
-def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, timeout: float = 180) -> RunningService:
+def start_service(
+    tmp: Path, model_dir: Path, extra_env: dict | None = None, timeout: float = 180, argv_prefix: tuple = ()
+) -> RunningService:
+    """The real service (`bentoml serve`) in a subprocess, ready. ``argv_prefix`` runs it under
+    a wrapper (tests/test_readonly_root.py: a mount namespace with a read-only root)."""
     port = free_port()
     env = {
         **os.environ,
         "SNAP2CAPTION_MODEL": str(model_dir),
         "SNAP2CAPTION_DATA_DIR": str(tmp / "data"),
+        # Pipeline tests: short, unconstrained answers. Under the answer grammar a random-weight
+        # model writes every field to its token cap (~280 tokens an answer); tests/test_families.py
+        # and test_answer_grammar.py run the grammar, through the service too.
         "SNAP2CAPTION_MAX_NEW_TOKENS": "24",
+        "SNAP2CAPTION_CONSTRAINED": "false",
         "SNAP2CAPTION_ENV_FILE": "/nonexistent",
         "BENTOML_HOME": str(tmp / "bentoml"),
         "PYTHONPATH": str(REPO),
@@ -108,6 +116,7 @@ def start_service(tmp: Path, model_dir: Path, extra_env: dict | None = None, tim
     log_path = tmp / f"service-{port}.log"
     proc = subprocess.Popen(
         [
+            *argv_prefix,
             sys.executable,
             "-m",
             "bentoml",

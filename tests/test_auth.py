@@ -174,3 +174,42 @@ def test_namespace_falls_back_to_the_service_account_mount(monkeypatch, tmp_path
     (tmp_path / "namespace").write_text("snap2caption-prod\n")
     monkeypatch.setattr(settings_module, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
     assert settings_module.Settings(_env_file=None).namespace == "snap2caption-prod"
+
+
+def test_oidc_mode_opens_events_to_no_host_only_to_a_key_or_a_sender_token():
+    """SNAP2CAPTION_EVENTS_AUTH=oidc: the cluster-local Host that `cluster-local` trusts opens
+    nothing; the key still works. (Sender tokens: tests/test_events_oidc.py.)"""
+    import asyncio
+    import json
+
+    from snap2caption_service.core.settings import Settings
+    from snap2caption_service.serving.auth import ApiKeyMiddleware
+    from snap2caption_service.serving.oidc import OidcConfig, OidcVerifier
+
+    assert Settings(_env_file=None, events_auth="oidc").events_auth == "oidc"
+    config = OidcConfig("https://issuer", "aud", frozenset({"system:serviceaccount:ns:sa"}), "http://127.0.0.1:9/jwks")
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = ApiKeyMiddleware(app, ["k1"], "oidc", "cluster.local", SERVICE, NAMESPACE, oidc=OidcVerifier(config))
+    for path, auth, status in [
+        ("/events", None, 401),
+        ("/events", "Bearer k1", 200),
+        ("/events", "Basic k1", 401),
+        ("/feedback", None, 401),
+        ("/readyz", None, 200),
+    ]:
+        sent = []
+
+        async def send(message, sent=sent):
+            sent.append(message)
+
+        headers = [(b"host", b"snap2caption.prod.svc.cluster.local")] + (
+            [(b"authorization", auth.encode())] if auth else []
+        )
+        asyncio.run(mw({"type": "http", "path": path, "headers": headers}, None, send))
+        assert sent[0]["status"] == status, (path, auth)
+        if path == "/events" and status == 401:
+            assert "no bearer token" in json.loads(sent[1]["body"])["detail"]

@@ -92,7 +92,11 @@ def family_service(request, adapters, tmp_path_factory):
     svc = start_service(
         tmp_path_factory.mktemp(f"svc-{family}"),
         checkpoint_dir(family),
-        {"SNAP2CAPTION_ADAPTER": str(adapters[family]), "SNAP2CAPTION_MAX_BATCH_SIZE": "8"},
+        {
+            "SNAP2CAPTION_ADAPTER": str(adapters[family]),
+            "SNAP2CAPTION_MAX_BATCH_SIZE": "8",
+            "SNAP2CAPTION_CONSTRAINED": "true",  # the default; conftest turns it off for pipeline tests
+        },
     )
     yield family, svc
     stop_service(svc.proc)

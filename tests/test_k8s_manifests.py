@@ -767,6 +767,121 @@ def test_the_service_knows_its_own_cluster_local_name(renderings, name):
 
 
 # --------------------------------------------------------------------------------------
+# /events and Knative Eventing's sender identity (components/events-oidc)
+# --------------------------------------------------------------------------------------
+
+
+def knative_child_name(parent: str, suffix: str) -> str:
+    """knative.dev/pkg kmeta.ChildName: parent + suffix, shortened with an md5 past 63 characters."""
+    import hashlib
+
+    longest, head = 63, 63 - 32
+    if len(parent) <= longest - len(suffix):
+        return parent + suffix
+    if head - len(suffix) <= 0:
+        name = parent[:head] + hashlib.md5((parent + suffix).encode()).hexdigest()
+        name += suffix[: max(0, longest - len(name))]
+        return re.sub(r"[^a-zA-Z0-9]+$", "", name)
+    return parent[: head - len(suffix)] + hashlib.md5(parent.encode()).hexdigest() + suffix
+
+
+def knative_oidc_service_account(group: str, kind: str, name: str) -> str:
+    """knative/eventing pkg/auth/serviceaccount.go GetOIDCServiceAccountNameForResource."""
+    return knative_child_name(name, f"-oidc-{group}-{kind}").lower()
+
+
+def test_knative_oidc_service_account_names_match_knatives_own_tests():
+    """The vectors of knative/eventing pkg/auth/serviceaccount_test.go."""
+    assert knative_oidc_service_account("group", "kind", "name") == "name-oidc-group-kind"
+    assert knative_oidc_service_account("eventing.knative.dev", "Broker", "my-Broker") == (
+        "my-broker-oidc-eventing.knative.dev-broker"
+    )
+    assert knative_oidc_service_account(
+        "eventing.knative.dev", "Broker", "my-loooooooooooooooooooooooooooooooooooooog-Broker"
+    ) == ("my-looooooooooooooooooooooooooo2dfc2a3825b8d82077b0f25518b36884")
+
+
+def _events_oidc_settings(data: dict[str, str]):
+    from snap2caption_service.core.settings import Settings
+
+    prefix = "SNAP2CAPTION_"
+    fields = {k[len(prefix) :].lower(): v for k, v in data.items() if k.startswith(prefix + "EVENTS_")}
+    return Settings(_env_file=None, **fields)
+
+
+def test_production_authenticates_events_by_knative_sender_identity(renderings, tmp_path):
+    """Production: /events takes Knative Eventing's OIDC tokens, for the audience the Sequence step
+    asks them for, from the step Subscription's OIDC service account only, checked against the
+    API server's JWKS fetched with the projected CA and token."""
+    from snap2caption_service.serving.oidc import OidcConfig
+
+    r = renderings["production"]
+    namespace = OVERLAYS["production"]
+    data = r.configmap("snap2caption-common")["data"]
+    assert data["SNAP2CAPTION_EVENTS_AUTH"] == "oidc"
+    ca_file, token_file = (
+        data["SNAP2CAPTION_EVENTS_OIDC_JWKS_CA_FILE"],
+        data["SNAP2CAPTION_EVENTS_OIDC_JWKS_TOKEN_FILE"],
+    )
+    # What the service does at start (ValueError if incomplete), with the pod's files stood in for.
+    (tmp_path / "ca.crt").write_text("-")
+    (tmp_path / "token").write_text("-")
+    stand_ins = {
+        "events_oidc_jwks_ca_file": str(tmp_path / "ca.crt"),
+        "events_oidc_jwks_token_file": str(tmp_path / "token"),
+    }
+    config = OidcConfig.from_settings(_events_oidc_settings(data).model_copy(update=stand_ins))
+    assert config.issuer.startswith("https://")
+    assert config.jwks_url == "https://kubernetes.default.svc/openid/v1/jwks"  # https: the token may go there
+
+    # The audience: Knative's <group>/<kind>/<namespace>/<name> for this Service, and exactly what
+    # the Sequence step (the Subscription the dispatcher delivers for) requests tokens for.
+    assert config.audience == f"serving.knative.dev/service/{namespace}/{r.ksvc['metadata']['name']}"
+    seq = r.one("Sequence", "snap2caption-captioning")
+    [step] = seq["spec"]["steps"]
+    assert resolve(r, step["ref"]) is r.ksvc and step["audience"] == config.audience
+
+    # The one sender: the OIDC service account Eventing creates for that step's Subscription
+    # (pkg/reconciler/sequence/resources/subscription.go names it <sequence>-kn-sequence-<step>).
+    subscription = f"{seq['metadata']['name']}-kn-sequence-0"
+    account = knative_oidc_service_account("messaging.knative.dev", "Subscription", subscription)
+    assert config.subjects == {f"system:serviceaccount:{namespace}:{account}"}
+
+    # The JWKS fetch: CA and token from a read-only projected volume; the pod still has no
+    # automounted token (Knative allows only false), and the token is for the API server.
+    spec = pod_spec(r.ksvc)
+    assert spec["automountServiceAccountToken"] is False
+    [c] = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for path in (ca_file, token_file):
+        [mount] = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert mount["readOnly"] is True
+        sources = volumes[mount["name"]]["projected"]["sources"]
+        relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+        token = [s["serviceAccountToken"] for s in sources if s.get("serviceAccountToken", {}).get("path") == relative]
+        ca = [
+            s["configMap"]
+            for s in sources
+            if "configMap" in s and any(i["path"] == relative for i in s["configMap"].get("items", []))
+        ]
+        assert token or ca, f"{path} is not projected"
+        for t in token:
+            assert "audience" not in t, "the JWKS request authenticates to the API server: its default audience"
+            assert 600 <= t["expirationSeconds"] <= 3600
+        for cm in ca:
+            assert cm["name"] == "kube-root-ca.crt" and cm["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+
+@pytest.mark.parametrize("name", ["base", "staging"])
+def test_other_renderings_keep_cluster_local_events_without_sender_tokens(renderings, name):
+    r = renderings[name]
+    assert r.configmap("snap2caption-common")["data"]["SNAP2CAPTION_EVENTS_AUTH"] == "cluster-local"
+    [step] = r.one("Sequence", "snap2caption-captioning")["spec"]["steps"]
+    assert "audience" not in step
+    assert "jwks-auth" not in {v["name"] for v in pod_spec(r.ksvc)["volumes"]}
+
+
+# --------------------------------------------------------------------------------------
 # Consumer StatefulSet and its Services
 # --------------------------------------------------------------------------------------
 

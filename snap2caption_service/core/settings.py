@@ -142,14 +142,49 @@ class Settings(RegistrySettings):
         "s3://bucket/prefix; default <data_dir>/archive",
     )
 
-    events_auth: Literal["bearer", "cluster-local", "none"] = Field(
+    events_auth: Literal["bearer", "cluster-local", "oidc", "none"] = Field(
         "bearer",
         description="How POST /events (Knative push mode) is authenticated when "
         "SNAP2CAPTION_API_KEYS is set: bearer = the API key like every route; "
         "cluster-local = no key when the request's Host is the Service's "
         "cluster-local name (what Knative Eventing delivers to), the key "
-        "otherwise; none = never a key (only for a Service that is private "
-        "as a whole). See snap2caption_service/serving/auth.py.",
+        "otherwise; oidc = the key or a Knative Eventing sender token (a Kubernetes "
+        "service-account JWT, settings events_oidc_*); none = never a key (only for a "
+        "Service that is private as a whole). See snap2caption_service/serving/auth.py.",
+    )
+    # events_auth=oidc: Knative Eventing's sender identity (config-features authentication-oidc:
+    # enabled) sends `Authorization: Bearer <JWT>` issued by the cluster's service-account issuer
+    # for the destination's audience (serving/oidc.py checks it; k8s/README.md has the cluster side).
+    events_oidc_issuer: str = Field(
+        "https://kubernetes.default.svc.cluster.local",
+        description="events_auth=oidc: the tokens' `iss`, the cluster's service-account issuer "
+        "(`kubectl get --raw /.well-known/openid-configuration`; kubeadm/kind default shown).",
+    )
+    events_oidc_audience: str = Field(
+        "",
+        description="events_auth=oidc, required: the `aud` the tokens must carry, the `audience` of "
+        "the Sequence step / Trigger subscriber that delivers to /events.",
+    )
+    events_oidc_subjects: str = Field(
+        "",
+        description="events_auth=oidc, required: comma-separated `sub` values let through, "
+        "system:serviceaccount:<namespace>:<name> of the sender's OIDC service account.",
+    )
+    events_oidc_jwks_url: str = Field(
+        "",
+        description="events_auth=oidc: where the issuer's signing keys are; empty = the issuer + "
+        "/openid/v1/jwks (where the Kubernetes API server serves them).",
+    )
+    events_oidc_jwks_ca_file: str = Field(
+        "",
+        description="events_auth=oidc: CA bundle for the JWKS fetch; empty = the pod's service-account "
+        "ca.crt when mounted, else the system's trust store.",
+    )
+    events_oidc_jwks_token_file: str = Field(
+        "",
+        description="events_auth=oidc: a token file sent as `Authorization: Bearer` with the JWKS fetch "
+        "(the API server's /openid/v1/jwks needs an authenticated caller); empty = the pod's "
+        "service-account token when mounted; none = send nothing (a public JWKS).",
     )
     cluster_domain: str = Field(
         "cluster.local", description="The Kubernetes cluster domain, for events_auth=cluster-local."

@@ -15,6 +15,13 @@ authenticated is SNAP2CAPTION_EVENTS_AUTH (snap2caption_service/core/settings.py
                  clients outside the cluster cannot reach. Knative's per-revision names
                  (``<revision>[-private]``) are not accepted: Eventing never addresses them, and
                  the activator keeps the original Host when it forwards.
+  oidc           the key, or a Knative Eventing sender token: with Eventing's
+                 authentication-oidc feature the dispatcher sends ``Authorization: Bearer <JWT>``,
+                 a service-account token of the sender's OIDC identity for this Service's audience.
+                 Checked by serving/oidc.py (signature against the cluster's JWKS, exp, iss, aud,
+                 sub in SNAP2CAPTION_EVENTS_OIDC_SUBJECTS); only the named senders get in, whatever
+                 Host they use. 401 naming what failed; 503 + Retry-After while the JWKS cannot be
+                 fetched. The recommended production setting (k8s/overlays/production).
   none           no key on /events at all: only for a Service that is cluster-local as a whole
                  (label networking.knative.dev/visibility: cluster-local) or otherwise private
 
@@ -24,9 +31,13 @@ A valid key is accepted on /events in every mode.
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 
+from snap2caption_service.serving.oidc import JwksUnavailable, OidcConfig, OidcVerifier, TokenRejected
 from snap2caption_service.serving.responses import error_body
+
+log = logging.getLogger(__name__)
 
 # Health, metrics, docs and the web page's static shell stay open: probes and scrapers have
 # no key, and the page asks the creator for one before calling the API.
@@ -35,7 +46,7 @@ OPEN_PATHS = frozenset(
 )
 OPEN_PREFIXES = ("/static/", "/static_content/", "/ui/", "/docs/")
 EVENTS_PATH = "/events"
-EVENTS_AUTH_MODES = ("bearer", "cluster-local", "none")
+EVENTS_AUTH_MODES = ("bearer", "cluster-local", "oidc", "none")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -91,6 +102,7 @@ class ApiKeyMiddleware:
         cluster_domain: str | None = None,
         service_name: str | None = None,
         namespace: str | None = None,
+        oidc: OidcVerifier | None = None,
     ):
         if None in (events_auth, cluster_domain, service_name, namespace):
             from snap2caption_service.core.settings import get_settings
@@ -111,16 +123,22 @@ class ApiKeyMiddleware:
                 f"labels (got service {service_name!r}, namespace {namespace!r}): set K_SERVICE (Knative "
                 "sets it) or SNAP2CAPTION_SERVICE_NAME, and POD_NAMESPACE or SNAP2CAPTION_NAMESPACE"
             )
+        if events_auth == "oidc" and oidc is None:
+            from snap2caption_service.core.settings import get_settings
+
+            # ValueError (no start) when a required setting is missing, as for cluster-local.
+            oidc = OidcVerifier(OidcConfig.from_settings(get_settings()))
         self.app = app
         self.keys = keys
         self.events_auth = events_auth
+        self.oidc = oidc if events_auth == "oidc" else None
         self.service_name, self.namespace, self.cluster_domain = service_name, namespace, cluster_domain
 
     def exempt(self, scope, headers: dict) -> bool:
         path = scope["path"]
         if is_open_path(path):
             return True
-        if path != EVENTS_PATH or self.events_auth == "bearer":
+        if path != EVENTS_PATH or self.events_auth in ("bearer", "oidc"):
             return False
         if self.events_auth == "none":
             return True
@@ -128,7 +146,11 @@ class ApiKeyMiddleware:
         return is_cluster_local_host(host, self.service_name, self.namespace, self.cluster_domain)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not self.keys:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        # Without API keys every route is open, except /events in oidc mode: the sender check
+        # does not depend on keys existing (a Service may take events only, keys never issued).
+        if not self.keys and not (self.oidc is not None and scope["path"] == EVENTS_PATH):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.exempt(scope, headers):
@@ -137,15 +159,32 @@ class ApiKeyMiddleware:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token and key_matches(token.strip(), self.keys):
             return await self.app(scope, receive, send)
+        if self.oidc is not None and scope["path"] == EVENTS_PATH:
+            try:
+                await self.oidc.verify(auth)
+            except TokenRejected as e:
+                log.info("/events: sender token refused: %s", e)  # the reason only, never the token
+                detail = f"Not a valid API key or event sender token: {e}."
+                return await _answer(send, 401, error_body("unauthorized", detail), _CHALLENGE_INVALID_TOKEN)
+            except JwksUnavailable as e:
+                detail = "Cannot check the event sender token now: the issuer's signing keys are unreachable."
+                retry = [(b"retry-after", str(e.retry_after_s).encode())]
+                return await _answer(send, 503, error_body("unavailable", detail), retry)
+            return await self.app(scope, receive, send)
         body = error_body("unauthorized", "Missing or wrong API key: send 'Authorization: Bearer <key>'.")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b'Bearer realm="snap2caption"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 401, body, _CHALLENGE)
+
+
+_CHALLENGE = [(b"www-authenticate", b'Bearer realm="snap2caption"')]
+_CHALLENGE_INVALID_TOKEN = [(b"www-authenticate", b'Bearer realm="snap2caption", error="invalid_token"')]
+
+
+async def _answer(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from conftest import png_bytes, start_service, stop_service
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(600)]

@@ -1,7 +1,8 @@
-"""The service on a read-only root filesystem, as k8s/base/knative-service.yaml runs it
-(readOnlyRootFilesystem, an emptyDir wherever it writes). No container engine here, so a mount
-namespace stands in for the pod: / is remounted read-only, /tmp is a fresh tmpfs, and only the
-folders the manifests give it (data dir, BentoML home, caches) are writable."""
+"""The service as k8s/base/knative-service.yaml runs it: as uid 1034 (runAsNonRoot, BentoML's
+`bentoml` user), on a read-only root filesystem with an emptyDir wherever it writes. No
+container engine here, so a mount namespace stands in for the pod: / is remounted read-only,
+/tmp is a fresh tmpfs, only the folders the manifests give it (data dir, BentoML home, caches)
+are writable, and the process drops to uid/gid 1034 with no capabilities."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from conftest import png_bytes, start_service, stop_service
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(600)]
 
+UID = 1034  # runAsUser / runAsGroup in k8s/base/knative-service.yaml
 # Mount the writable folder, make everything else read-only (the pod's root filesystem), give
-# /tmp its own empty tmpfs (the pod's /tmp emptyDir), then run the service ("$@").
+# /tmp its own empty tmpfs (the pod's /tmp emptyDir), then run the service ("$@") as uid 1034.
+# The interpreter and the venv live under /root (mode 700 here, unlike an image's /usr), so /root
+# is replaced by a read-only tmpfs that holds only them, at the same paths.
 NAMESPACE_SCRIPT = """
 set -e
 mount --make-rprivate /
@@ -26,8 +30,16 @@ mount --rbind / /
 mount -o remount,bind,ro /
 mount --bind "$WRITABLE" "$WRITABLE"
 mount -o remount,bind,rw "$WRITABLE"
+mkdir -p "$WRITABLE/.stage/cache" "$WRITABLE/.stage/pyenv"
+mount --bind /root/.cache "$WRITABLE/.stage/cache"
+mount --bind /root/.pyenv "$WRITABLE/.stage/pyenv"
+mount -t tmpfs -o mode=755 tmpfs /root
+mkdir /root/.cache /root/.pyenv
+mount --bind "$WRITABLE/.stage/cache" /root/.cache
+mount --bind "$WRITABLE/.stage/pyenv" /root/.pyenv
+mount -o remount,ro /root
 mount -t tmpfs tmpfs /tmp
-exec "$@"
+exec setpriv --reuid $RUN_UID --regid $RUN_UID --clear-groups --inh-caps=-all --no-new-privs "$@"
 """
 
 
@@ -44,15 +56,18 @@ def writable():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_service_runs_with_a_read_only_root_filesystem(tiny_model_dir, writable):
+def test_service_runs_as_uid_1034_on_a_read_only_root_filesystem(tiny_model_dir, writable):
     assert mount_namespaces_work(), "this test needs `unshare --mount` (root, as on the CI machine)"
     model = writable / "model"
     shutil.copytree(tiny_model_dir, model)  # the pytest tmp dir is under /tmp, hidden in there
+    for path in [writable, *writable.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)  # an emptyDir is world-writable
     env = {
         # What k8s/base/config/model.env points at its emptyDirs.
         "HF_HOME": str(writable / "cache" / "huggingface"),
         "XDG_CACHE_HOME": str(writable / "cache" / "xdg"),
         "WRITABLE": str(writable),
+        "RUN_UID": str(UID),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     prefix = ("unshare", "--mount", "--fork", "bash", "-c", NAMESPACE_SCRIPT, "read-only-root")
@@ -67,6 +82,8 @@ def test_service_runs_with_a_read_only_root_filesystem(tiny_model_dir, writable)
             assert c.get("/metrics").status_code == 200
         assert (writable / "data").is_dir() and any((writable / "data").rglob("*.jsonl"))
         log = svc.log()
-        assert "Read-only file system" not in log, log[-3000:]
+        assert "Read-only file system" not in log and "Permission denied" not in log, log[-3000:]
+        owners = {p.stat().st_uid for p in (writable / "data").rglob("*")}
+        assert owners == {UID}, owners  # everything it wrote, it wrote as 1034
     finally:
         stop_service(svc.proc)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from snap2caption_service.core.contracts import (
     AUDIENCES,
-    DEFAULT_HASHTAGS,
     MAX_CANDIDATES,
     MAX_HASHTAGS,
     MIN_CANDIDATES,
     MIN_HASHTAGS,
     CaptionOptions,
 )
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORM_NAMES
 
 SERVICE_TARGET = "snap2caption_service.service:Snap2Caption"
 
@@ -54,10 +54,16 @@ def _options_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tone", default="casual", help="free text, at most 32 characters (default: casual)")
     p.add_argument("--audience", default="personal", choices=AUDIENCES, help="default: personal")
     p.add_argument(
+        "--platform",
+        default=DEFAULT_PLATFORM,
+        choices=PLATFORM_NAMES,
+        help=f"where the post goes; its rules cap the hashtags and the text (default: {DEFAULT_PLATFORM})",
+    )
+    p.add_argument(
         "--num-hashtags",
         type=int,
-        default=DEFAULT_HASHTAGS,
-        help=f"{MIN_HASHTAGS}-{MAX_HASHTAGS} (default: {DEFAULT_HASHTAGS})",
+        default=None,
+        help=f"{MIN_HASHTAGS}-{MAX_HASHTAGS}, at most the platform's cap (default: the platform's recommended count)",
     )
     p.add_argument(
         "--num-candidates",
@@ -125,7 +131,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     try:
         options = CaptionOptions(
-            tone=args.tone, audience=args.audience, num_hashtags=args.num_hashtags, num_candidates=args.num_candidates
+            tone=args.tone,
+            audience=args.audience,
+            platform=args.platform,
+            num_hashtags=args.num_hashtags,
+            num_candidates=args.num_candidates,
         )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -152,9 +162,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     latency = (time.perf_counter() - t0) * 1000 / len(jobs)
     results = []
     for (path, p), cands in zip(prepared, per_job):
-        res = build_result(
-            ModelOutput(candidates=cands, model_version=captioner.version), new_request_id(), latency, p.sha256
-        )
+        output = ModelOutput(candidates=cands, model_version=captioner.version)
+        res = build_result(output, new_request_id(), latency, p.sha256, options.platform)
         results.append({"file": path, **res.model_dump()})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))

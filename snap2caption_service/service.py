@@ -201,7 +201,7 @@ class Snap2Caption:
         output = outputs[0]
         if not isinstance(output, ModelOutput):
             output = ModelOutput.model_validate(output)
-        result = build_result(output, request_id, 0.0, prepared.sha256)
+        result = build_result(output, request_id, 0.0, prepared.sha256, options.platform)
         await self._archive(result, options, item.image_png_b64)
         latency = time.perf_counter() - t0
         m.captions.labels("ok", source).inc()
@@ -220,6 +220,7 @@ class Snap2Caption:
                 tone=options.tone,
                 audience=options.audience,
                 num_hashtags=options.num_hashtags,
+                platform=options.platform,
                 caption=result.caption,
                 hashtags=result.hashtags,
                 alt_text=result.alt_text,

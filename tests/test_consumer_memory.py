@@ -38,7 +38,7 @@ Record = namedtuple("Record", "topic partition offset key value headers")
 
 def test_the_request_body_is_the_caption_request_json():
     image = os.urandom(3 * 64 * 1024 * 2 + 7)  # several pieces, and padding at the end
-    options = CaptionOptions(tone="dry", audience="promotional", num_hashtags=6, creator_id="c-1")
+    options = CaptionOptions(tone="dry", audience="promotional", num_hashtags=5, creator_id="c-1")
     length, pieces = request_body(image, options)
     body = b"".join(pieces)
     assert len(body) == length

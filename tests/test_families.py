@@ -107,7 +107,13 @@ def test_each_family_serves_parseable_answers(family_service):
     with svc.client() as c:
         r = c.post(
             "/generate-caption",
-            json={"image": b64(photo((120, 80))), "tone": "funny", "num_hashtags": 7, "num_candidates": 3},
+            json={
+                "image": b64(photo((120, 80))),
+                "tone": "funny",
+                "platform": "generic",
+                "num_hashtags": 7,
+                "num_candidates": 3,
+            },
         )
         assert r.status_code == 200, r.text
         body = r.json()
@@ -136,7 +142,10 @@ def test_each_family_batches_photos_of_mixed_sizes(family_service):
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(
                 pool.map(
-                    lambda req: c.post("/generate-caption", json={"image": b64(photo(req[0])), "num_hashtags": req[1]}),
+                    lambda req: c.post(
+                        "/generate-caption",
+                        json={"image": b64(photo(req[0])), "num_hashtags": req[1], "platform": "generic"},
+                    ),
                     requests,
                 )
             )

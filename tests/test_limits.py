@@ -181,7 +181,13 @@ def test_the_caption_limit_is_derived_from_the_image_limit_and_admits_every_imag
     # as a multipart upload, fits under the body limit: the middleware never refuses it first.
     image = os.urandom(s.max_image_bytes)
     body = json.dumps(
-        {"image": base64.b64encode(image).decode(), "tone": "t" * 200, "audience": "business", "num_hashtags": 30}
+        {
+            "image": base64.b64encode(image).decode(),
+            "tone": "t" * 200,
+            "audience": "business",
+            "num_hashtags": 30,
+            "platform": "generic",
+        }
     )
     assert len(body) <= s.max_request_bytes
     request = httpx.Request("POST", "http://x/", files={"image": ("photo.jpg", image)}, data={"tone": "t" * 200})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import png_bytes, start_service, stop_service
+from conftest import REPO, png_bytes, start_service, stop_service
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(600)]
 
@@ -38,7 +38,13 @@ mkdir /root/.cache /root/.pyenv
 mount --bind "$WRITABLE/.stage/cache" /root/.cache
 mount --bind "$WRITABLE/.stage/pyenv" /root/.pyenv
 mount -o remount,ro /root
+case "$REPO" in /tmp/*)  # a checkout under /tmp (a CI clone) stays readable, read-only, over the new tmpfs
+  mkdir -p "$WRITABLE/.stage/repo"; mount --bind "$REPO" "$WRITABLE/.stage/repo";;
+esac
 mount -t tmpfs tmpfs /tmp
+case "$REPO" in /tmp/*)
+  mkdir -p "$REPO"; mount --bind "$WRITABLE/.stage/repo" "$REPO"; mount -o remount,bind,ro "$REPO";;
+esac
 exec setpriv --reuid $RUN_UID --regid $RUN_UID --clear-groups --inh-caps=-all --no-new-privs "$@"
 """
 
@@ -67,6 +73,7 @@ def test_service_runs_as_uid_1034_on_a_read_only_root_filesystem(tiny_model_dir,
         "HF_HOME": str(writable / "cache" / "huggingface"),
         "XDG_CACHE_HOME": str(writable / "cache" / "xdg"),
         "WRITABLE": str(writable),
+        "REPO": str(REPO),
         "RUN_UID": str(UID),
         "PYTHONDONTWRITEBYTECODE": "1",
     }

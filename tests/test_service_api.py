@@ -28,6 +28,7 @@ def test_generate_caption_contract(service):
                 "image": b64(png_bytes()),
                 "tone": "funny",
                 "audience": "promotional",
+                "platform": "linkedin",
                 "num_hashtags": 6,
                 "num_candidates": 3,
             },
@@ -39,7 +40,7 @@ def test_generate_caption_contract(service):
     scores = [c["score"] for c in body["candidates"]]
     assert scores == sorted(scores, reverse=True)
     assert body["caption"] == body["candidates"][0]["caption"]
-    assert len(body["hashtags"]) <= 6
+    assert len(body["hashtags"]) <= 6 and body["platform"] == "linkedin"
     assert all(re.fullmatch(r"#[a-z0-9]+", t) for t in body["hashtags"])
     assert body["model_version"].startswith("tiny-llava")
     assert body["latency_ms"] > 0 and len(body["request_id"]) == 32
@@ -123,8 +124,11 @@ BAD_FIELDS = [
     ("broken json", b"{not json", ""),
     ("tone too long", {"image": "aGk=", "tone": "x" * 33}, "tone"),
     ("unknown audience", {"image": "aGk=", "audience": "everyone"}, "audience"),
-    ("too few hashtags", {"image": "aGk=", "num_hashtags": 4}, "num_hashtags"),
-    ("too many hashtags", {"image": "aGk=", "num_hashtags": 11}, "num_hashtags"),
+    ("too few hashtags", {"image": "aGk=", "num_hashtags": 0}, "num_hashtags"),
+    ("too many hashtags", {"image": "aGk=", "num_hashtags": 11, "platform": "generic"}, "num_hashtags"),
+    ("more than Instagram takes", {"image": "aGk=", "num_hashtags": 8}, "num_hashtags"),
+    ("more than Threads takes", {"image": "aGk=", "num_hashtags": 2, "platform": "threads"}, "num_hashtags"),
+    ("unknown platform", {"image": "aGk=", "platform": "myspace"}, "platform"),
     ("zero candidates", {"image": "aGk=", "num_candidates": 0}, "num_candidates"),
     ("too many candidates", {"image": "aGk=", "num_candidates": 6}, "num_candidates"),
 ]

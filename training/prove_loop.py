@@ -63,7 +63,9 @@ class ProofReport:
 
     @property
     def accuracy_drop(self) -> float:
-        return self.accuracy_before - self.accuracy_after
+        # Rounded: both are shares of the same held-out scenes, and 0.96 - 0.94 is 0.020000000000000018
+        # in floating point, which failed a "<= 0.02" bound it meets exactly (one scene in fifty).
+        return round(self.accuracy_before - self.accuracy_after, 6)
 
     def passed(self) -> bool:
         return (

@@ -10,13 +10,18 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORM_NAMES, PLATFORMS
 
 Audience = Literal["personal", "promotional", "academic"]
 AUDIENCES: tuple[str, ...] = ("personal", "promotional", "academic")
 
 MAX_TONE_CHARS = 32
-MIN_HASHTAGS, MAX_HASHTAGS, DEFAULT_HASHTAGS = 5, 10, 8
+# The API's own bounds; a platform's profile (core/platforms.json) may cap lower, and its
+# recommended count is the default.
+MIN_HASHTAGS, MAX_HASHTAGS = 1, 10
+Platform = Literal[PLATFORM_NAMES]
 MIN_CANDIDATES, MAX_CANDIDATES = 1, 5
 # Instagram's own caption limit: an edit longer than this could never be posted.
 MAX_CAPTION_CHARS = 2200
@@ -60,7 +65,19 @@ class CaptionOptions(BaseModel):
         description="Free text such as funny, quirky, serious (at most 32 characters).",
     )
     audience: Audience = Field("personal", description="personal | promotional | academic")
-    num_hashtags: int = Field(DEFAULT_HASHTAGS, ge=MIN_HASHTAGS, le=MAX_HASHTAGS)
+    platform: Platform = Field(
+        DEFAULT_PLATFORM,
+        description="Where the post goes; its rules (hashtag cap, text limit) shape the answer. "
+        + ", ".join(f"{p.name} (hashtags: {p.hashtag_cap or MAX_HASHTAGS} at most)" for p in PLATFORMS.values()),
+    )
+    num_hashtags: int | None = Field(
+        None,
+        ge=MIN_HASHTAGS,
+        le=MAX_HASHTAGS,
+        validate_default=True,
+        description="Hashtags wanted; default: the platform's recommended count. More than the platform accepts "
+        "is refused (400), never silently cut.",
+    )
     num_candidates: int = Field(
         1,
         ge=MIN_CANDIDATES,
@@ -74,6 +91,18 @@ class CaptionOptions(BaseModel):
         description="Who the caption is for. When given, only feedback naming the same creator_id is "
         "accepted for this caption.",
     )
+
+    @field_validator("num_hashtags")
+    @classmethod
+    def _within_the_platforms_cap(cls, value: int | None, info: ValidationInfo) -> int:
+        profile = PLATFORMS.get(info.data.get("platform", DEFAULT_PLATFORM))
+        if profile is None:  # the platform itself failed validation: that is the error to report
+            return value or 1
+        if value is None:
+            return profile.recommended_hashtags
+        if profile.hashtag_cap is not None and value > profile.hashtag_cap:
+            raise ValueError(f"{profile.label} accepts at most {profile.hashtag_cap} hashtags on a post")
+        return value
 
 
 class CaptionRequest(CaptionOptions):
@@ -100,6 +129,7 @@ class CaptionResult(BaseModel):
     request_id: str
     latency_ms: float
     image_sha256: str = Field("", description="Content hash of the decoded image; feedback finds the image by it.")
+    platform: str = Field(DEFAULT_PLATFORM, description="The platform whose rules the answer follows.")
 
 
 # --- The model's answer ------------------------------------------------------------------
@@ -162,7 +192,8 @@ class ServedCaption(BaseModel):
     )
     tone: str = Field(..., max_length=MAX_TONE_CHARS)
     audience: str = Field(..., max_length=32)
-    num_hashtags: int = DEFAULT_HASHTAGS
+    num_hashtags: int = Field(PLATFORMS[DEFAULT_PLATFORM].recommended_hashtags, ge=0, le=MAX_HASHTAGS_LIST)
+    platform: str = Field(DEFAULT_PLATFORM, max_length=32)
     caption: str = Field(..., max_length=MAX_CAPTION_CHARS)
     hashtags: list[Hashtag] = Field(..., max_length=MAX_HASHTAGS_LIST)
     alt_text: str = Field(..., max_length=MAX_ALT_TEXT_CHARS)
@@ -255,7 +286,7 @@ class ImageRef(BaseModel):
 class UploadEvent(CaptionOptions):
     """Data of a ``media.uploaded`` event: the photo's location plus the caption options.
 
-    The options (tone, audience, num_hashtags, num_candidates; creator_id, required here)
+    The options (tone, audience, platform, num_hashtags, num_candidates; creator_id, required here)
     are CaptionOptions' own fields, with the same limits and defaults as over HTTP. Unknown
     top-level fields are ignored so producers can add fields without turning every event
     into poison.

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from snap2caption_service.core import images
 from snap2caption_service.core.contracts import Candidate, CaptionOptions, CaptionResult
+from snap2caption_service.core.platforms import PLATFORMS, fit_caption
 from snap2caption_service.core.settings import Settings
 
 
@@ -80,15 +81,24 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def build_result(output: ModelOutput, request_id: str, latency_ms: float, image_sha256: str) -> CaptionResult:
-    best = output.candidates[0]
+def build_result(
+    output: ModelOutput, request_id: str, latency_ms: float, image_sha256: str, platform: str
+) -> CaptionResult:
+    """The answer for ``platform``: every candidate's caption fitted to the platform's text limit
+    (with its hashtags where they count toward it)."""
+    profile = PLATFORMS[platform]
+    candidates = [
+        c.model_copy(update={"caption": fit_caption(c.caption, c.hashtags, profile)}) for c in output.candidates
+    ]
+    best = candidates[0]
     return CaptionResult(
         caption=best.caption,
         hashtags=best.hashtags,
         alt_text=best.alt_text,
-        candidates=output.candidates,
+        candidates=candidates,
         model_version=output.model_version,
         request_id=request_id,
         latency_ms=round(latency_ms, 1),
         image_sha256=image_sha256,
+        platform=platform,
     )

@@ -14,7 +14,6 @@ from pydantic import Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from snap2caption_service.core.contracts import (
-    DEFAULT_HASHTAGS,
     MAX_CANDIDATES,
     MAX_CREATOR_ID_CHARS,
     MAX_HASHTAGS,
@@ -23,14 +22,17 @@ from snap2caption_service.core.contracts import (
     MIN_HASHTAGS,
     Audience,
     CaptionOptions,
+    Platform,
 )
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 
 
 class UploadRequest(bentoml.IODescriptor):
     image: Path
     tone: Annotated[str, Field(max_length=MAX_TONE_CHARS)] = "casual"
     audience: Audience = "personal"
-    num_hashtags: Annotated[int, Field(ge=MIN_HASHTAGS, le=MAX_HASHTAGS)] = DEFAULT_HASHTAGS
+    platform: Platform = DEFAULT_PLATFORM
+    num_hashtags: Annotated[int | None, Field(ge=MIN_HASHTAGS, le=MAX_HASHTAGS)] = None  # the platform's default
     num_candidates: Annotated[int, Field(ge=MIN_CANDIDATES, le=MAX_CANDIDATES)] = 1
     creator_id: Annotated[str | None, Field(min_length=1, max_length=MAX_CREATOR_ID_CHARS)] = None
 

@@ -4,7 +4,8 @@ Routes this app adds (every API route of the service is matched before these):
 
 * ``GET /``      -> redirect to the page, so a creator who opens the bare address lands on it;
 * ``GET /ui/``   -> the page (``web/index.html``, ``app.js``, ``style.css``), static files;
-* ``GET /docs``  -> BentoML's Swagger UI, which used to live at "/" (it reads ``/docs.json``).
+* ``GET /docs``  -> BentoML's Swagger UI, which used to live at "/" (it reads ``/docs.json``);
+* ``GET /platforms`` -> the platform profiles (core/platforms.json) the page's picker shows.
 
 The page calls the API on the same origin, so it needs no CORS. It is a static shell with no
 secrets: auth.py leaves "/", "/ui/" and "/docs" open, and the page asks the creator for an API
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+
+from snap2caption_service.core.contracts import MAX_HASHTAGS
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -49,9 +53,27 @@ async def home(_: Request) -> Response:
     return RedirectResponse("ui/", status_code=307)
 
 
+async def platforms(_: Request) -> Response:
+    """Each platform's rules as the API applies them (a null cap is the API's own maximum)."""
+    profiles = [
+        {
+            "name": p.name,
+            "label": p.label,
+            "hashtag_cap": p.hashtag_cap or MAX_HASHTAGS,
+            "recommended_hashtags": p.recommended_hashtags,
+            "caption_limit": p.caption_limit,
+            "alt_text": p.alt_text,
+            "rule": p.rule,
+        }
+        for p in PLATFORMS.values()
+    ]
+    return JSONResponse({"default": DEFAULT_PLATFORM, "platforms": profiles})
+
+
 def build_app() -> Starlette:
     routes = [
         Route("/", home, methods=["GET", "HEAD"]),
+        Route("/platforms", platforms, methods=["GET", "HEAD"]),
         # check_dir=False: a packaging slip that drops web/ costs the page (404), not the API.
         Mount("/ui", app=NoCacheStaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="ui"),
     ]

@@ -156,7 +156,14 @@ const scenarios = {
       await choosePhoto(page, config.image);
       await page.fill("#tone", "funny");
       await page.selectOption("#audience", "promotional");
-      await page.selectOption("#num-hashtags", "6");
+      // The platform picker comes from GET /platforms and offers no more hashtags than the platform takes.
+      await page.waitForFunction(() => document.querySelectorAll("#platform option").length > 1);
+      await page.selectOption("#platform", "linkedin");
+      check((await page.locator("#num-hashtags option").count()) === 10, "LinkedIn offers up to 10 hashtags");
+      await page.selectOption("#platform", "instagram");
+      check((await page.locator("#num-hashtags option").count()) === 5, "Instagram offers at most 5 hashtags");
+      check((await page.textContent("#platform-hint")).includes("at most 5"), "the hint shows Instagram's cap");
+      await page.selectOption("#num-hashtags", "4");
       await page.selectOption("#num-candidates", "3");
       // Hold the answer back a moment, so the loading state can be seen for certain.
       let release;

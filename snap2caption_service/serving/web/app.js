@@ -26,6 +26,7 @@
     webcamOpen: $("webcam-open"), webcam: $("webcam"), video: $("webcam-video"),
     webcamCapture: $("webcam-capture"), webcamClose: $("webcam-close"),
     tone: $("tone"), audience: $("audience"), numHashtags: $("num-hashtags"), numCandidates: $("num-candidates"),
+    platform: $("platform"), platformHint: $("platform-hint"),
     generate: $("generate"), generateLabel: document.querySelector("#generate .btn-label"),
     results: $("results"), status: $("status"), error: $("error"), photoError: $("photo-error"),
     empty: $("results-empty"),
@@ -392,6 +393,7 @@
     const opts = {
       tone: el.tone.value.trim().slice(0, 32) || "casual",
       audience: el.audience.value,
+      platform: el.platform.value,
       num_hashtags: parseInt(el.numHashtags.value, 10),
       num_candidates: parseInt(el.numCandidates.value, 10),
     };
@@ -654,6 +656,37 @@
   el.apiKey.addEventListener("change", () => { store.set(STORE_KEY, el.apiKey.value.trim()); showKeyState(); });
   el.clearKey.addEventListener("click", () => { el.apiKey.value = ""; saveKey(); el.apiKey.focus(); });
   el.creatorId.addEventListener("change", () => store.set(STORE_CREATOR, el.creatorId.value.trim()));
+
+  // ---------------------------------------------------------------- platforms
+  // The picker shows each platform's hashtag cap; the count offers no more than it accepts.
+  const platformRules = {};
+  function showPlatform(keepCount) {
+    const p = platformRules[el.platform.value];
+    if (!p) return;
+    const wanted = keepCount ? parseInt(el.numHashtags.value, 10) : p.recommended_hashtags;
+    const options = [];
+    for (let n = 1; n <= p.hashtag_cap; n++) {
+      const o = document.createElement("option");
+      o.textContent = String(n);
+      o.selected = n === Math.min(wanted, p.hashtag_cap);
+      options.push(o);
+    }
+    el.numHashtags.replaceChildren(...options);
+    el.platformHint.textContent = p.label + ": at most " + p.hashtag_cap + " hashtag" + (p.hashtag_cap === 1 ? "" : "s") +
+      ", " + p.caption_limit.toLocaleString("en") + " characters" + (p.alt_text ? "." : ", no alt text field.");
+  }
+  el.platform.addEventListener("change", () => showPlatform(false));
+  call("platforms", { headers: headers() }).then((res) => {
+    if (!res.ok || !res.body || !Array.isArray(res.body.platforms)) return;  // keep the built-in Instagram choice
+    const chosen = el.platform.value || res.body.default;
+    el.platform.replaceChildren(...res.body.platforms.map((p) => {
+      platformRules[p.name] = p;
+      const o = document.createElement("option");
+      o.value = p.name; o.textContent = p.label; o.selected = p.name === chosen;
+      return o;
+    }));
+    showPlatform(true);
+  }).catch(() => {});
 
   window.addEventListener("pagehide", stopCamera);
 })();

@@ -64,6 +64,7 @@ async def platforms(_: Request) -> Response:
             "caption_limit": p.caption_limit,
             "alt_text": p.alt_text,
             "rule": p.rule,
+            "sources": list(p.sources),
         }
         for p in PLATFORMS.values()
     ]

@@ -75,3 +75,22 @@ def test_the_post_text_fits_the_platforms_limit_hashtags_included():
     assert fitted.endswith("…") and caption.startswith(fitted[:-1].rstrip())  # cut at a word, marked
     # Where hashtags are not part of the text, only the caption counts.
     assert len(fit_caption(caption, tags, profile(120, in_caption=False))) <= 120
+
+
+def test_the_captioned_event_records_the_platform_used():
+    from snap2caption_service.core.contracts import CaptionedEvent, CaptionResult
+
+    event = {"media_id": "m", "creator_id": "c", "image": {"url": "https://example.com/a.png"}, "platform": "x"}
+    upload = UploadEvent.model_validate(event)
+    result = CaptionResult(
+        caption="A red circle.",
+        hashtags=["#red", "#circle"],
+        alt_text="A red circle.",
+        candidates=[],
+        model_version="v",
+        request_id="0" * 32,
+        latency_ms=1.0,
+        platform=upload.platform,
+    )
+    captioned = CaptionedEvent.from_result(result, upload, "ce-1", {})
+    assert captioned.model_dump()["platform"] == "x"

@@ -241,24 +241,34 @@ def tokenizer_corpus() -> list[str]:
     return lines
 
 
-def train_tokenizer(family: str, vocab_size: int = TOKENIZER_VOCAB):
-    """Byte-level BPE with the family's own special tokens (byte-level: any text still encodes)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def train_byte_level_bpe(lines: list[str], special_tokens: list[str], vocab_size: int):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``lines``, the special tokens first
+    (ids 0..n-1). Byte-level, so any text (an unseen tone, an emoji) still encodes. The demo
+    model's tokenizer and each family's come from here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    _check(family)
-    specials = SPECIAL_TOKENS[family]
-    roles = TOKEN_ROLES[family]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def train_tokenizer(family: str, vocab_size: int = TOKENIZER_VOCAB):
+    """Byte-level BPE with the family's own special tokens."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    _check(family)
+    specials = SPECIAL_TOKENS[family]
+    roles = TOKEN_ROLES[family]
+    tok = train_byte_level_bpe(tokenizer_corpus(), specials, vocab_size)
     if roles["bos"]:
         # Llama and Mistral tokenizers prepend <s>; Qwen2's prepends nothing.
         bos = roles["bos"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from snap2caption_service.core.contracts import ANSWER_LABELS
 from snap2caption_service.core.prompting import IMAGE_TOKEN, instruction
 from training import synthetic
-from training.checkpoint_families import LLAVA_TEMPLATE
+from training.checkpoint_families import LLAVA_TEMPLATE, train_byte_level_bpe
 
 # Bump when the architecture, tokenizer recipe or prompt format changes: the demo-model cache is keyed by it.
 # 3: the processor carries LLaVA-1.5's chat template (prompts come from prompting.ChatFormat).
@@ -40,22 +40,13 @@ def train_tokenizer(vocab_size: int):
 
     Byte-level so that any creator text (an unseen tone, an emoji) still encodes.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     lines = synthetic.corpus_lines()
     lines += [instruction(t, a) for t in synthetic.TONES for a in synthetic.AUDIENCES]
     lines += ["USER: ASSISTANT:", *ANSWER_LABELS]
-    tok.train_from_iterator(lines, trainer=trainer)
+    tok = train_byte_level_bpe(lines, SPECIAL_TOKENS, vocab_size)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
     hf = PreTrainedTokenizerFast(

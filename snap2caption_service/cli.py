@@ -71,6 +71,17 @@ def _options_flags(p: argparse.ArgumentParser) -> None:
         default=1,
         help=f"{MIN_CANDIDATES}-{MAX_CANDIDATES}: 1 greedy + samples, best first (default: 1)",
     )
+    p.add_argument(
+        "--include-hashtags",
+        default="",
+        metavar="TAGS",
+        help="hashtags you want in the answer, first, comma- or space-separated (they count toward "
+        "--num-hashtags; the only way a generic tag such as #reels appears)",
+    )
+
+
+def _tag_list(text: str) -> list[str]:
+    return text.replace(",", " ").split()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -127,7 +138,14 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from snap2caption_service.core.images import ImageError
     from snap2caption_service.core.model_loading import load_captioner
     from snap2caption_service.core.settings import get_settings
-    from snap2caption_service.serving.pipeline import ModelOutput, build_result, new_request_id, prepare_image
+    from snap2caption_service.core.tag_stats import TagStatsReader
+    from snap2caption_service.serving.pipeline import (
+        ModelOutput,
+        build_result,
+        hashtag_pool,
+        new_request_id,
+        prepare_image,
+    )
 
     try:
         options = CaptionOptions(
@@ -136,6 +154,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             platform=args.platform,
             num_hashtags=args.num_hashtags,
             num_candidates=args.num_candidates,
+            include_hashtags=_tag_list(args.include_hashtags),
         )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -155,15 +174,18 @@ def cmd_caption(args: argparse.Namespace) -> int:
     captioner = load_captioner(settings, ensure_demo_model)
     t0 = time.perf_counter()
     jobs = [
-        CaptionJob(p.image, options.tone, options.audience, options.num_hashtags, options.num_candidates)
+        CaptionJob(
+            p.image, options.tone, options.audience, hashtag_pool(options), options.num_candidates, options.platform
+        )
         for _, p in prepared
     ]
     per_job = captioner.caption_batch(jobs)
     latency = (time.perf_counter() - t0) * 1000 / len(jobs)
     results = []
+    tag_stats = TagStatsReader(settings.tag_stats_file)
     for (path, p), cands in zip(prepared, per_job):
         output = ModelOutput(candidates=cands, model_version=captioner.version)
-        res = build_result(output, new_request_id(), latency, p.sha256, options.platform)
+        res = build_result(output, new_request_id(), latency, p.sha256, options, tag_stats, settings.min_confidence)
         results.append({"file": path, **res.model_dump()})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
@@ -172,6 +194,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             print(
                 f"{r['file']}\n  caption:  {r['caption']}\n  hashtags: {' '.join(r['hashtags'])}\n"
                 f"  alt text: {r['alt_text']}"
+                + (f"\n  notice:   {r['notice']} (confidence {r['confidence']:.2f})" if r["notice"] else "")
             )
             for c in r["candidates"][1:]:
                 print(f"  also ({c['score']:.3f}): {c['caption']}")
@@ -231,7 +254,13 @@ def cmd_evaluate_demo(args: argparse.Namespace) -> int:
     _apply_flags_to_env(args, ["model", "adapter", "data_dir", "device", "dtype"])
     from training.evaluate_demo import main as evaluate_main
 
-    return evaluate_main(num_scenes=args.scenes, seed=args.seed, batch_size=args.batch_size, json_out=args.json_out)
+    return evaluate_main(
+        num_scenes=args.scenes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        json_out=args.json_out,
+        heldout_scenes=args.heldout_scenes,
+    )
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
@@ -249,6 +278,23 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from stream.consumer import run_consumer
 
     return run_consumer()
+
+
+def cmd_tag_stats(args: argparse.Namespace) -> int:
+    """Kafka consumer: caption.feedback -> per-hashtag keep/remove/add counts for the ranker."""
+    for flag, env in (
+        ("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+        ("group", "SNAP2CAPTION_TAG_STATS_GROUP"),
+        ("file", "SNAP2CAPTION_TAG_STATS_FILE"),
+        ("data_dir", "SNAP2CAPTION_DATA_DIR"),
+    ):
+        if getattr(args, flag, None) is not None:
+            os.environ[env] = str(getattr(args, flag))
+    from snap2caption_service.core.settings import get_settings
+    from stream.tag_stats_consumer import run_tag_stats
+
+    get_settings.cache_clear()
+    return run_tag_stats(get_settings().tag_stats_file, until_end=args.until_end)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,12 +380,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off [SNAP2CAPTION_METRICS_PORT, 9400]")
     p.set_defaults(func=cmd_consume)
 
+    p = sub.add_parser(
+        "tag-stats",
+        help="count what creators keep, remove and add per hashtag (caption.feedback -> the ranker's table)",
+        description="Consume the training topic and keep per-hashtag keep/remove/add counts (per platform, "
+        "creator and image context) in a SQLite table that the service's hashtag ranker reads. Counts and "
+        "offsets commit together: a restart resumes exactly where the table ends.",
+    )
+    p.add_argument("--bootstrap-servers", help="[KAFKA_BOOTSTRAP_SERVERS, default 127.0.0.1:9092]")
+    p.add_argument("--group", help="consumer group [SNAP2CAPTION_TAG_STATS_GROUP, default snap2caption-tag-stats]")
+    p.add_argument("--file", help="the table [SNAP2CAPTION_TAG_STATS_FILE, default <data dir>/tag-stats.sqlite]")
+    p.add_argument("--data-dir", help="[SNAP2CAPTION_DATA_DIR]")
+    p.add_argument("--until-end", action="store_true", help="exit once the topic is read to its end")
+    p.set_defaults(func=cmd_tag_stats)
+
     from training.commands import add_parsers as add_training_parsers  # train, retrain
 
     add_training_parsers(sub)
 
-    p = sub.add_parser("evaluate-demo", help="quality bar on held-out synthetic scenes")
-    p.add_argument("--scenes", type=int, default=300)
+    p = sub.add_parser(
+        "evaluate-demo",
+        help="the demo model's quality bar: unseen scenes of its own generator, then two held-out sets "
+        "drawn by independent code (flat vector shapes; shapes on real photos)",
+    )
+    p.add_argument("--scenes", type=int, default=300, help="in-distribution scenes")
+    p.add_argument(
+        "--heldout-scenes", type=int, default=300, help="scenes per held-out set (0: skip the held-out sets)"
+    )
     p.add_argument("--seed", type=int, default=9001, help="differs from the training seed")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--json-out", help="also write the figures to this JSON file")

@@ -30,14 +30,18 @@ from snap2caption_service.core.contracts import (
     CaptionResult,
     FeedbackAccepted,
     FeedbackRequest,
+    ImageRef,
     ServedCaption,
 )
-from snap2caption_service.core.errors import ErrorAnswer
+from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
+from snap2caption_service.core.hashtags import warm_up_segmenter
 from snap2caption_service.core.images import ImageError, decode_base64_image, decode_png_base64
 from snap2caption_service.core.settings import get_settings
+from snap2caption_service.core.tag_stats import TagStatsReader
 from snap2caption_service.serving.auth import ApiKeyMiddleware
 from snap2caption_service.serving.batching import install_gather_dispatch
 from snap2caption_service.serving.feedback_store import FeedbackLogUnavailable, FeedbackStore, FeedbackTooLarge
+from snap2caption_service.serving.image_fetch import FetchPool, fetch_error_response
 from snap2caption_service.serving.limits import RequestLimitMiddleware
 from snap2caption_service.serving.metrics import get_metrics
 from snap2caption_service.serving.pipeline import (
@@ -111,13 +115,20 @@ class CaptionModel:
     def close(self) -> None:
         self._torch_thread.shutdown(wait=True, cancel_futures=True)
 
+    @bentoml.api
+    async def describe(self) -> dict:
+        """Which model this worker serves (GET /info adds the service's side)."""
+        return self.captioner.describe()
+
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     async def caption(self, items: list[ModelItem]) -> list[ModelOutput]:
         return await asyncio.get_running_loop().run_in_executor(self._torch_thread, self._caption_batch, items)
 
     def _caption_batch(self, items: list[ModelItem]) -> list[ModelOutput]:
         jobs = [
-            CaptionJob(decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags, i.num_candidates)
+            CaptionJob(
+                decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags, i.num_candidates, i.platform
+            )
             for i in items
         ]
         stats = BatchStats()
@@ -156,7 +167,23 @@ class Snap2Caption:
             self.feedback_out.drain_on_sigterm()  # close() below may come late, or never (see there)
         # Each served caption's image and result, so feedback on it can become training data.
         self.archive = CaptionArchive(self.settings.archive_location)
-        self.push = PushHandler()  # POST /events; fetch rules (S3 buckets, URL allowlist) as for `consume`
+        # Images by reference (/events, image_url): one pool, the fetch rules (S3 buckets, URL
+        # allowlist, limits) of `consume`.
+        self.fetches = FetchPool()
+        self.push = PushHandler(pool=self.fetches)
+        # What creators keep and remove per hashtag, written by `snap2caption tag-stats`; read-only here.
+        self.tag_stats = TagStatsReader(self.settings.tag_stats_file)
+        warm_up_segmenter()  # its dictionary loads in about a second: here, not in the first request
+        # GET /info (serving/web_app.py) asks the model worker through this.
+        self._description: dict | None = None
+        web_app.state.describe_model = self.describe_model
+
+    async def describe_model(self) -> dict:
+        """The model worker's description plus this service's confidence threshold, asked once."""
+        if self._description is None:
+            described = await self.model.to_async.describe()
+            self._description = {**described, "min_confidence": self.settings.min_confidence}
+        return self._description
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -169,6 +196,7 @@ class Snap2Caption:
         if self.feedback_out is not None:
             self.feedback_out.close()
         self.feedback_store.close()
+        self.tag_stats.close()
 
     async def _caption(self, data_or_b64: bytes | str, options: CaptionOptions, source: str) -> CaptionResult:
         """Decode, check, batch through the model worker, and shape the result; raises ErrorAnswer."""
@@ -201,7 +229,9 @@ class Snap2Caption:
         output = outputs[0]
         if not isinstance(output, ModelOutput):
             output = ModelOutput.model_validate(output)
-        result = build_result(output, request_id, 0.0, prepared.sha256, options.platform)
+        result = build_result(
+            output, request_id, 0.0, prepared.sha256, options, self.tag_stats, self.settings.min_confidence
+        )
         await self._archive(result, options, item.image_png_b64)
         latency = time.perf_counter() - t0
         m.captions.labels("ok", source).inc()
@@ -245,10 +275,19 @@ class Snap2Caption:
 
     @bentoml.api(route="/generate-caption", input_spec=CaptionRequest)
     async def generate_caption(self, **fields) -> CaptionResult:
-        """Caption a photo sent as base64 or a data URL in a flat JSON body."""
+        """Caption a photo sent as base64 or a data URL, or fetched from image_url, in a flat JSON body."""
         request = CaptionRequest.model_construct(**fields)
+        image: bytes | str = request.image or ""
+        if request.image_url is not None:
+            try:
+                image = await self.fetches.fetch(ImageRef(url=request.image_url))
+            except (Poison, Transient) as exc:
+                if isinstance(exc, Poison):
+                    get_metrics().captions.labels("bad_input", "http").inc()
+                log.info("image_url not fetched: %s", exc.reason)  # not the URL: it may carry a signature
+                return fetch_error_response(exc)
         try:
-            return await self._caption(request.image, request, "http")
+            return await self._caption(image, request, "http")
         except ErrorAnswer as exc:
             return answer_error(exc)
 

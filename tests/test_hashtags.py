@@ -41,3 +41,164 @@ def test_never_pads_with_filler():
 
 def test_keywords_skip_stopwords_and_short_words():
     assert keywords("The red circle is in the top left of the image") == ["red", "circle"]
+
+
+# --- Ranking (issue 16 part 2) -----------------------------------------------------------------
+import base64  # noqa: E402
+
+import pytest  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from conftest import png_bytes  # noqa: E402
+from snap2caption_service.core.contracts import CaptionOptions, ModelAnswer  # noqa: E402
+from snap2caption_service.core.hashtags import (  # noqa: E402
+    GENERIC_HASHTAGS,
+    LEARNED_VERDICT,
+    context_words,
+    hashtag_edit,
+    is_generic,
+    rank_answer,
+    rank_hashtags,
+    tag_words,
+)
+
+CAPTION = "Weekend vibes with a red circle."
+ALT = "A large red circle in the center, on a plain gray background."
+POOL = ["#red", "#circle", "#redcircle", "#vibes", "#aesthetic", "#dailypic", "#mood", "#shapes"]
+
+
+def test_the_generic_list_ships_with_the_issues_examples():
+    for tag in ("#reels", "#explore", "#viral", "#fyp", "#instagood", "#photooftheday", "#aesthetic", "#mood"):
+        assert tag in GENERIC_HASHTAGS
+    assert all(t == t.lower() and t.startswith("#") and t[1:].isalnum() for t in GENERIC_HASHTAGS)
+    assert "#" not in GENERIC_HASHTAGS and "#red" not in GENERIC_HASHTAGS
+
+
+def test_generic_tags_are_never_produced_unless_included():
+    ranked = rank_hashtags(["#reels", "#red", "#explore", "#viral", "#circle", "#fyp"], 5, CAPTION, ALT)
+    assert not set(ranked) & GENERIC_HASHTAGS
+    assert ranked[:2] == ["#red", "#circle"]
+    # Asked for by name (in any spelling), it comes first and counts toward n.
+    ranked = rank_hashtags(["#reels", "#red", "#circle", "#redcircle"], 3, CAPTION, ALT, include=["#Reels!"])
+    assert ranked == ["#reels", "#redcircle", "#red"]
+
+
+def test_multi_word_tags_are_split_into_real_words():
+    assert tag_words("#redcircle") == ("red", "circle")
+    assert tag_words("#smallbusiness") == ("small", "business")
+    assert tag_words("#circle") == ("circle",)
+    assert tag_words("#xqzt") == ("xqzt",)  # not dictionary words: one opaque word
+    assert tag_words("#abc123") == ("abc123",)
+
+
+def test_tags_joining_only_generic_words_are_generic():
+    for tag in ("#viralreels", "#explorepage", "#photooftheday", "#fypviral", "#instagoodmood"):
+        assert is_generic(tag), tag
+    for tag in ("#redcircle", "#smallbusiness", "#lovebirds", "#sunsetphoto"):
+        assert not is_generic(tag), tag
+
+
+def test_relevant_first_and_specific_above_its_words():
+    ranked = rank_hashtags(["#geometry", "#art", "#circle", "#red", "#redcircle", "#redart"], 6, CAPTION, ALT)
+    # #redcircle (both words named) > #circle, #red (model order) > #redart (half named) > the rest.
+    assert ranked == ["#redcircle", "#circle", "#red", "#redart", "#geometry", "#art"]
+    # Plurals match: the alt text's "circles" makes #circle relevant.
+    assert rank_hashtags(["#art", "#circle"], 1, "", "Two circles.") == ["#circle"]
+
+
+def test_never_more_than_n_and_topped_up_only_from_keywords():
+    assert len(rank_hashtags(POOL, 5, CAPTION, ALT)) == 5
+    assert rank_hashtags(POOL, 5, CAPTION, ALT) == ["#redcircle", "#red", "#circle", "#shapes", "#gray"]
+    assert rank_hashtags(["#reels", "#fyp"], 5, "", "") == []  # never filler
+
+
+def test_learned_removals_sink_and_additions_rise():
+    base = rank_hashtags(["#red", "#circle", "#design", "#art", "#shapes"], 4, CAPTION, ALT)
+    assert base == ["#red", "#circle", "#design", "#art"]
+    # A hint (below the verdict) only reorders; a verdict drops the tag or brings one in.
+    hint = rank_hashtags(["#red", "#circle", "#design", "#art", "#shapes"], 4, CAPTION, ALT, learned={"#design": -0.1})
+    assert hint == ["#red", "#circle", "#art", "#shapes"]
+    learned = {"#design": -LEARNED_VERDICT, "#bauhaus": LEARNED_VERDICT + 0.1}
+    ranked = rank_hashtags(["#red", "#circle", "#design"], 4, CAPTION, ALT, learned=learned)
+    assert ranked[:3] == ["#red", "#circle", "#bauhaus"] and "#design" not in ranked
+    # Not enough to bring in a tag the model did not write.
+    assert "#bauhaus" not in rank_hashtags(["#red"], 4, CAPTION, ALT, learned={"#bauhaus": LEARNED_VERDICT - 0.01})
+    # A generic tag creators add is still never produced.
+    assert "#fyp" not in rank_hashtags(["#red"], 4, CAPTION, ALT, learned={"#fyp": 1.0})
+
+
+def test_context_words_are_what_the_tags_and_text_both_name():
+    assert context_words(POOL, CAPTION, ALT) == ["red", "circle"]
+    assert context_words(["#art"], CAPTION, ALT) == []
+
+
+def test_hashtag_edit_is_kept_removed_added():
+    assert hashtag_edit(["#red", "#Design", "#circle"], ["#red", "#circle", "#bauhaus"]) == (
+        ["#red", "#circle"],
+        ["#design"],
+        ["#bauhaus"],
+    )
+    assert hashtag_edit(["#red"], None) == ([], [], [])
+
+
+def test_include_hashtags_are_bounded_by_the_count():
+    assert CaptionOptions(num_hashtags=3, include_hashtags=["#Reels", "#reels", "sunset"]).include_hashtags == [
+        "#reels",
+        "#sunset",
+    ]
+    with pytest.raises(ValidationError, match="3 hashtags to include, but num_hashtags is 2") as err:
+        CaptionOptions(num_hashtags=2, include_hashtags=["#a", "#b", "#c"])
+    assert err.value.errors()[0]["loc"] == ("include_hashtags",)
+    with pytest.raises(ValidationError, match="at least one letter"):
+        CaptionOptions(include_hashtags=["#2024"])
+
+
+def test_rank_answer_uses_the_options_and_the_learned_table():
+    class Learned:
+        def adjustments(self, platform, creator_id, context):
+            assert (platform, creator_id, list(context)) == ("x", "c1", ["red", "circle"])
+            return {"#shapes": -1.0}
+
+    answer = ModelAnswer(caption=CAPTION, hashtags=POOL, alt_text=ALT)
+    options = CaptionOptions(platform="x", num_hashtags=2, creator_id="c1", include_hashtags=["#mood"])
+    assert rank_answer(answer, options, Learned()) == ["#mood", "#redcircle"]
+    assert "#shapes" not in rank_answer(
+        answer, CaptionOptions(platform="x", num_hashtags=2, creator_id="c1"), Learned()
+    )
+
+
+def test_the_service_never_answers_a_generic_tag_nor_more_than_asked(service):
+    """Through the real service (tiny random model): the model's pool is ranked down to the count."""
+    image = base64.b64encode(png_bytes()).decode()
+    asks = [
+        {"platform": "instagram", "num_hashtags": 5, "num_candidates": 2},
+        {"platform": "threads", "num_hashtags": 1},
+        {"platform": "generic", "num_hashtags": 10},
+        {"platform": "x", "num_hashtags": 2, "include_hashtags": ["#Explore"]},
+    ]
+    with service.client() as c:
+        for ask in asks:
+            r = c.post("/generate-caption", json={"image": image, **ask})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            for cand in body["candidates"]:
+                tags = cand["hashtags"]
+                assert len(tags) <= ask["num_hashtags"], (ask, tags)
+                included = [t.lower() for t in ask.get("include_hashtags", [])]
+                assert tags[: len(included)] == included, (ask, tags)
+                assert not set(tags[len(included) :]) & GENERIC_HASHTAGS, (ask, tags)
+        r = c.post("/generate-caption", json={"image": image, "num_hashtags": 1, "include_hashtags": ["#a", "#b"]})
+        assert r.status_code == 400 and r.json()["fields"][0]["loc"] == ["include_hashtags"], r.text
+        r = c.post(
+            "/generate-caption/upload",
+            files={"image": ("p.png", png_bytes(), "image/png")},
+            data={"num_hashtags": "2", "include_hashtags": "#reels, #sunset"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["hashtags"][:2] == ["#reels", "#sunset"]
+        r = c.post(
+            "/generate-caption/upload",
+            files={"image": ("p.png", png_bytes(), "image/png")},
+            data={"num_hashtags": "1", "include_hashtags": "#reels #sunset"},
+        )
+        assert r.status_code == 400 and r.json()["fields"][0]["loc"] == ["include_hashtags"], r.text

@@ -13,7 +13,7 @@ GOOD = (
 # Each family's documented conversation format around the same instruction.
 INSTRUCTION = (
     "Write an Instagram caption for this photo in a funny tone for a promotional audience, "
-    "then hashtags and alt text, one line each."
+    "then up to 5 hashtags and alt text, one line each."
 )
 EXPECTED_PROMPTS = {
     "llava": f"USER: <image>\n{INSTRUCTION} ASSISTANT:",
@@ -62,8 +62,11 @@ def test_an_empty_or_marker_only_tone_falls_back_to_casual():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_example_is_the_prompt_plus_the_templates_answer(family):
     chat = chat_format(family)
-    prompt, answer = chat.example("funny", "promotional", GOOD)
-    assert prompt == chat.prompt("funny", "promotional")  # training sees what serving sends
+    prompt, answer = chat.example("funny", "promotional", GOOD, 7, "tiktok")
+    assert prompt == chat.prompt("funny", "promotional", 7, "tiktok")  # training sees what serving sends
+    assert "a TikTok caption" in prompt and "up to 7 hashtags" in prompt
+    # Without a count, the prompt asks for as many as the target has.
+    assert "up to 10 hashtags" in chat.example("funny", "promotional", GOOD)[0]
     assert GOOD in answer and answer.startswith((" Caption:", "Caption:"))
 
 

@@ -62,6 +62,20 @@ def test_lower_is_better_metrics():
     assert not held.promote and "caption_words_mean regressed by 2.5000" in held.reason
 
 
+@pytest.mark.parametrize("config", ["demo-lora.yaml", "demo-retrain.yaml", "llava-1.5-7b-lora.yaml"])
+def test_shipped_rules_refuse_a_candidate_whose_alt_text_gets_worse(config):
+    from training.config import load_config
+
+    rule = load_config(Path(__file__).resolve().parent.parent / "training" / "configs" / config).gate_rule()
+    tolerance = rule.guarded["alt_text_lint_pass"]
+    champ = {"cider_d": 1.0, **{m: 0.9 for m in rule.guarded}}
+    better = {**champ, "cider_d": 2.0}
+    assert decide({**better, "alt_text_lint_pass": 0.9 - tolerance}, champ, rule).promote
+    assert decide({**better, "alt_text_lint_pass": 1.0}, champ, rule).promote  # higher is better
+    held = decide({**better, "alt_text_lint_pass": 0.9 - tolerance - 0.02}, champ, rule)
+    assert not held.promote and "guarded alt_text_lint_pass regressed" in held.reason
+
+
 def test_missing_metrics_raise_and_non_finite_values_hold():
     with pytest.raises(ValueError, match=r"candidate metrics lack \['hashtag_f1'\]"):
         decide({"cider_d": 2.0, "bleu4": 0.5}, CHAMP, RULE)

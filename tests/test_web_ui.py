@@ -90,7 +90,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 class _ImageSite(BaseHTTPRequestHandler):
-    """Another origin (another port) serving images: /cors/* with CORS, /nocors/* without."""
+    """Another origin (another port) serving images: /cors/* with CORS, /nocors/* without (the
+    server fetches an image address, so the page works with both)."""
 
     files: dict[str, tuple[str, bytes]] = {}
 
@@ -164,10 +165,24 @@ def feedback_records(svc) -> list[dict]:
 # ---------------------------------------------------------------- extra services
 
 
+# The image site is on loopback, which the fetcher refuses unless allowlisted (as a deployment
+# allowlists its own image host); every other address keeps the SSRF guard.
+URL_ALLOWLIST = {"SNAP2CAPTION_URL_ALLOWLIST": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def url_service(tmp_path_factory, tiny_model_dir):
+    svc = start_service(tmp_path_factory.mktemp("svc-url"), tiny_model_dir, URL_ALLOWLIST)
+    yield svc
+    stop_service(svc.proc)
+
+
 @pytest.fixture(scope="module")
 def small_limit_service(tmp_path_factory, tiny_model_dir):
     svc = start_service(
-        tmp_path_factory.mktemp("svc-small-limit"), tiny_model_dir, {"SNAP2CAPTION_MAX_IMAGE_BYTES": "4096"}
+        tmp_path_factory.mktemp("svc-small-limit"),
+        tiny_model_dir,
+        {"SNAP2CAPTION_MAX_IMAGE_BYTES": "4096", **URL_ALLOWLIST},
     )
     yield svc
     stop_service(svc.proc)
@@ -235,18 +250,21 @@ def test_drop_and_keyboard_only(node_dir, service, inputs):
     assert [r["rating"] for r in records] == ["down"], records
 
 
-def test_image_from_url(node_dir, service, image_site):
+def test_image_from_url_without_cors_and_refused_addresses(node_dir, url_service, image_site):
     out = run_scenario(
         node_dir,
         "url",
-        service,
-        corsUrl=f"{image_site}/cors/sunny.png",
+        url_service,
         noCorsUrl=f"{image_site}/nocors/sunny.png",
-        htmlUrl=f"{image_site}/cors/page.html",
+        htmlUrl=f"{image_site}/nocors/page.html",
+        missingUrl=f"{image_site}/nocors/missing.png",
+        blockedUrl="https://169.254.169.254/latest/meta-data/",
     )
-    assert out["name"] == "sunny.png"
+    assert out["name"] == "sunny.png" and out["preview"]["width"] == 320
     assert out["result"]["caption"].strip()
-    assert "CORS" in out["cors"]["detail"] and "choose" in out["cors"]["detail"].lower()
+    # The server's own reasons, as it gave them.
+    assert "169.254.169.254" in out["blocked"]["detail"] and "a cloud metadata address" in out["blocked"]["detail"]
+    assert "404" in out["missing"]["detail"]
 
 
 def test_error_states_not_image_busy_server_network(node_dir, service, inputs):
@@ -261,7 +279,7 @@ def test_error_states_not_image_busy_server_network(node_dir, service, inputs):
 
 def test_too_large_photo(node_dir, small_limit_service, inputs, image_site):
     out = run_scenario(
-        node_dir, "too_large", small_limit_service, image=inputs["large"], corsUrl=f"{image_site}/cors/large.png"
+        node_dir, "too_large", small_limit_service, image=inputs["large"], url=f"{image_site}/nocors/large.png"
     )
     for how in ("upload", "json"):
         assert out[how]["title"] == "That photo is too large"

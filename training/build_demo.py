@@ -23,7 +23,7 @@ from training.loop import EncodedDataset, TrainConfig, TrainExample, train
 
 log = logging.getLogger(__name__)
 
-TRAINER_VERSION = "2"
+TRAINER_VERSION = "4"  # 4: scene heads saved (confidence); 3: prompts carry platform and hashtag count
 META_FILE = DEMO_META_FILE
 
 
@@ -32,12 +32,13 @@ class DemoRecipe:
     train_seed: int = 1
     # Stage 1: the vision tower learns the scenes (see vision_pretrain.py).
     vision_scenes: int = 12000
-    vision_steps: int = 2000
+    vision_steps: int = 2400
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
+    empty_scene_share: float = 0.08
     # Stage 2: projector + decoder learn to caption, the tower frozen (as in LLaVA's stage 1).
     train_examples: int = 12000
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 30
@@ -110,18 +111,31 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
 
     import torch
 
-    from training.vision_pretrain import SceneLabelDataset, held_out_accuracy, make_pretrainer, vision_tower_of
+    from training.vision_pretrain import (
+        SceneLabelDataset,
+        held_out_accuracy,
+        make_pretrainer,
+        save_heads,
+        vision_tower_of,
+    )
 
     t0 = time.perf_counter()
     model, processor = build_untrained(arch, seed=recipe.train_seed)
 
-    rng = random.Random(recipe.train_seed)
+    def vision_scenes(rng: random.Random, n: int) -> list:
+        # Some pictures hold no known object, so the heads learn to say so (the served confidence).
+        return [
+            synthetic.sample_empty_scene(rng)
+            if rng.random() < recipe.empty_scene_share
+            else synthetic.sample_scene(rng)
+            for _ in range(n)
+        ]
+
     scenes = SceneLabelDataset(
-        processor.image_processor, [synthetic.sample_scene(rng) for _ in range(recipe.vision_scenes)], progress
+        processor.image_processor, vision_scenes(random.Random(recipe.train_seed), recipe.vision_scenes), progress
     )
-    held_rng = random.Random(recipe.train_seed + 10_000)
     held = SceneLabelDataset(
-        processor.image_processor, [synthetic.sample_scene(held_rng) for _ in range(512)], progress=False
+        processor.image_processor, vision_scenes(random.Random(recipe.train_seed + 10_000), 512), progress=False
     )
     tower = vision_tower_of(model)
     pretrainer = make_pretrainer(tower, arch.vision_hidden)
@@ -142,12 +156,13 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
         vision_result.steps,
         vision_result.wall_s,
     )
+    save_heads(pretrainer, out_dir)
     del pretrainer, scenes
     for p in tower.parameters():
         p.requires_grad = False
 
     examples = [
-        TrainExample(synthetic.render_scene(e.scene), e.tone, e.audience, e.target)
+        TrainExample(synthetic.render_scene(e.scene), e.tone, e.audience, e.target, e.num_hashtags, e.platform)
         for e in synthetic.make_examples(recipe.train_examples, recipe.train_seed)
     ]
     data = EncodedDataset(processor, examples, progress=progress)

@@ -1,5 +1,5 @@
 """Caption evaluation: BLEU-4, ROUGE-L, CIDEr-D, hashtag precision/recall/F1, caption length
-statistics, and the predictions table saved with every evaluation.
+statistics, the alt-text lint pass rate, and the predictions table saved with every evaluation.
 
 Pure Python (no MLflow, no numpy), so the retrain gate's numbers can be recomputed anywhere.
 
@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core.alt_text import pass_rate as alt_text_pass_rate
 from snap2caption_service.core.hashtags import normalize_hashtag
 
 MAX_N = 4
@@ -318,8 +319,10 @@ def evaluate(rows: Sequence[PredictionRow], idf_documents: Sequence[Sequence[str
     """Every metric over a set of predictions, under flat names (what MLflow logs and the gate
     compares): cider_d, bleu4, rouge_l, hashtag_precision, hashtag_recall, hashtag_f1,
     caption_words_{mean,median,p90,min,max}, caption_chars_*, reference_words_mean, num_rows;
-    and alt_text_cider_d / alt_text_rouge_l / alt_text_bleu4 over the rows that have a
-    reference alt text (absent when none has). ``idf_documents`` feed the caption CIDEr-D's
+    alt_text_lint_pass, the share of predicted alt texts that break no accessibility rule
+    (snap2caption_service/core/alt_text.py; every row: it needs no reference); and
+    alt_text_cider_d / alt_text_rouge_l / alt_text_bleu4 over the rows that have a reference
+    alt text (absent when none has). ``idf_documents`` feed the caption CIDEr-D's
     document frequencies (see ``cider_d``); ``idf_documents`` reports how many there were.
     """
     rows = list(rows)
@@ -339,6 +342,7 @@ def evaluate(rows: Sequence[PredictionRow], idf_documents: Sequence[Sequence[str
     metrics.update({f"hashtag_{k}": v for k, v in tags.items()})
     metrics.update({f"caption_{k}": v for k, v in length_stats(predictions).items()})
     metrics["reference_words_mean"] = statistics.fmean(len(tokenize(r.reference)) for r in rows)
+    metrics["alt_text_lint_pass"] = alt_text_pass_rate([r.predicted_alt_text for r in rows])
     with_alt = [r for r in rows if tokenize(r.reference_alt_text)]
     if with_alt:
         alt_pred = [r.predicted_alt_text for r in with_alt]

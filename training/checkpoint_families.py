@@ -233,7 +233,7 @@ def tokenizer_corpus() -> list[str]:
     lines = synthetic.corpus_lines()
     lines += [
         f"Write an Instagram caption for this photo in a {tone} tone for a {audience} audience, "
-        "then hashtags and alt text, one line each."
+        "then up to 5 hashtags and alt text, one line each."
         for tone in synthetic.TONES
         for audience in synthetic.AUDIENCES
     ]

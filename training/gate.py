@@ -16,8 +16,12 @@ The rule is the ``registration_rule`` section of a training config, e.g.::
       guarded:                     # metric: largest allowed regression (absolute)
         bleu4: 0.01
         hashtag_f1: 0.02
+        alt_text_lint_pass: 0.01   # share of alt texts passing core/alt_text.py's lint
         caption_words_mean: 3.0
       lower_is_better: [caption_words_mean]
+
+Every metric is higher-is-better unless listed in ``lower_is_better``: scores and rates such
+as ``alt_text_lint_pass`` need no entry.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat
 
 IGNORE_INDEX = -100
@@ -29,6 +30,8 @@ class TrainExample:
     tone: str
     audience: str
     target: str  # "Caption: ...\nHashtags: ...\nAlt text: ..."
+    num_hashtags: int | None = None  # what the prompt asked for; None: as many as the target has
+    platform: str = DEFAULT_PLATFORM
 
 
 @dataclass
@@ -91,7 +94,7 @@ class EncodedDataset:
         bar = tqdm(total=len(examples), desc="encode", unit="ex", disable=not progress)
         for start in range(0, len(examples), chunk):
             part = examples[start : start + chunk]
-            pairs = [chat.example(e.tone, e.audience, e.target) for e in part]
+            pairs = [chat.example(e.tone, e.audience, e.target, e.num_hashtags, e.platform) for e in part]
             enc = processor(
                 text=[p for p, _ in pairs], images=[e.image for e in part], return_tensors="pt", padding=True
             )

@@ -1,22 +1,29 @@
 """Synthetic captioned scenes: the offline data the embedded demo model learns from.
 
-Each scene is 1-3 flat shapes on a plain or gradient background. Its targets (caption in a
+Each scene is 1-3 shapes (rotated, sometimes outlined) on a plain, gradient, photo or textured
+background, seen through a camera (light, blur, JPEG). Its targets (caption in a
 tone and audience, hashtags, alt text) are written from the scene description, so every
 target is true of its picture and evaluation can check colour and shape mechanically.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import random
 from dataclasses import dataclass
+from functools import cache
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from snap2caption_service.core.contracts import MAX_HASHTAGS, MIN_HASHTAGS
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORM_NAMES
 from snap2caption_service.core.prompting import format_target
 
 # Bump when scenes or target texts change: the demo-model cache is keyed by it.
-GENERATOR_VERSION = "1"
+# 2: white/black/gray, photo and textured backgrounds; rotation, outlines, blur, JPEG, lighting;
+#    hashtags without generic filler, as many as the prompt asks for; alt text within 125 characters.
+GENERATOR_VERSION = "2"
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -28,14 +35,25 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
     "white": (250, 250, 250),
 }
-# Backgrounds use colour names no object has, so "red" in a caption always means an object.
+# Plain backgrounds a person would name by colour. White and black are object colours too: an
+# object is never drawn on a background of its own colour, and captions name the object first.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "white": (244, 244, 240),
+    "black": (24, 24, 26),
     "gray": (128, 128, 128),
     "beige": (222, 200, 160),
     "teal": (40, 130, 130),
     "pink": (235, 150, 185),
     "brown": (110, 70, 40),
 }
+BACKGROUND_NAMES = tuple(BACKGROUNDS)
+# Backgrounds that have no colour name: called what they are, never a wrong colour.
+PHOTO, TEXTURED = "photo", "textured"
+BACKGROUND_KINDS = (*BACKGROUND_NAMES, PHOTO, TEXTURED)
+# Photographs the training scenes are drawn on (scikit-image's sample data). The held-out sets
+# (training/heldout_scenes.py) use other photos, so a score there is not a memorised background.
+TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_right.png", "ihc.png", "camera.png")
+TEXTURES = ("gravel.png", "brick.png", "grass.png")
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"large": (50, 62), "medium": (34, 42), "small": (20, 26)}
 TONES = ("funny", "quirky", "serious", "inspirational", "casual", "poetic")
@@ -75,23 +93,44 @@ class SceneObject:
             "top": "at the top",
             "bottom": "at the bottom",
         }.get(pos, f"in the {pos}")
-        return f"a {self.size} {self.color} {self.shape} {where}"
+        return f"{article(self.size)} {self.size} {self.color} {self.shape} {where}"
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 @dataclass(frozen=True)
 class Scene:
     objects: tuple[SceneObject, ...]  # objects[0] is the main (largest) object
-    background: tuple[str, ...]  # one name (plain) or two (gradient from, to)
+    # One colour name (plain), two (a gradient from, to), or PHOTO / TEXTURED.
+    background: tuple[str, ...]
     seed: int = 0
 
     @property
     def main(self) -> SceneObject:
         return self.objects[0]
 
+    @property
+    def background_kind(self) -> str:
+        """The background's one label: its colour name (the first of a gradient), PHOTO or TEXTURED."""
+        return self.background[0]
+
     def background_phrase(self) -> str:
+        if self.background[0] in (PHOTO, TEXTURED):
+            return f"a {self.background[0]} background"
         if len(self.background) == 1:
             return f"a plain {self.background[0]} background"
         return f"a gradient background from {self.background[0]} to {self.background[1]}"
+
+
+def _background(rng: random.Random) -> tuple[str, ...]:
+    kind = rng.choices(("plain", "gradient", PHOTO, TEXTURED), weights=(45, 20, 20, 15))[0]
+    if kind == "plain":
+        return (rng.choice(BACKGROUND_NAMES),)
+    if kind == "gradient":
+        return tuple(rng.sample(BACKGROUND_NAMES, 2))
+    return (kind,)
 
 
 def sample_scene(rng: random.Random) -> Scene:
@@ -110,195 +149,299 @@ def sample_scene(rng: random.Random) -> Scene:
                 break
         else:
             break
+    background = _background(rng)
+    # An object the colour of its background would be invisible: never drawn.
+    colors = [c for c in COLORS if c not in background]
     objects = tuple(
-        SceneObject(rng.choice(list(COLORS)), rng.choice(SHAPES), size, r, c) for size, (r, c) in zip(sizes, cells)
+        SceneObject(rng.choice(colors), rng.choice(SHAPES), size, r, c) for size, (r, c) in zip(sizes, cells)
     )
-    if rng.random() < 0.6:
-        background: tuple[str, ...] = (rng.choice(list(BACKGROUNDS)),)
-    else:
-        background = tuple(rng.sample(list(BACKGROUNDS), 2))
     return Scene(objects, background, seed=rng.randrange(2**31))
+
+
+def sample_empty_scene(rng: random.Random) -> Scene:
+    """A picture with no object the model knows, mostly photographs: what the vision tower must
+    learn to read as empty, so a real photo is flagged rather than captioned as a shape."""
+    kind = rng.choices((PHOTO, TEXTURED, "plain"), weights=(70, 20, 10))[0]
+    return Scene((), (rng.choice(BACKGROUND_NAMES),) if kind == "plain" else (kind,), seed=rng.randrange(2**31))
 
 
 def _jittered(rgb: tuple[int, int, int], rng: random.Random, amount: int) -> tuple[int, int, int]:
     return tuple(max(0, min(255, v + rng.randint(-amount, amount))) for v in rgb)  # type: ignore[return-value]
 
 
-def _shape_points(shape: str, cx: float, cy: float, d: float) -> list[tuple[float, float]]:
+def _shape_points(shape: str, cx: float, cy: float, d: float, angle: float = 0.0) -> list[tuple[float, float]]:
     r = d / 2
     if shape == "triangle":
         h = d * math.sqrt(3) / 2
-        return [(cx, cy - h / 2 - 2), (cx - r, cy + h / 2), (cx + r, cy + h / 2)]
-    if shape == "star":
+        pts = [(cx, cy - h / 2 - 2), (cx - r, cy + h / 2), (cx + r, cy + h / 2)]
+    elif shape == "star":
         pts = []
         for i in range(10):
             rad = r if i % 2 == 0 else r * 0.42
             a = -math.pi / 2 + i * math.pi / 5
             pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a) + r * 0.08))
-        return pts
-    raise ValueError(shape)
+    elif shape == "square":
+        s = d * 0.43  # a square reads as big as a circle of the same diameter at ~0.86
+        pts = [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    else:
+        raise ValueError(shape)
+    if angle:
+        cos, sin = math.cos(angle), math.sin(angle)
+        pts = [(cx + (x - cx) * cos - (y - cy) * sin, cy + (x - cx) * sin + (y - cy) * cos) for x, y in pts]
+    return pts
+
+
+@cache
+def _sample_picture(name: str) -> Image.Image:
+    """One of the sample pictures the scikit-image wheel ships (no download), as RGB, loaded once."""
+    from pathlib import Path
+
+    import skimage.data
+
+    with Image.open(Path(skimage.data.__file__).parent / name) as pic:
+        return pic.convert("RGB")
+
+
+def _picture_crop(name: str, rng: random.Random, side: int) -> Image.Image:
+    pic = _sample_picture(name)
+    w, h = pic.size
+    crop = int(min(w, h) * rng.uniform(0.35, 1.0))
+    x, y = rng.randrange(w - crop + 1), rng.randrange(h - crop + 1)
+    return pic.crop((x, y, x + crop, y + crop)).resize((side, side), Image.BILINEAR)
+
+
+def _textured(rng: random.Random, side: int) -> Image.Image:
+    """A texture photo (gravel, brick, grass) tinted with a random colour, or coloured noise."""
+    if rng.random() < 0.6:
+        gray = _picture_crop(rng.choice(TEXTURES), rng, side).convert("L")
+        dark, light = _jittered((60, 60, 60), rng, 60), _jittered((200, 200, 200), rng, 55)
+        return ImageOps.colorize(gray, dark, light)
+    small = Image.effect_noise((side // 8, side // 8), rng.uniform(30, 90)).resize((side, side), Image.BICUBIC)
+    return ImageOps.colorize(small, _jittered((70, 70, 70), rng, 70), _jittered((190, 190, 190), rng, 65))
+
+
+def _draw_background(scene: Scene, rng: random.Random, side: int) -> Image.Image:
+    if scene.background[0] == PHOTO:
+        return _picture_crop(rng.choice(TRAIN_PHOTOS), rng, side)
+    if scene.background[0] == TEXTURED:
+        return _textured(rng, side)
+    if len(scene.background) == 1:
+        return Image.new("RGB", (side, side), _jittered(BACKGROUNDS[scene.background[0]], rng, 12))
+    a = _jittered(BACKGROUNDS[scene.background[0]], rng, 12)
+    b = _jittered(BACKGROUNDS[scene.background[1]], rng, 12)
+    ramp = Image.linear_gradient("L").resize((side, side))
+    if rng.random() < 0.5:
+        ramp = ramp.rotate(90)
+    return Image.composite(Image.new("RGB", (side, side), b), Image.new("RGB", (side, side), a), ramp)
+
+
+def _camera(img: Image.Image, rng: random.Random) -> Image.Image:
+    """What happens to a picture between the scene and the service: light, focus, compression."""
+    if rng.random() < 0.3:
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.75, 1.25))
+    if rng.random() < 0.2:
+        img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.2))
+    if rng.random() < 0.2:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.4)))
+    if rng.random() < 0.25:
+        # A tall or wide photo, which the model's processor squeezes back to a square.
+        w, h = img.size
+        ratio = rng.uniform(0.6, 1.7)
+        img = img.resize((round(w * ratio**0.5), round(h / ratio**0.5)), Image.BILINEAR)
+    if rng.random() < 0.25:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=rng.randint(25, 80))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img
 
 
 def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
     """Draw the scene at 2x and downsample, so edges look like a resized photo's."""
     rng = random.Random(scene.seed)
     big = CANVAS * 2
-    if len(scene.background) == 1:
-        img = Image.new("RGB", (big, big), _jittered(BACKGROUNDS[scene.background[0]], rng, 12))
-    else:
-        a = _jittered(BACKGROUNDS[scene.background[0]], rng, 12)
-        b = _jittered(BACKGROUNDS[scene.background[1]], rng, 12)
-        ramp = Image.linear_gradient("L").resize((big, big))
-        if rng.random() < 0.5:
-            ramp = ramp.rotate(90)
-        img = Image.composite(Image.new("RGB", (big, big), b), Image.new("RGB", (big, big), a), ramp)
+    img = _draw_background(scene, rng, big)
     draw = ImageDraw.Draw(img)
     cell = big / 3
     for obj in scene.objects:
         lo, hi = SIZES[obj.size]
         d = rng.uniform(lo, hi) * 2
-        cx = (obj.col + 0.5) * cell + rng.uniform(-6, 6)
-        cy = (obj.row + 0.5) * cell + rng.uniform(-6, 6)
+        cx = (obj.col + 0.5) * cell + rng.uniform(-12, 12)
+        cy = (obj.row + 0.5) * cell + rng.uniform(-12, 12)
         # Keep the whole shape on the canvas: a clipped star stops looking like a star.
         cx, cy = (min(max(v, d / 2 + 4), big - d / 2 - 4) for v in (cx, cy))
         fill = _jittered(COLORS[obj.color], rng, 15)
+        # Outlines, as a person drawing on a busy background adds them.
+        outline = _jittered((20, 20, 20) if obj.color != "black" else (235, 235, 235), rng, 15)
+        width = rng.choice((0, 0, 3, 5))
         if obj.shape == "circle":
-            draw.ellipse((cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2), fill=fill)
-        elif obj.shape == "square":
-            s = d * 0.86  # a square reads as big as a circle of the same diameter at ~0.86
-            draw.rectangle((cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2), fill=fill)
+            box = (cx - d / 2, cy - d / 2, cx + d / 2, cy + d / 2)
+            draw.ellipse(box, fill=fill, outline=outline if width else None, width=width)
         else:
-            draw.polygon(_shape_points(obj.shape, cx, cy, d * 1.08), fill=fill)
-    return img.resize((size, size), Image.LANCZOS)
+            angle = math.radians(rng.uniform(-25, 25))
+            pts = _shape_points(obj.shape, cx, cy, d * (1.0 if obj.shape == "square" else 1.08), angle)
+            draw.polygon(pts, fill=fill, outline=outline if width else None, width=width)
+    return _camera(img.resize((size, size), Image.LANCZOS), rng)
 
 
 # --- target texts -------------------------------------------------------------------------
 
-# {c} colour, {s} shape, {bg} background colour word. Two variants per tone and audience,
-# so the model learns tone-specific wording rather than one fixed sentence.
+# {c} colour, {s} shape, {a}/{A} the colour's article ("an orange"). Three variants per tone and audience, picked by how many objects the
+# picture has (something the model can see), so two pictures in one tone do not all get one
+# sentence. No variant names the background: the alt text does, from what the picture shows.
 CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "funny": {
         "personal": (
             "My {c} {s} and I are not speaking today. It knows what it did.",
             "Told everyone I am into geometry now. Exhibit A: one very {c} {s}.",
+            "Me: I will keep it simple. Also me: {a} {c} {s} and friends.",
         ),
         "promotional": (
             "Our {c} {s} sold out faster than my weekend plans. Grab yours!",
             "Warning: this {c} {s} may cause extreme good taste. Shop now.",
+            "Buy one {c} {s}, get compliments free. Limited stock!",
         ),
         "academic": (
             "Peer reviewed by my cat: the {c} {s} is statistically adorable.",
-            "Hypothesis: a {c} {s} improves any slide. Results: strongly positive.",
+            "Hypothesis: {a} {c} {s} improves any slide. Results: strongly positive.",
+            "Sample size of one {c} {s}, confidence level: extremely high.",
         ),
     },
     "quirky": {
         "personal": (
-            "Just a {c} {s} living its best little life on {bg}.",
+            "Just {a} {c} {s} living its best little life.",
             "Plot twist: the {c} {s} was the main character all along.",
+            "The {c} {s} brought friends and did not tell anyone.",
         ),
         "promotional": (
             "Meet the {c} {s} your shelf did not know it needed.",
             "Odd, bold and totally {c}: the {s} drop is here.",
+            "Weird flex, but our {c} {s} is back in stock.",
         ),
         "academic": (
-            "Field notes: one {c} {s} spotted in its natural {bg} habitat.",
-            "Curious specimen: a {c} {s} behaving exactly like a {s}.",
+            "Field notes: one {c} {s} spotted in its natural habitat.",
+            "Curious specimen: {a} {c} {s} behaving exactly like a {s}.",
+            "Unusual sighting: {a} {c} {s} in a crowd of shapes.",
         ),
     },
     "serious": {
         "personal": (
-            "A {c} {s}, quietly holding its place against {bg}.",
+            "{A} {c} {s}, quietly holding its place.",
             "Some days call for nothing more than a single {c} {s}.",
+            "One {c} {s} among others, and still the one I notice.",
         ),
         "promotional": (
             "The {c} {s}: precise form, honest colour, built to last.",
             "Introducing the {c} {s}. Clean lines for a focused space.",
+            "Designed with care: the {c} {s} and its companions.",
         ),
         "academic": (
-            "A {c} {s} on a {bg} field, presented as a study of form and contrast.",
-            "Observation of a {c} {s}: shape and colour remain clearly distinct.",
+            "{A} {c} {s}, presented as a study of form and contrast.",
+            "Observation of {a} {c} {s}: shape and colour remain clearly distinct.",
+            "Composition study: {a} {c} {s} as the dominant element.",
         ),
     },
     "inspirational": {
-        "personal": ("Be the {c} {s} in a {bg} world.", "Stand out like a {c} {s}. Every day is a fresh canvas."),
+        "personal": (
+            "Be the {c} {s} in an ordinary world.",
+            "Stand out like {a} {c} {s}. Every day is a fresh canvas.",
+            "Even among many, the {c} {s} finds its place. So will you.",
+        ),
         "promotional": (
             "Dream bold with the {c} {s}. Your space, your story.",
             "Let the {c} {s} remind you to shine. Available today.",
+            "Start something bold with {a} {c} {s}. Yours today.",
         ),
         "academic": (
             "Every discovery starts with a simple {c} {s}. Keep asking questions.",
             "From one {c} {s} to a world of ideas: curiosity builds knowledge.",
+            "Look closer at the {c} {s}: every question starts with noticing.",
         ),
     },
     "casual": {
-        "personal": ("Weekend vibes with a {c} {s}.", "Nothing fancy, just a {c} {s} hanging out."),
+        "personal": (
+            "Weekend vibes with {a} {c} {s}.",
+            "Nothing fancy, just {a} {c} {s} hanging out.",
+            "Hanging out with my {c} {s} and its crew.",
+        ),
         "promotional": (
             "New in: the {c} {s}. Easy pick for any room.",
             "Say hi to our {c} {s}, fresh in the shop this week.",
+            "The {c} {s} just landed. Come take a look.",
         ),
         "academic": (
-            "Quick look at a {c} {s} for today's geometry notes.",
-            "Today's example: a {c} {s}, simple and easy to spot.",
+            "Quick look at {a} {c} {s} for today's geometry notes.",
+            "Today's example: {a} {c} {s}, simple and easy to spot.",
+            "Class notes: the {c} {s} and a few neighbours.",
         ),
     },
     "poetic": {
         "personal": (
-            "A {c} {s} drifts in {bg} light, still and sure.",
-            "Soft {bg} silence, and one {c} {s} to hold it.",
+            "{A} {c} {s} drifts in quiet light, still and sure.",
+            "Soft silence, and one {c} {s} to hold it.",
+            "{A} {c} {s} among its kin, a small song of shapes.",
         ),
         "promotional": (
-            "Where {bg} meets a {c} {s}, beauty finds a home. Discover it.",
-            "A {c} {s}, shaped like a quiet promise. Now in store.",
+            "Where light meets {a} {c} {s}, beauty finds a home. Discover it.",
+            "{A} {c} {s}, shaped like a quiet promise. Now in store.",
+            "{A} {c} {s} to gather the light of your room.",
         ),
         "academic": (
             "In the grammar of shapes, the {c} {s} is a clear and steady word.",
-            "A {c} {s} against {bg}: form and hue in gentle dialogue.",
+            "{A} {c} {s}: form and hue in gentle dialogue.",
+            "{A} {c} {s} leads the eye, the others follow.",
         ),
     },
 }
 
-TONE_TAGS = {
-    "funny": "#funny",
-    "quirky": "#quirky",
-    "serious": "#minimal",
-    "inspirational": "#inspiration",
-    "casual": "#vibes",
-    "poetic": "#poetry",
-}
-AUDIENCE_TAGS = {
-    "personal": ("#aesthetic", "#dailypic", "#mood"),
-    "promotional": ("#shopnow", "#newarrival", "#smallbusiness"),
-    "academic": ("#geometry", "#research", "#science"),
-}
-GENERIC_TAGS = ("#shapes", "#design", "#art", "#colorful", "#minimalart")
-NUM_TARGET_HASHTAGS = 10
+# Tags beyond the objects' own: specific to what every scene is (flat geometric art), never the
+# generic reach-bait platforms advise against (core/generic_hashtags.txt).
+STYLE_TAGS = ("#geometricart", "#flatdesign")
+# The most hashtags a target carries; a prompt may ask for more, and the answer then stops here.
+MAX_TARGET_HASHTAGS = 8
+# The most characters an alt text may have (W3C WAI's 125-character guidance).
+ALT_TEXT_TARGET_CHARS = 125
+
+
+def _object_words(obj: SceneObject) -> str:
+    return f"{article(obj.color)} {obj.color} {obj.shape}"
 
 
 def alt_text(scene: Scene) -> str:
-    parts = [obj.phrase() for obj in scene.objects]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-    return f"{listed[0].upper()}{listed[1:]}, on {scene.background_phrase()}."
+    """The main object first, with size and place; the others by colour and shape; then the
+    background. At most ALT_TEXT_TARGET_CHARS: a third object is left out sooner than overrun."""
+    for count in range(len(scene.objects), 0, -1):
+        parts = [scene.main.phrase()] + [_object_words(o) for o in scene.objects[1:count]]
+        listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        text = f"{listed[0].upper()}{listed[1:]}, on {scene.background_phrase()}."
+        if len(text) <= ALT_TEXT_TARGET_CHARS:
+            return text
+    return text
 
 
-def hashtags(scene: Scene, tone: str, audience: str) -> list[str]:
+def available_hashtags(scene: Scene) -> list[str]:
+    """Every tag true of the scene, most specific first: the main object's, the others', the style's."""
     m = scene.main
-    tags = [f"#{m.color}", f"#{m.shape}", f"#{m.color}{m.shape}"]
-    for obj in scene.objects[1:]:
-        tags += [f"#{obj.color}", f"#{obj.shape}"]
-    tags += [TONE_TAGS[tone], *AUDIENCE_TAGS[audience], *GENERIC_TAGS]
-    unique = list(dict.fromkeys(tags))
-    return unique[:NUM_TARGET_HASHTAGS]
+    tags = [f"#{m.color}{m.shape}", f"#{m.color}", f"#{m.shape}"]
+    tags += [f"#{o.color}{o.shape}" for o in scene.objects[1:]]
+    tags += [f"#{m.shape}art", *STYLE_TAGS]
+    return list(dict.fromkeys(tags))[:MAX_TARGET_HASHTAGS]
 
 
-def caption(scene: Scene, tone: str, audience: str, variant: int) -> str:
+def hashtags(scene: Scene, num_hashtags: int) -> list[str]:
+    return available_hashtags(scene)[:num_hashtags]
+
+
+def caption(scene: Scene, tone: str, audience: str) -> str:
     templates = CAPTIONS[tone][audience]
-    bg = scene.background[0]
-    return templates[variant % len(templates)].format(c=scene.main.color, s=scene.main.shape, bg=bg)
+    c = scene.main.color
+    return templates[(len(scene.objects) - 1) % len(templates)].format(
+        c=c, s=scene.main.shape, a=article(c), A=article(c).capitalize()
+    )
 
 
-def target_text(scene: Scene, tone: str, audience: str, variant: int) -> str:
+def target_text(scene: Scene, tone: str, audience: str, num_hashtags: int = MAX_TARGET_HASHTAGS) -> str:
     """The assistant's answer, in the format the captioning core parses."""
-    return format_target(caption(scene, tone, audience, variant), hashtags(scene, tone, audience), alt_text(scene))
+    return format_target(caption(scene, tone, audience), hashtags(scene, num_hashtags), alt_text(scene))
 
 
 @dataclass(frozen=True)
@@ -307,35 +450,35 @@ class Example:
     tone: str
     audience: str
     target: str
+    num_hashtags: int = MAX_TARGET_HASHTAGS  # what the prompt asks for; the target may have fewer
+    platform: str = DEFAULT_PLATFORM
 
 
 def make_examples(n: int, seed: int) -> list[Example]:
-    """n examples with random scenes, tones and audiences; the same seed gives the same set."""
+    """n examples with random scenes, tones, audiences, platforms and hashtag counts; the same
+    seed gives the same set."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         scene = sample_scene(rng)
         tone, audience = rng.choice(TONES), rng.choice(AUDIENCES)
-        out.append(Example(scene, tone, audience, target_text(scene, tone, audience, rng.randrange(2))))
+        k = rng.randint(MIN_HASHTAGS, MAX_HASHTAGS)
+        platform = rng.choice(PLATFORM_NAMES)
+        out.append(Example(scene, tone, audience, target_text(scene, tone, audience, k), k, platform))
     return out
 
 
 def corpus_lines() -> list[str]:
     """Every word the targets can use, for training the demo tokenizer."""
     lines = []
-    for tone, by_aud in CAPTIONS.items():
+    for by_aud in CAPTIONS.values():
         for templates in by_aud.values():
             for t in templates:
                 for c in COLORS:
                     for s in SHAPES:
-                        lines.append(t.format(c=c, s=s, bg=rng_bg(c)))
-    lines += list(TONE_TAGS.values()) + [t for v in AUDIENCE_TAGS.values() for t in v] + list(GENERIC_TAGS)
+                        lines.append(t.format(c=c, s=s, a=article(c), A=article(c).capitalize()))
+    lines += list(STYLE_TAGS) + [f"#{s}art" for s in SHAPES]
     lines += [f"#{c} #{s} #{c}{s}" for c in COLORS for s in SHAPES]
     rng = random.Random(0)
     lines += [alt_text(sample_scene(rng)) for _ in range(400)]
     return lines
-
-
-def rng_bg(color: str) -> str:
-    names = list(BACKGROUNDS)
-    return names[len(color) % len(names)]

@@ -12,30 +12,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import SimpleNamespace
 
+from snap2caption_service.core.captioner import vision_tower
+from snap2caption_service.core.scene_heads import HEADS_FILE, LABELS_FILE, pooled_patches
 from training import synthetic
 
 COLORS = list(synthetic.COLORS)
 SHAPES = list(synthetic.SHAPES)
-BACKGROUNDS = list(synthetic.BACKGROUNDS)
+BACKGROUNDS = list(synthetic.BACKGROUND_KINDS)
 
 
 def vision_tower_of(model):
-    """The CLIP tower inside a LlavaForConditionalGeneration (transformers 4.x and 5.x layouts)."""
-    inner = getattr(model, "model", model)
-    return getattr(inner, "vision_tower", None) or model.vision_tower
+    """The CLIP tower inside a LlavaForConditionalGeneration: the one the served model reads with."""
+    return vision_tower(model)
+
+
+IGNORE = -100  # a scene without objects has no main colour, shape or position to learn
 
 
 def scene_labels(scene: synthetic.Scene) -> dict:
-    main = scene.main
     objects = [0.0] * (len(COLORS) * len(SHAPES))
     for obj in scene.objects:
         objects[COLORS.index(obj.color) * len(SHAPES) + SHAPES.index(obj.shape)] = 1.0
+    main = scene.objects[0] if scene.objects else None
     return {
-        "color": COLORS.index(main.color),
-        "shape": SHAPES.index(main.shape),
-        "position": main.row * 3 + main.col,
-        "background": BACKGROUNDS.index(scene.background[0]),
+        "color": COLORS.index(main.color) if main else IGNORE,
+        "shape": SHAPES.index(main.shape) if main else IGNORE,
+        "position": main.row * 3 + main.col if main else IGNORE,
+        "background": BACKGROUNDS.index(scene.background_kind),
         "objects": objects,
+    }
+
+
+def head_labels() -> dict:
+    """The names of each head's classes, saved with the heads (core/scene_heads.py reads them)."""
+    return {
+        "color": COLORS,
+        "shape": SHAPES,
+        "background": BACKGROUNDS,
+        "objects": [f"{c} {s}" for c in COLORS for s in SHAPES],
     }
 
 
@@ -80,21 +94,32 @@ def make_pretrainer(vision_tower, hidden: int):
             )
 
         def forward(self, pixel_values, color, shape, position, background, objects):
-            patches = self.tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-            pooled = patches.mean(dim=1)
-            ce = nn.functional.cross_entropy
+            pooled = pooled_patches(self.tower, pixel_values)
             logits = {k: head(pooled) for k, head in self.heads.items()}
+            has_object = color != IGNORE
+
+            def ce(name, target):
+                # Summed over the scenes that have the label, so a batch of only empty scenes
+                # adds nothing (a mean over none would be NaN).
+                loss = nn.functional.cross_entropy(logits[name], target, ignore_index=IGNORE, reduction="sum")
+                return loss / has_object.sum().clamp(min=1)
+
             loss = (
-                ce(logits["color"], color)
-                + 2 * ce(logits["shape"], shape)
-                + ce(logits["position"], position)
-                + 0.5 * ce(logits["background"], background)
+                ce("color", color)
+                + 2 * ce("shape", shape)
+                + ce("position", position)
+                + 0.5 * nn.functional.cross_entropy(logits["background"], background)
                 + nn.functional.binary_cross_entropy_with_logits(logits["objects"], objects.float())
             )
             acc = {
-                k: (logits[k].argmax(-1) == t).float().mean().item()
+                k: (logits[k].argmax(-1) == t)[has_object].float().mean().item()
                 for k, t in (("color", color), ("shape", shape), ("position", position))
             }
+            acc["background"] = (logits["background"].argmax(-1) == background).float().mean().item()
+            # An empty scene must read as empty: no known object above even odds.
+            empty = ~has_object
+            if empty.any():
+                acc["empty_flagged"] = (logits["objects"][empty].sigmoid().amax(-1) < 0.5).float().mean().item()
             return SimpleNamespace(loss=loss, accuracy=acc)
 
     return VisionPretrainer()
@@ -108,3 +133,21 @@ def held_out_accuracy(pretrainer, data: SceneLabelDataset, n: int = 512) -> dict
         out = pretrainer(**data.batch(range(min(n, len(data)))))
     pretrainer.train()
     return out.accuracy
+
+
+def save_heads(pretrainer, out_dir) -> None:
+    """The heads next to the model's weights: the served model's confidence (core/scene_heads.py)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {
+        f"{name}.{k}": v.detach().float().contiguous()
+        for name, head in pretrainer.heads.items()
+        for k, v in head.state_dict().items()
+    }
+    save_file(weights, str(out / HEADS_FILE))
+    (out / LABELS_FILE).write_text(json.dumps(head_labels(), indent=1))

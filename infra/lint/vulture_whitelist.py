@@ -18,6 +18,10 @@ _.model_config
 _.served_at  # core/contracts.py ServedCaption
 _.received_at  # core/contracts.py FeedbackRecord
 _.uploaded_at  # core/contracts.py UploadEvent
+_.low_confidence  # core/contracts.py CaptionResult
+_.notice  # core/contracts.py CaptionResult
+_.confidence_source  # core/contracts.py ModelDescription (GET /info)
+_.serve_a_checkpoint  # core/contracts.py ModelDescription (GET /info)
 
 # dataclass fields written out whole with dataclasses.asdict.
 _.created  # core/model_store.py ModelInfo.as_dict()
@@ -48,3 +52,4 @@ _.post_processor
 # random-weight checkpoints of each family, and a 7b-shaped processor for benchmarks/gpu.py.
 _.ensure_random_checkpoint  # training/checkpoint_families.py <- tests/checkpoint_support.py
 _.processor_for  # training/checkpoint_families.py <- benchmarks/gpu.py
+_.main_mask  # training/heldout_scenes.py HeldOutScene <- tests/test_heldout_scenes.py (drawing honesty)

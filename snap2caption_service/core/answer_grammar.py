@@ -6,7 +6,8 @@ decoder, computes at every step which tokens keep the answer inside its grammar,
 ``GrammarMask`` (a transformers logits processor) masks the others out.
 
 The grammar is built from the contract (contracts.ANSWER_*): the labels, one line per field,
-exactly ``num_hashtags`` hashtags of lowercase letters and digits, and a token cap per field
+one to ``num_hashtags`` hashtags of lowercase letters and digits (at most: a model with
+fewer relevant tags than asked for stops rather than pads), and a token cap per field
 (llguidance's ``max_tokens``). The caps are why llguidance: a field that reaches its cap is
 closed and the grammar moves on, so a model that would never end a line still completes the
 whole answer within ``answer_token_bound`` tokens; a character cap (xgrammar, outlines) bounds
@@ -65,7 +66,7 @@ def answer_grammar(num_hashtags: int) -> str:
         [
             f'start: " "? {caption} caption {hashtags} tags {alt_text} alt',
             f"caption[max_tokens={ANSWER_CAPTION_MAX_TOKENS}]: {CAPTION_REGEX}",
-            "tags: tag" + (f' (" " tag){{{num_hashtags - 1}}}' if num_hashtags > 1 else ""),
+            "tags: tag" + (f' (" " tag){{0,{num_hashtags - 1}}}' if num_hashtags > 1 else ""),
             f"tag[max_tokens={ANSWER_HASHTAG_MAX_TOKENS}]: {HASHTAG_REGEX}",
             f"alt[max_tokens={ANSWER_ALT_TEXT_MAX_TOKENS}]: {ALT_TEXT_REGEX}",
         ]

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_token_bound
 from snap2caption_service.core.contracts import Candidate
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
+from snap2caption_service.core.scene_heads import SceneHeads
 from snap2caption_service.core.settings import GenerationSettings
-from snap2caption_service.core.versions import ADAPTER_META, model_version
+from snap2caption_service.core.versions import ADAPTER_META, demo_version, model_version
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class CaptionJob:
     audience: str = "personal"
     num_hashtags: int = 8
     num_candidates: int = 1
+    platform: str = DEFAULT_PLATFORM
 
 
 @dataclass
@@ -308,6 +311,8 @@ class Captioner:
         except MissingChatTemplate as exc:
             raise UnsupportedCheckpoint(str(exc)) from exc
         self.eos_ids = _eos_ids(model, tok)
+        # The vision tower's own classifier heads, where the checkpoint ships them (the demo model).
+        self.scene_heads: SceneHeads | None = None
         vocab = model.get_output_embeddings().weight.shape[0]
         self.constraint = (
             AnswerConstraint(tok, max(vocab, len(tok)), self.eos_ids) if self.generation.constrained else None
@@ -342,7 +347,34 @@ class Captioner:
             torch_dtype,
             time.perf_counter() - t0,
         )
-        return cls(model, processor, version, generation)
+        captioner = cls(model, processor, version, generation)
+        if Path(model_ref).is_dir():
+            captioner.scene_heads = SceneHeads.load(model_ref)
+        return captioner
+
+    def describe(self) -> dict:
+        """What /info says about this model (contracts.ModelDescription, less the service's settings)."""
+        demo = self.version.startswith(demo_version(""))
+        if demo and self.scene_heads is not None:
+            labels = self.scene_heads.labels
+            knows = (
+                f"Only pictures of simple coloured shapes ({', '.join(labels['shape'])}s in "
+                f"{', '.join(labels['color'])}): it is a small model trained here, so that everything runs "
+                "offline. Photos of anything else come back flagged."
+            )
+        elif demo:
+            knows = "Only pictures of simple coloured shapes: it is a small model trained here, for trying things out."
+        else:
+            knows = "Photos in general: a LLaVA vision-language checkpoint."
+        return {
+            "model_version": self.version,
+            "model_type": self.model.config.model_type,
+            "demo": demo,
+            "knows": knows,
+            "confidence_source": "the vision tower's scene heads (class probabilities)"
+            if self.scene_heads is not None
+            else "the answer's mean token probability",
+        }
 
     @property
     def device(self):
@@ -396,7 +428,7 @@ class Captioner:
         """Candidates for each job, best first. One greedy call for all jobs, and one sampled
         call for every extra candidate of every job, whatever the batch mix."""
         t0 = time.perf_counter()
-        prompts = [self.chat.prompt(j.tone, j.audience) for j in jobs]
+        prompts = [self.chat.prompt(j.tone, j.audience, j.num_hashtags, j.platform) for j in jobs]
         images = [j.image for j in jobs]
         texts, scores, ntok = self._generate(images, prompts, [j.num_hashtags for j in jobs])
         per_job: list[list[Candidate]] = [
@@ -420,13 +452,35 @@ class Captioner:
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
         for cands in per_job:
             cands.sort(key=lambda c: c.score, reverse=True)
+        self._add_confidence(images, per_job)
         if stats is not None:
             stats.batch_size = len(jobs)
             stats.generated_tokens = ntok
             stats.seconds = time.perf_counter() - t0
         return per_job
 
-    @staticmethod
-    def _candidate(text: str, score: float, num_hashtags: int) -> Candidate:
-        answer = parse_output(text, num_hashtags)
+    def _add_confidence(self, images, per_job: list[list[Candidate]]) -> None:
+        """How far to trust each answer, 0..1. With scene heads: the vision tower's own class
+        probabilities for the picture (low for a picture with no object it knows, whatever the
+        text says). Without: the answer's mean token probability, exp(score), the one signal
+        every checkpoint has (weaker: a model can be fluent and wrong)."""
+        import math
+
+        readings = None
+        if self.scene_heads is not None:
+            pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            readings = self.scene_heads.read(vision_tower(self.model), pixels.to(self.device))
+        for i, cands in enumerate(per_job):
+            for c in cands:
+                value = readings[i].confidence if readings is not None else math.exp(c.score)
+                c.confidence = round(min(1.0, max(0.0, value)), 4)
+
+    def _candidate(self, text: str, score: float, num_hashtags: int) -> Candidate:
+        answer = parse_output(text, num_hashtags, alt_text_max_chars=self.generation.alt_text_max_chars)
         return Candidate(**answer.model_dump(), score=round(float(score), 4))
+
+
+def vision_tower(model):
+    """The vision tower inside a LLaVA model (transformers 4.x and 5.x layouts)."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "vision_tower", None) or model.vision_tower

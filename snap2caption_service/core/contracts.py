@@ -91,6 +91,26 @@ class CaptionOptions(BaseModel):
         description="Who the caption is for. When given, only feedback naming the same creator_id is "
         "accepted for this caption.",
     )
+    include_hashtags: list[Hashtag] = Field(
+        default_factory=list,
+        max_length=MAX_HASHTAGS,
+        description="Hashtags the creator wants in the answer, first; they count toward num_hashtags and are "
+        "the only way a generic tag (#reels, #explore, ...) appears.",
+    )
+
+    @field_validator("include_hashtags")
+    @classmethod
+    def _usable_and_within_the_count(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # Imported here: core/hashtags.py imports this module for its limits.
+        from snap2caption_service.core.hashtags import normalize_all, normalize_hashtag
+
+        if any(normalize_hashtag(t) is None for t in value):
+            raise ValueError("each hashtag needs at least one letter (a-z)")
+        tags = normalize_all(value)
+        wanted = info.data.get("num_hashtags")
+        if wanted is not None and len(tags) > wanted:
+            raise ValueError(f"{len(tags)} hashtags to include, but num_hashtags is {wanted}")
+        return tags
 
     @field_validator("num_hashtags")
     @classmethod
@@ -105,10 +125,44 @@ class CaptionOptions(BaseModel):
         return value
 
 
-class CaptionRequest(CaptionOptions):
-    """POST /generate-caption body: the options plus the photo as base64 or a data URL."""
+# An image by address, over HTTP (CaptionRequest.image_url) and in events (ImageRef.url): the
+# same rule, and the same fetcher behind both (core/fetch.py).
+IMAGE_URL_PATTERN = r"^[hH][tT][tT][pP][sS]?://[^/\s]+(/\S*)?$"
+MAX_IMAGE_URL_CHARS = 4096
 
-    image: str = Field(..., description="Base64 image bytes or a data: URL (JPEG, PNG, WebP, GIF, BMP, TIFF).")
+
+class CaptionRequest(CaptionOptions):
+    """POST /generate-caption body: the options plus the photo, either inline (``image``: base64
+    or a data URL) or by address (``image_url``, fetched by the service); exactly one of them."""
+
+    # image_url first: image's validator below sees it (pydantic validates in field order).
+    image_url: str | None = Field(
+        None,
+        pattern=IMAGE_URL_PATTERN,
+        max_length=MAX_IMAGE_URL_CHARS,
+        description="An https:// address of the photo, fetched by the service under the same rules as an "
+        "event's image URL: public addresses only (no loopback, private, link-local or cloud-metadata "
+        "address, at every redirect), plain http:// only for allowlisted hosts, at most "
+        "SNAP2CAPTION_FETCH_MAX_BYTES bytes within SNAP2CAPTION_FETCH_TIMEOUT_S seconds. Or send image.",
+    )
+    image: str | None = Field(
+        None,
+        validate_default=True,
+        description="Base64 image bytes or a data: URL (JPEG, PNG, WebP, GIF, BMP, TIFF). Or send image_url.",
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _exactly_one_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # On ``image``, not the whole model, so that a request without a photo is refused naming
+        # the field (ErrorBody.fields), as when image alone was required.
+        if "image_url" not in info.data:  # image_url itself failed validation: that is the error to report
+            return value
+        if value is None and info.data["image_url"] is None:
+            raise ValueError("a photo is required: send image (base64 or a data: URL) or image_url")
+        if value is not None and info.data["image_url"] is not None:
+            raise ValueError("send exactly one of image and image_url, not both")
+        return value
 
 
 class Candidate(BaseModel):
@@ -116,6 +170,13 @@ class Candidate(BaseModel):
     hashtags: list[str]
     alt_text: str
     score: float = Field(..., description="Mean token log-probability under the model (higher is better).")
+    confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="How far to trust this answer, 0..1: the vision tower's own reading of the picture where the "
+        "model ships scene heads (the demo model), else the answer's mean token probability.",
+    )
 
 
 class CaptionResult(BaseModel):
@@ -130,6 +191,27 @@ class CaptionResult(BaseModel):
     latency_ms: float
     image_sha256: str = Field("", description="Content hash of the decoded image; feedback finds the image by it.")
     platform: str = Field(DEFAULT_PLATFORM, description="The platform whose rules the answer follows.")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="The best candidate's confidence, 0..1 (Candidate.confidence)."
+    )
+    low_confidence: bool = Field(
+        False,
+        description="True when confidence is below the service's SNAP2CAPTION_MIN_CONFIDENCE: the picture is "
+        "probably not something the model knows, and the answer should be checked before it is posted.",
+    )
+    notice: str | None = Field(None, description="A sentence for the creator when low_confidence is true.")
+
+
+class ModelDescription(BaseModel):
+    """GET /info: which model answers, and what a creator should expect of it."""
+
+    model_version: str
+    model_type: str = Field(..., description="The checkpoint's architecture: llava, llava_next, llava_onevision.")
+    demo: bool = Field(..., description="True for the embedded demo model, which knows only coloured shapes.")
+    knows: str = Field(..., description="One line on what the model can caption.")
+    confidence_source: str = Field(..., description="What Candidate.confidence is computed from for this model.")
+    min_confidence: float = Field(..., description="Answers below this confidence are flagged (low_confidence).")
+    serve_a_checkpoint: str = Field(..., description="How to serve a real LLaVA checkpoint instead.")
 
 
 # --- The model's answer ------------------------------------------------------------------
@@ -212,6 +294,11 @@ class FeedbackRecord(FeedbackRequest):
     served: ServedCaption | None = Field(
         None, description="The captioned request this rates (image hash, options, shown result)."
     )
+    # The hashtag edit against what was shown (normalized; empty without edited_hashtags), which
+    # stream/tag_stats_consumer.py counts so that the ranker learns what creators keep.
+    hashtags_kept: list[Hashtag] = Field(default_factory=list, max_length=MAX_HASHTAGS_LIST)
+    hashtags_removed: list[Hashtag] = Field(default_factory=list, max_length=MAX_HASHTAGS_LIST)
+    hashtags_added: list[Hashtag] = Field(default_factory=list, max_length=MAX_HASHTAGS_LIST)
 
 
 class FeedbackAccepted(BaseModel):
@@ -235,7 +322,9 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: str
-    stage: str | None = Field(None, description="Event handling only (/events): where it failed.")
+    stage: str | None = Field(
+        None, description="Where it failed, for an event (/events) or an image fetched by image_url (fetch)."
+    )
     fields: list[FieldProblem] | None = Field(None, description="Invalid request fields (400 invalid_request).")
 
 
@@ -265,8 +354,8 @@ class ImageRef(BaseModel):
     s3_uri: str | None = Field(None, pattern=_S3_URI, max_length=1100, description="s3://bucket/key")
     url: str | None = Field(
         None,
-        pattern=r"^[hH][tT][tT][pP][sS]?://[^/\s]+(/\S*)?$",
-        max_length=4096,
+        pattern=IMAGE_URL_PATTERN,
+        max_length=MAX_IMAGE_URL_CHARS,
         description="https:// URL (http:// only for allowlisted hosts)",
     )
     inline_base64: str | None = Field(None, min_length=1, description="Base64 image bytes or a data: URL.")

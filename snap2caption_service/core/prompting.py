@@ -8,21 +8,40 @@ from __future__ import annotations
 
 import re
 
+from snap2caption_service.core.alt_text import ALT_TEXT_MAX_CHARS
+from snap2caption_service.core.alt_text import fix as fix_alt_text
 from snap2caption_service.core.contracts import ANSWER_LABELS, ModelAnswer
 from snap2caption_service.core.hashtags import finalize_hashtags
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 IMAGE_TOKEN = "<image>"  # the image placeholder of LLaVA checkpoints (and the demo model)
 
-# What the model is asked, inside its own conversation format (ChatFormat).
+# What the model is asked, inside its own conversation format (ChatFormat). The platform and
+# the hashtag count are in the prompt because they change what a good answer is: a model that is
+# only ever asked for "hashtags" learns one count, and cutting its list afterwards leaves the
+# tags it would have chosen for that count unwritten. "Up to": fewer specific tags beat filler.
 INSTRUCTION = (
-    "Write an Instagram caption for this photo in a {tone} tone for a {audience} audience, "
-    "then hashtags and alt text, one line each."
+    "Write {platform} caption for this photo in a {tone} tone for a {audience} audience, "
+    "then up to {num_hashtags} hashtags and alt text, one line each."
 )
 DEFAULT_TONE = "casual"
+DEFAULT_NUM_HASHTAGS = PLATFORMS[DEFAULT_PLATFORM].recommended_hashtags
 
 
-def instruction(tone: str, audience: str) -> str:
-    return INSTRUCTION.format(tone=tone, audience=audience)
+def platform_words(platform: str) -> str:
+    """How the prompt names a platform, with its article: "an Instagram", "a TikTok", "an X",
+    and "a social media" for the generic profile."""
+    profile = PLATFORMS.get(platform)
+    name = "social media" if profile is None or platform == "generic" else profile.label
+    return ("an " if name[0] in "AEIOX" else "a ") + name
+
+
+def instruction(
+    tone: str, audience: str, num_hashtags: int = DEFAULT_NUM_HASHTAGS, platform: str = DEFAULT_PLATFORM
+) -> str:
+    return INSTRUCTION.format(
+        platform=platform_words(platform), tone=tone, audience=audience, num_hashtags=num_hashtags
+    )
 
 
 def conversation(text: str, answer: str | None = None) -> list[dict]:
@@ -90,15 +109,31 @@ class ChatFormat:
                 return cleaned or DEFAULT_TONE
             text = cleaned
 
-    def prompt(self, tone: str, audience: str) -> str:
+    def prompt(
+        self,
+        tone: str,
+        audience: str,
+        num_hashtags: int = DEFAULT_NUM_HASHTAGS,
+        platform: str = DEFAULT_PLATFORM,
+    ) -> str:
         """The text the model is given, up to where its answer starts."""
-        return self._render(conversation(instruction(self.clean_tone(tone), audience)), True)
+        return self._render(conversation(instruction(self.clean_tone(tone), audience, num_hashtags, platform)), True)
 
-    def example(self, tone: str, audience: str, target: str) -> tuple[str, str]:
+    def example(
+        self,
+        tone: str,
+        audience: str,
+        target: str,
+        num_hashtags: int | None = None,
+        platform: str = DEFAULT_PLATFORM,
+    ) -> tuple[str, str]:
         """(prompt, answer) for training: the prompt exactly as ``prompt`` builds it, and what
         follows it in the conversation whose answer is ``target``, with the template's own
-        spacing and end-of-turn text (the labels a model learns)."""
-        text = instruction(self.clean_tone(tone), audience)
+        spacing and end-of-turn text (the labels a model learns). ``num_hashtags`` is the count
+        the prompt asked for (default: as many as the target has)."""
+        if num_hashtags is None:
+            num_hashtags = max(1, len(split_target(target)[1])) if target.count("\n") == 2 else DEFAULT_NUM_HASHTAGS
+        text = instruction(self.clean_tone(tone), audience, num_hashtags, platform)
         prompt = self._render(conversation(text), True)
         full = self._render(conversation(text, target), False)
         if full.startswith(prompt):
@@ -133,11 +168,12 @@ def _strip_prompt_echo(text: str) -> str:
     return (head.replace(IMAGE_TOKEN, "") + rest).strip()
 
 
-def parse_output(text: str, num_hashtags: int) -> ModelAnswer:
+def parse_output(text: str, num_hashtags: int, alt_text_max_chars: int = ALT_TEXT_MAX_CHARS) -> ModelAnswer:
     """Split a generation into caption, hashtags and alt text.
 
     A model that ignores the format still yields a usable result: the first sentence-ish line
-    becomes the caption, and hashtags are found anywhere in the text.
+    becomes the caption, and hashtags are found anywhere in the text. The alt text gets every
+    safe accessibility fix, within ``alt_text_max_chars`` (core/alt_text.py).
     """
     text = _strip_prompt_echo(text)
     sec = _sections(text)
@@ -155,7 +191,8 @@ def parse_output(text: str, num_hashtags: int) -> ModelAnswer:
     caption = caption.splitlines()[0].strip() if caption else caption
     alt = " ".join(alt.split())
     tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=f"{alt} {caption}")
-    return ModelAnswer(caption=caption, hashtags=tags, alt_text=alt)
+    # Fixed after the tags are topped up from it: a hashtag the model wrote there still counts.
+    return ModelAnswer(caption=caption, hashtags=tags, alt_text=fix_alt_text(alt, alt_text_max_chars))
 
 
 def format_target(caption: str, hashtags: list[str], alt_text: str) -> str:

@@ -23,6 +23,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from snap2caption_service.core.alt_text import ALT_TEXT_MAX_CHARS, ALT_TEXT_TARGET_CHARS
+from snap2caption_service.core.contracts import MAX_ALT_TEXT_CHARS
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "snap2caption"
@@ -42,13 +45,15 @@ def pod_namespace() -> str:
 
 @dataclass
 class GenerationSettings:
-    """How the captioner samples; the service's come from Settings, training's eval from its config."""
+    """How the captioner samples and bounds its answer; the service's come from Settings,
+    training's eval from its config."""
 
     max_new_tokens: int = 128  # unconstrained only: a constrained answer has its grammar's bound
     repetition_penalty: float = 1.0
     top_p: float = 0.95
     seed: int = 0
     constrained: bool = True
+    alt_text_max_chars: int = ALT_TEXT_MAX_CHARS
 
 
 def _csv(value: str) -> list[str]:
@@ -97,6 +102,24 @@ class Settings(RegistrySettings):
         description="Constrain generation to the answer layout (llguidance), so every answer parses. Turn off "
         "only for a model fine-tuned on the layout; max_new_tokens then bounds the answer.",
     )
+    # The lint's 125-character target is guidance a model can miss; this cap is what every
+    # answer is cut to (core/alt_text.py, cut at a word, with a full stop).
+    alt_text_max_chars: int = Field(
+        ALT_TEXT_MAX_CHARS,
+        ge=16,
+        le=MAX_ALT_TEXT_CHARS,
+        description=f"Hard cap on an answer's alt text in characters (target: {ALT_TEXT_TARGET_CHARS}).",
+    )
+    # 0.35: the demo model's scene heads put pictures of coloured shapes above 0.8 and photos
+    # without one below 0.2; a real checkpoint's mean token probability of a fluent answer sits
+    # well above it, so only answers the model itself barely believes are flagged.
+    min_confidence: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Answers whose confidence is below this are flagged (low_confidence, notice) rather than "
+        "served as if fine.",
+    )
     host: str = Field("127.0.0.1", description="`snap2caption serve`: address to listen on.")
     port: int = Field(3000, ge=0, le=65535, description="`snap2caption serve`: port to listen on.")
 
@@ -136,6 +159,12 @@ class Settings(RegistrySettings):
     api_keys: str = Field("", description="Comma-separated bearer keys; empty = auth off.")
     feedback_path: Path | None = Field(None, description="Feedback store file; default <data_dir>/feedback.jsonl")
     feedback_fsync: bool = True
+    tag_stats_path: Path | None = Field(
+        None,
+        validation_alias="SNAP2CAPTION_TAG_STATS_FILE",
+        description="What creators keep, remove and add per hashtag (snap2caption tag-stats writes it, the "
+        "ranker reads it); default <data_dir>/tag-stats.sqlite",
+    )
     archive: str = Field(
         "",
         description="Where served images and results are kept for feedback: a folder or "
@@ -231,7 +260,14 @@ class Settings(RegistrySettings):
 
     @property
     def generation(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.repetition_penalty, self.top_p, self.seed, self.constrained)
+        return GenerationSettings(
+            self.max_new_tokens,
+            self.repetition_penalty,
+            self.top_p,
+            self.seed,
+            self.constrained,
+            alt_text_max_chars=self.alt_text_max_chars,
+        )
 
     @property
     def api_key_list(self) -> list[str]:
@@ -244,6 +280,10 @@ class Settings(RegistrySettings):
     @property
     def feedback_file(self) -> Path:
         return self.feedback_path or self.data_dir / "feedback.jsonl"
+
+    @property
+    def tag_stats_file(self) -> Path:
+        return self.tag_stats_path or self.data_dir / "tag-stats.sqlite"
 
 
 class KafkaSettings(BaseSettings):
@@ -271,7 +311,8 @@ class KafkaSettings(BaseSettings):
 
 
 class FetchSettings(BaseSettings):
-    """Images by reference (s3://, https://, inline), for the consumer and the service's /events."""
+    """Images by reference (s3://, https://, inline), for the consumer and the service's /events
+    and /generate-caption ``image_url``."""
 
     model_config = _config()
 
@@ -298,7 +339,7 @@ class FetchSettings(BaseSettings):
     fetch_max_concurrency: int = Field(
         16,
         ge=1,
-        description="/events: URL and S3 fetches at once, on their own threads (not the API's); "
+        description="/events and image_url: URL and S3 fetches at once, on their own threads (not the API's); "
         "one more is answered 503 with Retry-After.",
     )
 

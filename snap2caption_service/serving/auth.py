@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # no key, and the page asks the creator for one before calling the API.
 OPEN_PATHS = frozenset(
     {"/livez", "/readyz", "/healthz", "/metrics", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico"}
-    | {"/platforms"}  # public rules, read by the page before any key is entered
+    | {"/platforms", "/info"}  # public rules and model, read by the page before any key is entered
 )
 OPEN_PREFIXES = ("/static/", "/static_content/", "/ui/", "/docs/")
 EVENTS_PATH = "/events"

@@ -36,6 +36,7 @@ from snap2caption_service.core.contracts import (
     ServedCaption,
 )
 from snap2caption_service.core.files import fsync_dir, lock_exclusive
+from snap2caption_service.core.hashtags import hashtag_edit
 
 log = logging.getLogger("snap2caption.feedback")
 
@@ -94,11 +95,16 @@ class FeedbackStore:
     def append(self, feedback: FeedbackRequest, served: ServedCaption | None = None) -> FeedbackRecord:
         """The record, once it is whole on disk (fsynced); raises FeedbackTooLarge or
         FeedbackLogUnavailable, and then nothing of it is in the log."""
+        # Without the shown answer there is nothing to edit against.
+        kept, removed, added = hashtag_edit(served.hashtags, feedback.edited_hashtags) if served else ([], [], [])
         record = FeedbackRecord(
             **feedback.model_dump(),
             feedback_id=uuid.uuid4().hex,
             received_at=datetime.now(UTC).isoformat(),
             served=served,
+            hashtags_kept=kept,
+            hashtags_removed=removed,
+            hashtags_added=added,
         )
         data = (record.model_dump_json() + "\n").encode()
         if len(data) > MAX_FEEDBACK_RECORD_BYTES:

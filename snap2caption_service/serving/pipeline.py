@@ -1,7 +1,9 @@
 """Request handling shared by every entry point (HTTP JSON, HTTP upload, Kafka, CLI).
 
 Before the model: bytes -> checked, upright RGB image, shrunk and hashed.
-After the model: candidates -> the one ``CaptionResult`` contract.
+After the model: candidates -> the one ``CaptionResult`` contract, each candidate's hashtags
+ranked down to the creator's count (core/hashtags.py rank_hashtags) from a pool the model was
+asked for (``hashtag_pool``), with what creators keep and remove (core/tag_stats.py).
 """
 
 from __future__ import annotations
@@ -13,9 +15,16 @@ from functools import cache
 from pydantic import BaseModel
 
 from snap2caption_service.core import images
-from snap2caption_service.core.contracts import Candidate, CaptionOptions, CaptionResult
-from snap2caption_service.core.platforms import PLATFORMS, fit_caption
+from snap2caption_service.core.contracts import MAX_HASHTAGS, Candidate, CaptionOptions, CaptionResult
+from snap2caption_service.core.hashtags import rank_answer
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS, fit_caption
 from snap2caption_service.core.settings import Settings
+from snap2caption_service.core.tag_stats import TagStatsReader
+
+# How many more hashtags than wanted the model writes, for the ranker to choose from: enough to
+# replace the generic and creator-removed ones a pool usually holds, few enough that the answer's
+# token bound (core/answer_grammar.py: 8 tokens a tag) and the grammar stay small.
+POOL_EXTRA = 3
 
 
 class ModelItem(BaseModel):
@@ -27,8 +36,9 @@ class ModelItem(BaseModel):
     image_png_b64: str
     tone: str
     audience: str
-    num_hashtags: int
+    num_hashtags: int  # the pool (hashtag_pool), not the creator's count
     num_candidates: int
+    platform: str = DEFAULT_PLATFORM  # named in the prompt: what a good answer is depends on it
 
 
 class ModelOutput(BaseModel):
@@ -65,14 +75,23 @@ def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
     return PreparedImage(small, images.image_sha256(data))
 
 
+def hashtag_pool(options: CaptionOptions) -> int:
+    """Hashtags the model is asked for: the creator's count plus POOL_EXTRA, within the API's bound."""
+    return min(options.num_hashtags + POOL_EXTRA, MAX_HASHTAGS)
+
+
 def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
     return ModelItem(
         image_png_b64=images.encode_png_base64(prepared.image),
         tone=options.tone,
         audience=options.audience,
-        num_hashtags=options.num_hashtags,
+        num_hashtags=hashtag_pool(options),
         num_candidates=options.num_candidates,
+        platform=options.platform,
     )
+
+
+LOW_CONFIDENCE_NOTICE = "The model is not sure what this picture shows: check the caption before you post it."
 
 
 def new_request_id() -> str:
@@ -82,16 +101,29 @@ def new_request_id() -> str:
 
 
 def build_result(
-    output: ModelOutput, request_id: str, latency_ms: float, image_sha256: str, platform: str
+    output: ModelOutput,
+    request_id: str,
+    latency_ms: float,
+    image_sha256: str,
+    options: CaptionOptions,
+    tag_stats: TagStatsReader | None = None,
+    min_confidence: float = 0.0,
 ) -> CaptionResult:
-    """The answer for ``platform``: every candidate's caption fitted to the platform's text limit
-    (with its hashtags where they count toward it)."""
+    """The answer for ``options.platform``: every candidate's hashtags ranked down to the creator's
+    count, and its caption fitted to the platform's text limit (with those hashtags where they
+    count toward it)."""
+    platform = options.platform
     profile = PLATFORMS[platform]
-    candidates = [
-        c.model_copy(update={"caption": fit_caption(c.caption, c.hashtags, profile)}) for c in output.candidates
-    ]
+    candidates = []
+    for c in output.candidates:
+        tags = rank_answer(c, options, tag_stats)
+        candidates.append(c.model_copy(update={"hashtags": tags, "caption": fit_caption(c.caption, tags, profile)}))
     best = candidates[0]
+    low = best.confidence is not None and best.confidence < min_confidence
     return CaptionResult(
+        confidence=best.confidence,
+        low_confidence=low,
+        notice=LOW_CONFIDENCE_NOTICE if low else None,
         caption=best.caption,
         hashtags=best.hashtags,
         alt_text=best.alt_text,

@@ -13,10 +13,9 @@ deadLetterSink); a transient failure gets 503 with Retry-After, which Knative re
 retries happen here: the delivery spec's retry/backoff owns that. Decoding the upload and
 classifying a refusal follow the consumer's rules (core/events.py).
 
-Fetching an image by reference (URL, S3) runs on threads of its own, at most
-``fetch_max_concurrency`` at once, never on the API's thread pool (image decoding, /feedback):
-a few image hosts that trickle or hang cannot stall the API. When they are all busy the event
-is answered 503 with Retry-After at once (``fetch_busy``) rather than queued.
+Fetching an image by reference (URL, S3) goes through the service's one fetch pool
+(serving/image_fetch.py), shared with ``/generate-caption``'s ``image_url``: threads of its own,
+never the API's; 503 ``fetch_busy`` with Retry-After at once when they are all busy.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
-import anyio
 import bentoml
 from starlette.responses import Response
 
@@ -36,14 +34,12 @@ from snap2caption_service.core.contracts import (
     CaptionedEvent,
     CaptionOptions,
     CaptionResult,
-    ImageRef,
     UploadEvent,
 )
 from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
 from snap2caption_service.core.events import check_type, classify_answer, decode_upload
-from snap2caption_service.core.fetch import ImageFetcher
-from snap2caption_service.core.images import ERROR_STATUS
 from snap2caption_service.core.settings import FetchSettings
+from snap2caption_service.serving.image_fetch import RETRY_AFTER_S, FetchPool, poison_status
 from snap2caption_service.serving.responses import error_response
 
 KAFKA_SOURCE_TYPE = "dev.knative.kafka.event"
@@ -74,11 +70,9 @@ class PushRequest(bentoml.IODescriptor):
 
 
 class PushHandler:
-    def __init__(self, settings: FetchSettings | None = None):
-        self.s = settings or FetchSettings()
-        self.fetcher = ImageFetcher(self.s, max_connections=self.s.fetch_max_concurrency)
-        self._fetch_limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
-        self._fetching = 0  # fetches admitted and not finished (touched on the event loop only)
+    def __init__(self, settings: FetchSettings | None = None, pool: FetchPool | None = None):
+        """``pool``: the service's fetch pool; without one, a pool of its own from ``settings``."""
+        self.pool = pool or FetchPool(settings)
 
     def decode(self, headers: Mapping[str, str], body: bytes) -> tuple[cloudevents.CloudEvent, UploadEvent, str]:
         """(event, upload data, id of the original upload event); raises Poison."""
@@ -103,7 +97,7 @@ class PushHandler:
         t0 = time.perf_counter()
         try:
             event, upload, source_id = self.decode(headers, body)
-            image = await self.fetch(upload.image)
+            image = await self.pool.fetch(upload.image)
             t1 = time.perf_counter()
             try:
                 result = await caption(image, upload.options())
@@ -111,9 +105,9 @@ class PushHandler:
                 raise classify_answer(exc.status, exc.code, exc.detail) from None
             t2 = time.perf_counter()
         except Poison as exc:
-            return error_response(_status(exc), exc.reason, exc.detail, exc.stage)
-        except Transient as exc:
-            return error_response(503, exc.reason, exc.detail, exc.stage, {"Retry-After": "5"})
+            return error_response(poison_status(exc), exc.reason, exc.detail, exc.stage)
+        except Transient as exc:  # Knative retries a 503, with its delivery spec's backoff
+            return error_response(503, exc.reason, exc.detail, exc.stage, {"Retry-After": RETRY_AFTER_S})
         timings = {
             "fetch_ms": (t1 - t0) * 1000,
             "caption_ms": (t2 - t1) * 1000,
@@ -130,31 +124,3 @@ class PushHandler:
         )
         body, out_headers = cloudevents.to_http(out)
         return Response(body, status_code=200, headers=out_headers, media_type=out.datacontenttype)
-
-    async def fetch(self, ref: ImageRef) -> bytes:
-        """The image's bytes. URL and S3 fetches go to the fetch pool, or raise Transient
-        ``fetch_busy`` when all ``fetch_max_concurrency`` of its threads are taken."""
-        if ref.s3_uri is None and ref.url is None:  # inline: decoding only, like an upload
-            return await anyio.to_thread.run_sync(self.fetcher.fetch, ref)
-        limit = self.s.fetch_max_concurrency
-        if self._fetching >= limit:
-            raise Transient(
-                "fetch_busy", "fetch", f"{limit} image fetches in flight (SNAP2CAPTION_FETCH_MAX_CONCURRENCY)"
-            )
-        if self._fetch_limiter is None:
-            self._fetch_limiter = anyio.CapacityLimiter(limit)
-        self._fetching += 1
-        try:
-            # Its own limiter: these threads never take a token of the API's default pool. The
-            # fetch itself ends by fetch_timeout_s (one deadline), so a slot is never held longer.
-            return await anyio.to_thread.run_sync(self.fetcher.fetch, ref, limiter=self._fetch_limiter)
-        finally:
-            self._fetching -= 1
-
-
-def _status(exc: Poison) -> int:
-    if exc.status:  # the service refused it: the same status as on /generate-caption
-        return exc.status
-    if exc.reason in ERROR_STATUS:  # an image the fetcher could not take: as on /generate-caption
-        return ERROR_STATUS[exc.reason]
-    return 400 if exc.stage in ("decode", "validate") else 422

@@ -5,7 +5,8 @@ Routes this app adds (every API route of the service is matched before these):
 * ``GET /``      -> redirect to the page, so a creator who opens the bare address lands on it;
 * ``GET /ui/``   -> the page (``web/index.html``, ``app.js``, ``style.css``), static files;
 * ``GET /docs``  -> BentoML's Swagger UI, which used to live at "/" (it reads ``/docs.json``);
-* ``GET /platforms`` -> the platform profiles (core/platforms.json) the page's picker shows.
+* ``GET /platforms`` -> the platform profiles (core/platforms.json) the page's picker shows;
+* ``GET /info``  -> which model answers and what it knows (the page's first line).
 
 The page calls the API on the same origin, so it needs no CORS. It is a static shell with no
 secrets: auth.py leaves "/", "/ui/" and "/docs" open, and the page asks the creator for an API
@@ -22,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from snap2caption_service.core.contracts import MAX_HASHTAGS
+from snap2caption_service.core.contracts import MAX_HASHTAGS, ModelDescription
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -71,10 +72,33 @@ async def platforms(_: Request) -> Response:
     return JSONResponse({"default": DEFAULT_PLATFORM, "platforms": profiles})
 
 
+SERVE_A_CHECKPOINT = (
+    "SNAP2CAPTION_MODEL=llava-hf/llava-1.5-7b-hf make serve (or any LLaVA-1.5, LLaVA-NeXT or OneVision "
+    "checkpoint; README: Serving a real checkpoint)"
+)
+
+
+async def info(request: Request) -> Response:
+    """Which model answers (contracts.ModelDescription). The service registers how to ask its model
+    worker (``app.state.describe_model``); until the worker answers, 503 with the reason."""
+    describe = getattr(request.app.state, "describe_model", None)
+    if describe is None:
+        return JSONResponse({"error": "model_unknown", "detail": "No model is attached to this page."}, 503)
+    try:
+        return JSONResponse(ModelDescription(**await describe(), serve_a_checkpoint=SERVE_A_CHECKPOINT).model_dump())
+    except Exception as exc:  # noqa: BLE001 - the worker still loading, or gone: say so, never a 500
+        return JSONResponse(
+            {"error": "model_not_ready", "detail": f"The model worker did not answer: {type(exc).__name__}"},
+            503,
+            headers={"Retry-After": "5"},
+        )
+
+
 def build_app() -> Starlette:
     routes = [
         Route("/", home, methods=["GET", "HEAD"]),
         Route("/platforms", platforms, methods=["GET", "HEAD"]),
+        Route("/info", info, methods=["GET", "HEAD"]),
         # check_dir=False: a packaging slip that drops web/ costs the page (404), not the API.
         Mount("/ui", app=NoCacheStaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="ui"),
     ]

@@ -279,38 +279,50 @@ const scenarios = {
     });
   },
 
-  /** An image address: one served with CORS works; one without shows the CORS message. */
+  /** An image address: the server fetches it (image_url), so a site without CORS headers still
+   *  gets captioned; a page that isn't an image, a missing image and a blocked address show the
+   *  server's reason next to the photo controls. */
   async url() {
     return withBrowser({}, async (page) => {
       await openPage(page);
-      await page.fill("#image-url", config.corsUrl);
+      await page.fill("#image-url", config.noCorsUrl);
       await page.click("#fetch-url");
       await page.locator("#preview-wrap").waitFor({ state: "visible" });
       const name = await page.textContent("#preview-name");
+      // The preview is a plain <img>: it shows without the site's CORS permission.
+      await page.waitForFunction(() => document.getElementById("preview").complete);
+      const preview = await page.evaluate(() => ({
+        width: document.getElementById("preview").naturalWidth,
+        shown: !document.getElementById("preview").hidden,
+      }));
+      check(preview.shown && preview.width > 0, "the image from the address is previewed: " + JSON.stringify(preview));
       const sent = [];
       page.on("request", (r) => { if (r.url().includes("/generate-caption")) sent.push({ url: r.url(), body: r.postData() || "" }); });
-      check((await generate(page)) === "result", "caption for an image from a URL: " + JSON.stringify(await readError(page)));
+      check((await generate(page)) === "result", "caption for an image from a site without CORS: " + JSON.stringify(await readError(page)));
       const result = await readResult(page);
-      check(sent.length === 1 && sent[0].url.endsWith("/generate-caption"), "URL photo goes as JSON to /generate-caption");
-      check(JSON.parse(sent[0].body).image.startsWith("data:image/png;base64,"), "as a base64 data URL");
+      check(sent.length === 1 && sent[0].url.endsWith("/generate-caption"), "an image address goes as JSON to /generate-caption");
+      const body = JSON.parse(sent[0].body);
+      check(body.image_url === config.noCorsUrl && !("image" in body), "as image_url, for the server to fetch: " + sent[0].body);
       await shot(page, "web-url-result.png");
 
-      await page.fill("#image-url", config.noCorsUrl);
-      await page.press("#image-url", "Enter");
-      await waitError(page, "cors");
-      const cors = await expectError(page, "cors", "CORS");
-      check(cors.where === "photo-error", "a photo-loading problem shows next to the photo controls");
-      await shot(page, "web-url-cors-error.png");
-
-      await page.fill("#image-url", config.htmlUrl);
-      await page.click("#fetch-url");
-      await waitError(page, "url_not_image");
-      const html = await expectError(page, "url_not_image", "web page");
+      async function failing(url, kind, re) {
+        await page.fill("#image-url", url);
+        await page.press("#image-url", "Enter");
+        check((await generate(page)) === "error", url + " is refused");
+        const err = await expectError(page, kind, re);
+        check(err.where === "photo-error", "an image-address problem shows next to the photo controls");
+        return err;
+      }
+      const blocked = await failing(config.blockedUrl, "url_fetch", "can't be used");
+      await shot(page, "web-url-blocked.png");
+      const missing = await failing(config.missingUrl, "url_fetch", "no image at that address");
+      const html = await failing(config.htmlUrl, "url_not_image", "isn't a photo");
+      check(await page.isVisible("#no-preview"), "a web page shows 'no preview'");
 
       await page.fill("#image-url", "not a url");
       await page.click("#fetch-url");
       const bad = await expectError(page, "bad_url", "address");
-      return { name, result, cors, html, bad };
+      return { name, preview, result, blocked, missing, html, bad };
     });
   },
 
@@ -360,7 +372,7 @@ const scenarios = {
     });
   },
 
-  /** A service with a small SNAP2CAPTION_MAX_IMAGE_BYTES: a too-large photo, by upload and as base64. */
+  /** A service with a small SNAP2CAPTION_MAX_IMAGE_BYTES: a too-large photo, by upload and by address. */
   async too_large() {
     return withBrowser({}, async (page) => {
       await openPage(page);
@@ -368,12 +380,12 @@ const scenarios = {
       check((await generate(page)) === "error", "an over-size upload is refused");
       const upload = await expectError(page, "too_large", "too large");
       await shot(page, "web-error-too-large.png");
-      // The same photo from a URL goes as base64 JSON: the same message.
-      await page.fill("#image-url", config.corsUrl);
+      // The same photo from an address, fetched by the server: the same message.
+      await page.fill("#image-url", config.url);
       await page.click("#fetch-url");
-      const fromUrl = decodeURIComponent(new URL(config.corsUrl).pathname.split("/").pop());
+      const fromUrl = decodeURIComponent(new URL(config.url).pathname.split("/").pop());
       await page.waitForFunction((n) => document.getElementById("preview-name").textContent === n, fromUrl);
-      check((await generate(page)) === "error", "an over-size base64 photo is refused");
+      check((await generate(page)) === "error", "an over-size photo from an address is refused");
       const json = await expectError(page, "too_large", "too large");
       return { upload, json };
     });

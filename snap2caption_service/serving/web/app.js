@@ -2,7 +2,8 @@
  *
  * Talks to the service it is served by (same origin, so no CORS):
  *   POST /generate-caption/upload  multipart  (a photo chosen from disk)
- *   POST /generate-caption         JSON       (a photo from a URL, the camera or the clipboard, as a data URL)
+ *   POST /generate-caption         JSON       (a photo from the camera or the clipboard as a data URL;
+ *                                             an image address as image_url, which the server fetches)
  *   POST /feedback                 JSON       (ratings and edits, keyed by request_id)
  */
 (function () {
@@ -27,6 +28,7 @@
     webcamCapture: $("webcam-capture"), webcamClose: $("webcam-close"),
     tone: $("tone"), audience: $("audience"), numHashtags: $("num-hashtags"), numCandidates: $("num-candidates"),
     platform: $("platform"), platformHint: $("platform-hint"),
+    modelInfo: $("model-info"), lowConfidence: $("low-confidence"),
     generate: $("generate"), generateLabel: document.querySelector("#generate .btn-label"),
     results: $("results"), status: $("status"), error: $("error"), photoError: $("photo-error"),
     empty: $("results-empty"),
@@ -41,7 +43,7 @@
   };
 
   const state = {
-    photo: null,     // {blob, name, via: "file"|"url"|"camera"|"paste", dataUrl?}
+    photo: null,     // {blob, name, via: "file"|"camera"|"paste", dataUrl?} or {url, name, via: "url"}
     previewUrl: null,
     result: null,    // last CaptionResult
     busy: false,
@@ -76,7 +78,7 @@
 
   // Problems with getting a photo in show next to the photo controls; problems with a request
   // show with the results. Either way the box is role=alert, so it is announced.
-  const PHOTO_ERRORS = new Set(["no_photo", "bad_url", "cors", "url_http", "url_not_image", "drop", "camera"]);
+  const PHOTO_ERRORS = new Set(["no_photo", "bad_url", "url_fetch", "url_not_image", "drop", "camera"]);
 
   /** Show a problem in creator words. kind is a stable name tests and styles can use. */
   function showError(kind, title, detail, actions) {
@@ -137,6 +139,15 @@
             : "Enter the key you were given under \u201cAPI key\u201d at the top of the page, save it, and try again.",
         [["Enter API key", askForKey]]);
     }
+    const fromUrl = state.photo && state.photo.via === "url";
+    if (fromUrl && body && body.stage === "fetch" && status !== 503 && status !== 413) {
+      return explainUrlError(status, code, detail, what);
+    }
+    if (fromUrl && code === "not_an_image") {
+      return showError("url_not_image", "That address isn't a photo",
+        "The server fetched it, but it isn't an image (perhaps a web page). " +
+        "Right-click the picture and use \u201cCopy image address\u201d instead.");
+    }
     if (status === 429 || status === 503) {
       return showError("busy", "The server is busy right now",
         "Lots of people are making captions at the moment. Please wait a few seconds and try again.", what === "caption" ? retry : []);
@@ -165,6 +176,28 @@
     return showError("server", "Something went wrong on our side",
       "The server answered with error " + status + (detail ? " (" + detail + ")" : "") + ". Please try again in a moment.",
       what === "caption" ? retry : []);
+  }
+
+  /** The server could not fetch an image address: say which way, with the server's own reason. */
+  function explainUrlError(status, code, detail, what) {
+    const titles = {
+      ssrf_blocked: "That address can't be used",
+      url_scheme_not_allowed: "That address can't be used",
+      invalid_url: "That doesn't look like an image address",
+      url_unresolvable: "That website doesn't exist",
+      url_not_found: "There's no image at that address",
+      url_forbidden: "That website won't share its image",
+      too_many_redirects: "That address keeps redirecting",
+      fetch_timeout: "That website took too long",
+      dns_timeout: "That website took too long",
+    };
+    const title = titles[code] || (status >= 500 ? "That website didn't answer" : "Couldn't get the image at that address");
+    const tip = status >= 500
+      ? " Please try again in a moment, or save the photo and choose the file instead."
+      : " Check the address, or save the photo and choose the file instead.";
+    const reason = detail ? detail + (/[.!?]$/.test(detail) ? "" : ".") : "The server answered " + status + ".";
+    return showError("url_fetch", title, reason + tip,
+      status >= 500 && what === "caption" ? [["Try again", () => el.generate.click()]] : []);
   }
 
   function explainNetworkError(err, what) {
@@ -201,20 +234,28 @@
   }
 
   // ---------------------------------------------------------------- the photo
-  function setPhoto(blob, name, via) {
+  /** Make ``photo`` the one to caption, previewed from ``src``. */
+  function usePhoto(photo, src, sizeText, message) {
     if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
-    state.photo = { blob, name: name || "photo", via };
-    state.previewUrl = URL.createObjectURL(blob);
+    state.photo = photo;
+    state.previewUrl = photo.blob ? src : null;
     el.preview.hidden = false;
     el.noPreview.hidden = true;
-    el.preview.src = state.previewUrl;
-    el.previewName.textContent = state.photo.name;
-    el.previewSize.textContent = "(" + humanSize(blob.size) + ")";
+    el.noPreview.textContent = photo.via === "url" ? "No preview; the server fetches the image" : "No preview for this file";
+    el.preview.src = src;
+    el.previewName.textContent = photo.name;
+    el.previewSize.textContent = sizeText;
     el.previewWrap.hidden = false;
     el.dropEmpty.hidden = true;
     el.fileInput.labels[0].textContent = "Choose another photo";
     clearError();
-    say("Photo ready: " + state.photo.name + ". Choose a style and press Generate.");
+    say(message);
+  }
+
+  function setPhoto(blob, name, via) {
+    const photo = { blob, name: name || "photo", via };
+    usePhoto(photo, URL.createObjectURL(blob), "(" + humanSize(blob.size) + ")",
+      "Photo ready: " + photo.name + ". Choose a style and press Generate.");
   }
 
   function clearPhoto() {
@@ -277,8 +318,10 @@
     }
   });
 
-  // From a URL: fetched by the browser (so it needs the other site's CORS permission).
-  async function loadFromUrl() {
+  // From an address: the server fetches the image (image_url), so a site that refuses other
+  // pages' reads (no CORS headers) still works. The preview is a plain <img>, which needs no CORS;
+  // whether it shows or not, the caption never depends on it.
+  function loadFromUrl() {
     const raw = el.url.value.trim();
     clearError();
     let url;
@@ -289,39 +332,12 @@
       el.url.focus();
       return;
     }
-    el.fetchUrl.disabled = true;
-    say("Loading the image…");
-    try {
-      let res;
-      try {
-        res = await fetch(url.href, { mode: "cors", credentials: "omit", referrerPolicy: "no-referrer" });
-      } catch (err) {
-        showError("cors", "That site won't let us load its image",
-          "The website doesn't allow other pages to fetch its pictures (CORS), or it couldn't be reached. " +
-          "Save the photo to your device and choose it with \u201cChoose a photo\u201d instead.");
-        say("");
-        return;
-      }
-      if (!res.ok) {
-        showError("url_http", "Couldn't load that image",
-          "The website answered " + res.status + (res.statusText ? " " + res.statusText : "") + ". Check the address and try again.");
-        say("");
-        return;
-      }
-      const blob = await res.blob();
-      const type = (blob.type || "").split(";")[0];
-      if (type && !type.startsWith("image/") && type !== "application/octet-stream") {
-        showError("url_not_image", "That address isn't a photo",
-          "It points to " + (type === "text/html" ? "a web page" : "a " + type + " file") +
-          ", not an image. Right-click the picture and use \u201cCopy image address\u201d instead.");
-        say("");
-        return;
-      }
-      const name = decodeURIComponent(url.pathname.split("/").pop() || "") || url.hostname;
-      setPhoto(blob, name, "url");
-    } finally {
-      el.fetchUrl.disabled = false;
-    }
+    const last = url.pathname.split("/").pop() || "";
+    let name;
+    try { name = decodeURIComponent(last); } catch (_) { name = last; }  // a stray "%" in the address
+    name = name || url.hostname;
+    usePhoto({ url: url.href, name, via: "url" }, url.href, "(from " + url.hostname + ")",
+      "Image address ready: " + name + ". Choose a style and press Generate; the server fetches the image.");
   }
   el.fetchUrl.addEventListener("click", loadFromUrl);
   el.url.addEventListener("keydown", (e) => {
@@ -423,6 +439,11 @@
         fd.append("image", state.photo.blob, state.photo.name);
         for (const [k, v] of Object.entries(opts)) fd.append(k, String(v));
         res = await call("generate-caption/upload", { method: "POST", headers: headers(), body: fd });
+      } else if (state.photo.via === "url") {
+        res = await call("generate-caption", {
+          method: "POST", headers: headers({ "Content-Type": "application/json" }),
+          body: JSON.stringify(Object.assign({ image_url: state.photo.url }, opts)),
+        });
       } else {
         if (!state.photo.dataUrl) state.photo.dataUrl = await blobToDataUrl(state.photo.blob);
         res = await call("generate-caption", {
@@ -458,6 +479,12 @@
     el.empty.hidden = true;
     el.result.hidden = false;
     el.caption.textContent = r.caption;
+    // An answer the model itself doubts is shown, but marked, never passed off as fine.
+    el.lowConfidence.hidden = !r.low_confidence;
+    el.lowConfidence.textContent = r.low_confidence
+      ? (r.notice || "The model is not sure about this picture.") +
+        (typeof r.confidence === "number" ? " (confidence " + Math.round(r.confidence * 100) + "%)" : "")
+      : "";
     const tags = r.hashtags || [];
     el.hashtags.replaceChildren(...tags.map(chip));
     if (!tags.length) {
@@ -501,6 +528,7 @@
     const top = r.candidates && r.candidates[0];
     el.meta.textContent = [
       top ? "Score " + Number(top.score).toFixed(2) : "",
+      typeof r.confidence === "number" ? "Confidence " + Math.round(r.confidence * 100) + "%" : "",
       r.model_version ? "Model " + r.model_version : "",
       typeof r.latency_ms === "number" ? (r.latency_ms / 1000).toFixed(1) + " s" : "",
       r.request_id ? "Request " + r.request_id : "",
@@ -687,6 +715,23 @@
     }));
     showPlatform(true);
   }).catch(() => {});
+
+  // ---------------------------------------------------------------- model
+  // Which model answers. The demo model says in one line what it knows and how to serve a real one,
+  // so a first photo of a cat does not read as the product's best effort.
+  function loadInfo(triesLeft) {
+    call("info", { headers: headers() }).then((res) => {
+      if (res.status === 503 && triesLeft > 0) { setTimeout(() => loadInfo(triesLeft - 1), 5000); return; }  // still loading
+      if (!res.ok || !res.body || !res.body.model_version) return;
+      const m = res.body;
+      el.modelInfo.textContent = m.demo
+        ? "Demo model: " + m.knows + " For photos, serve a LLaVA checkpoint: " + m.serve_a_checkpoint + "."
+        : "Model " + m.model_version + " (" + m.model_type + ").";
+      el.modelInfo.classList.toggle("is-demo", !!m.demo);
+      el.modelInfo.hidden = false;
+    }).catch(() => {});
+  }
+  loadInfo(24);
 
   window.addEventListener("pagehide", stopCamera);
 })();

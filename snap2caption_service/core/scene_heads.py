@@ -1,0 +1,75 @@
+"""The vision tower's own reading of a picture, for checkpoints that ship one: the demo model.
+
+The demo model's tower is pretrained with small classifier heads over its pooled patch tokens
+(training/vision_pretrain.py): which colour and shape the main object has, and which
+colour-shape objects are present at all. Those heads ship next to the weights, and their
+probabilities are the answer's confidence: a picture with no object the model knows (a real
+photograph, for a model of coloured shapes) scores low there, whatever its caption says.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+HEADS_FILE = "scene_heads.safetensors"
+LABELS_FILE = "scene_heads.json"
+
+
+def pooled_patches(vision_tower, pixel_values):
+    """The tower's picture summary the heads read: the mean patch token (LLaVA drops CLS anyway).
+    Training and serving both call this, so the heads always see what they were trained on."""
+    return vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:].mean(dim=1)
+
+
+@dataclass(frozen=True)
+class SceneReading:
+    color: str
+    shape: str
+    p_color: float
+    p_shape: float
+    p_object: float  # the highest probability that some known colour-shape object is present
+
+    @property
+    def confidence(self) -> float:
+        """As sure as its least sure part: an object of some kind, its colour, its shape."""
+        return min(self.p_object, self.p_color, self.p_shape)
+
+
+class SceneHeads:
+    """The heads' weights and label names, loaded from a model folder."""
+
+    def __init__(self, weights: dict, labels: dict):
+        self.weights = weights
+        self.labels = labels
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> SceneHeads | None:
+        """The heads of a local model folder, or None when it has none (every Hub checkpoint)."""
+        folder = Path(model_dir)
+        if not (folder / HEADS_FILE).is_file() or not (folder / LABELS_FILE).is_file():
+            return None
+        from safetensors.torch import load_file
+
+        return cls(load_file(str(folder / HEADS_FILE)), json.loads((folder / LABELS_FILE).read_text()))
+
+    def _logits(self, pooled, head: str):
+        w, b = self.weights[f"{head}.weight"], self.weights[f"{head}.bias"]
+        return pooled.float() @ w.T.float() + b.float()
+
+    def read(self, vision_tower, pixel_values) -> list[SceneReading]:
+        import torch
+
+        with torch.inference_mode():
+            pooled = pooled_patches(vision_tower, pixel_values.to(next(vision_tower.parameters()).dtype))
+            p_color = self._logits(pooled, "color").softmax(-1)
+            p_shape = self._logits(pooled, "shape").softmax(-1)
+            p_object = self._logits(pooled, "objects").sigmoid().amax(-1)
+        out = []
+        for c, s, o in zip(p_color, p_shape, p_object):
+            ci, si = int(c.argmax()), int(s.argmax())
+            out.append(
+                SceneReading(self.labels["color"][ci], self.labels["shape"][si], float(c[ci]), float(s[si]), float(o))
+            )
+        return out

@@ -43,12 +43,12 @@ def b64(data: bytes) -> str:
 
 
 def assert_parses(answer: dict, num_hashtags: int) -> None:
-    """What every answer must be, whatever the weights: a caption, exactly the requested number of
-    distinct hashtags, an alt text."""
+    """What every answer must be, whatever the weights: a caption, distinct hashtags (at least one,
+    at most the requested number: fewer specific tags rather than filler), an alt text."""
     assert answer["caption"].strip() and "\n" not in answer["caption"], answer
     assert answer["alt_text"].strip() and "\n" not in answer["alt_text"], answer
     tags = answer["hashtags"]
-    assert len(tags) == num_hashtags and len(set(tags)) == num_hashtags, answer
+    assert 1 <= len(tags) <= num_hashtags and len(set(tags)) == len(tags), answer
     assert all(re.fullmatch(r"#[a-z0-9]*[a-z][a-z0-9]*", t) for t in tags), tags
 
 

@@ -239,3 +239,25 @@ def test_background_check_reads_every_phrase():
     assert background_ok(["A red circle on a gradient background from gray to grey."], "gray")
     assert not background_ok(["Fine.", "A circle, on a plain white background and a black background."], "white")
     assert background_ok(["A red circle, on a textured background."], "textured")
+
+
+def test_report_counts_flagged_and_confidently_wrong_answers(sets):
+    """An answer the model doubts (below min_confidence) is flagged; a wrong one that is not is
+    'confidently wrong', the number a user of the demo model is misled by."""
+    scenes = sets["vector"][:40]
+
+    class Doubting(_FakeCaptioner):
+        def caption_batch(self, jobs):
+            out = super().caption_batch(jobs)
+            for i, cands in enumerate(out):
+                cands[0].confidence = 0.1 if i % 2 else 0.9  # every other answer doubted
+            return out
+
+    def wrong(i, s):
+        other = "circle" if s.shape != "circle" else "star"
+        return (f"Picture {i}: a {s.color} {other}.", f"A large {s.color} {other}, on a plain gray background.")
+
+    report = evaluate_set(Doubting(scenes, wrong), scenes, batch_size=40, min_confidence=0.35)
+    assert report.both_correct == 0.0
+    assert report.flagged == 0.5 and report.confidently_wrong == 0.5
+    assert "wrong and not flagged" in report.table()

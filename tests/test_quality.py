@@ -4,6 +4,10 @@ import pytest
 
 pytestmark = pytest.mark.quality
 
+# What the current demo model reaches on the first 150 scenes of the held-out vector set, less a
+# margin (issue 15's target is 0.95; measured numbers: README, "The embedded demo model").
+HELD_OUT_FLOOR = {"vector": 0.45}  # measured 0.533 (demo-8c81ff482c3c)
+
 
 def test_demo_model_meets_quality_bar(demo_model_dir):
     from snap2caption_service.core.captioner import Captioner
@@ -14,6 +18,37 @@ def test_demo_model_meets_quality_bar(demo_model_dir):
     assert report.caption_and_alt_correct >= THRESHOLDS["caption_and_alt_correct"], report.table()
     assert report.hashtags_have_color_and_shape >= THRESHOLDS["hashtags_have_color_and_shape"], report.table()
     assert report.tone_changes_wording >= THRESHOLDS["tone_changes_wording"], report.table()
+    # Issue 16: no generic filler tag, and alt text that passes the accessibility lint.
+    assert report.no_generic_hashtags >= THRESHOLDS["no_generic_hashtags"], report.table()
+    assert report.alt_text_lint_pass >= THRESHOLDS["alt_text_lint_pass"], report.table()
+
+
+def test_demo_model_flags_real_photographs(demo_model_dir):
+    """A real photo is not a coloured-shape scene: the answer says so (low confidence) instead of
+    captioning it as if it were fine (issue 15: honest first impression)."""
+    from snap2caption_service.core.captioner import Captioner
+    from snap2caption_service.core.settings import Settings
+    from training.evaluate_demo import first_impression
+
+    rows = first_impression(Captioner.load(str(demo_model_dir)), Settings().min_confidence)
+    assert {r["photo"] for r in rows} == {"china", "flower"}
+    assert all(r["flagged"] for r in rows), rows
+
+
+def test_demo_model_on_held_out_sets(demo_model_dir):
+    """The independent held-out sets run end to end against the demo model, with per-colour and
+    per-shape tables. Issue 15's 95% target is not met yet (README: the demo model); this guards
+    what is measured now, so a change that makes the model worse outside its generator fails."""
+    from snap2caption_service.core.captioner import Captioner
+    from training import synthetic
+    from training.evaluate_heldout import evaluate_set
+    from training.heldout_scenes import heldout_set
+
+    cap = Captioner.load(str(demo_model_dir))
+    report = evaluate_set(cap, heldout_set("vector", 150))
+    print(report.table())
+    assert set(report.per_color) == set(synthetic.COLORS) and set(report.per_shape) == set(synthetic.SHAPES)
+    assert report.both_correct >= HELD_OUT_FLOOR["vector"], report.table()
 
 
 def test_demo_model_left_padded_batch_matches_single(demo_model_dir):

@@ -32,13 +32,13 @@ class DemoRecipe:
     train_seed: int = 1
     # Stage 1: the vision tower learns the scenes (see vision_pretrain.py).
     vision_scenes: int = 12000
-    vision_steps: int = 2400
+    vision_steps: int = 2700
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
     empty_scene_share: float = 0.08
     # Stage 2: projector + decoder learn to caption, the tower frozen (as in LLaVA's stage 1).
     train_examples: int = 12000
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 30

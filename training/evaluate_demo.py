@@ -203,7 +203,12 @@ def main(
     passed = report.passed()
     figures: dict = {**asdict(report), "thresholds": THRESHOLDS, "passed": report.passed(), "heldout": {}}
     for name in HELDOUT_SETS if heldout_scenes else ():
-        held = evaluate_set(captioner, heldout_set(name, heldout_scenes), batch_size=batch_size)
+        held = evaluate_set(
+            captioner,
+            heldout_set(name, heldout_scenes),
+            batch_size=batch_size,
+            min_confidence=get_settings().min_confidence,
+        )
         print(f"\n== held out: {name!r}, drawn by independent code (training/heldout_scenes.py)")
         print(held.table())
         passed = passed and held.passed()

@@ -98,6 +98,10 @@ class HeldOutReport:
     seconds: float
     model_version: str
     misses: list[Miss] = field(default_factory=list)  # the first few, for a human to look at
+    # Honesty, not a pass mark: how many answers the service would flag (low confidence), and how
+    # many are wrong about colour or shape and yet not flagged (confidently wrong).
+    flagged: float = 0.0
+    confidently_wrong: float = 0.0
 
     def passed(self) -> bool:
         return (
@@ -122,6 +126,8 @@ class HeldOutReport:
                 f"{self.distinct_captions}/{self.distinct_of}",
                 f">= {DISTINCT_PICTURES}",
             ),
+            ("flagged low confidence", f"{self.flagged:.1%}", ""),
+            ("wrong and not flagged", f"{self.confidently_wrong:.1%}", ""),
         ]
         width = max(len(r[0]) for r in rows)
         lines = [f"held-out set {self.set_name}: model {self.model_version}, {self.seconds:.0f}s"]
@@ -146,7 +152,12 @@ def _rates(keys: list[str], oks: list[bool], order: tuple[str, ...]) -> dict[str
 
 
 def evaluate_set(
-    captioner, scenes: list[HeldOutScene], tone: str = "casual", audience: str = "personal", batch_size: int = 50
+    captioner,
+    scenes: list[HeldOutScene],
+    tone: str = "casual",
+    audience: str = "personal",
+    batch_size: int = 50,
+    min_confidence: float = 0.35,
 ) -> HeldOutReport:
     from snap2caption_service.core.captioner import CaptionJob
 
@@ -166,6 +177,7 @@ def evaluate_set(
             truth = f"{scene.color} {scene.shape} on {scene.background}"
             misses.append(Miss(i, truth, a.caption, a.alt_text))
     both = [c and a for c, a in zip(cap_ok, alt_ok)]
+    flagged = [a.confidence is not None and a.confidence < min_confidence for a in answers]
     first = [a.caption.strip().lower() for a in answers[:DISTINCT_PICTURES]]
     n = float(len(scenes))
     backgrounds = tuple(dict.fromkeys(sorted(s.background for s in scenes)))
@@ -185,4 +197,6 @@ def evaluate_set(
         seconds=time.perf_counter() - t0,
         model_version=captioner.version,
         misses=misses,
+        flagged=sum(flagged) / n,
+        confidently_wrong=sum(not ok and not f for ok, f in zip(both, flagged)) / n,
     )

@@ -354,7 +354,8 @@ class Captioner:
 
     def describe(self) -> dict:
         """What /info says about this model (contracts.ModelDescription, less the service's settings)."""
-        demo = self.version.startswith(demo_version(""))
+        # Scene heads ship only with the demo model (training/build_demo.py), whatever its folder is called.
+        demo = self.version.startswith(demo_version("")) or self.scene_heads is not None
         if demo and self.scene_heads is not None:
             labels = self.scene_heads.labels
             knows = (

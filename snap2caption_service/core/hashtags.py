@@ -75,7 +75,7 @@ def keywords(text: str) -> list[str]:
     words = re.findall(r"[A-Za-z][A-Za-z0-9']+", text)
     out = []
     for w in words:
-        w = w.lower().replace("'", "")
+        w = re.sub(r"'s$", "", w.lower()).replace("'", "")  # "Today's" is the stopword "today"
         if len(w) >= 3 and w not in STOPWORDS:
             out.append(w)
     return out

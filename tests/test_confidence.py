@@ -1,0 +1,104 @@
+"""Issue 15 §3: every answer carries a confidence, an answer the model doubts is flagged rather
+than served as fine, and GET /info says which model answers and what it knows."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import random
+
+import pytest
+from PIL import Image
+
+from snap2caption_service.core.contracts import Candidate, CaptionOptions, ModelDescription
+from snap2caption_service.core.scene_heads import HEADS_FILE, LABELS_FILE, SceneHeads, SceneReading
+from snap2caption_service.serving.pipeline import LOW_CONFIDENCE_NOTICE, ModelOutput, build_result
+
+
+def _output(confidence: float | None) -> ModelOutput:
+    cand = Candidate(caption="A red circle.", hashtags=["#redcircle"], alt_text="A red circle.", score=-0.5)
+    cand.confidence = confidence
+    return ModelOutput(candidates=[cand], model_version="m")
+
+
+@pytest.mark.parametrize(
+    ("confidence", "threshold", "flagged"),
+    [(0.9, 0.35, False), (0.2, 0.35, True), (0.35, 0.35, False), (None, 0.35, False), (0.2, 0.0, False)],
+)
+def test_an_answer_below_the_threshold_is_flagged_not_hidden(confidence, threshold, flagged):
+    result = build_result(_output(confidence), "a" * 32, 1.0, "", CaptionOptions(), min_confidence=threshold)
+    assert result.caption == "A red circle."  # still answered: the creator decides
+    assert result.confidence == confidence
+    assert result.low_confidence is flagged
+    assert result.notice == (LOW_CONFIDENCE_NOTICE if flagged else None)
+
+
+def test_scene_reading_is_as_sure_as_its_least_sure_part():
+    reading = SceneReading("red", "circle", p_color=0.9, p_shape=0.8, p_object=0.1)
+    assert reading.confidence == 0.1  # no known object: whatever colour and shape it would be
+
+
+def test_a_folder_without_heads_has_none(tmp_path):
+    assert SceneHeads.load(tmp_path) is None
+    (tmp_path / LABELS_FILE).write_text("{}")
+    assert SceneHeads.load(tmp_path) is None  # labels alone are not heads
+
+
+def test_demo_build_ships_heads_the_captioner_reads(tmp_path):
+    """A (very short) demo build saves its vision heads; the captioner loads them and every answer
+    gets the heads' confidence, the same for each candidate of one picture."""
+    from snap2caption_service.core.captioner import Captioner, CaptionJob
+    from training import synthetic
+    from training.build_demo import DemoRecipe, build_demo_model
+    from training.demo_model import DemoArchitecture
+
+    recipe = DemoRecipe(
+        vision_scenes=64, vision_steps=2, train_examples=16, steps=1, batch_size=8, vision_batch_size=16
+    )
+    build_demo_model(tmp_path, recipe, DemoArchitecture(), progress=False)
+    assert (tmp_path / HEADS_FILE).is_file()
+    labels = json.loads((tmp_path / LABELS_FILE).read_text())
+    assert labels["color"] == list(synthetic.COLORS) and labels["shape"] == list(synthetic.SHAPES)
+
+    cap = Captioner.load(str(tmp_path))
+    assert cap.scene_heads is not None
+    scene = synthetic.sample_scene(random.Random(3))
+    [cands] = cap.caption_batch([CaptionJob(synthetic.render_scene(scene), num_hashtags=3, num_candidates=2)])
+    assert len({c.confidence for c in cands}) == 1 and 0.0 <= cands[0].confidence <= 1.0
+    described = cap.describe()
+    assert "coloured shapes" in described["knows"] and "scene heads" in described["confidence_source"]
+
+
+def test_without_heads_confidence_is_the_mean_token_probability(tiny_model_dir):
+    from snap2caption_service.core.captioner import Captioner, CaptionJob
+
+    cap = Captioner.load(str(tiny_model_dir))
+    assert cap.scene_heads is None
+    [cands] = cap.caption_batch([CaptionJob(Image.new("RGB", (32, 32), "red"), num_hashtags=2)])
+    assert cands[0].confidence == pytest.approx(math.exp(cands[0].score), abs=1e-3)
+    described = cap.describe()
+    assert described["demo"] is False and "token probability" in described["confidence_source"]
+
+
+def _png_b64() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 40), (200, 30, 30)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.service
+def test_info_and_confidence_over_http(service):
+    with service.client() as c:
+        info = c.get("/info")
+        answer = c.post("/generate-caption", json={"image": _png_b64()})
+    assert info.status_code == 200, info.text
+    body = ModelDescription.model_validate(info.json())
+    assert body.model_type == "llava" and body.demo is False and body.min_confidence == 0.35
+    assert "SNAP2CAPTION_MODEL" in body.serve_a_checkpoint
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert 0.0 <= result["confidence"] <= 1.0
+    assert result["low_confidence"] is (result["confidence"] < body.min_confidence)
+    assert (result["notice"] is not None) is result["low_confidence"]

@@ -382,7 +382,8 @@ class Captioner:
         return next(self.model.parameters()).device
 
     def _generate(self, images, prompts, num_hashtags: list[int], temperatures=None, seed: int = 0):
-        """One generate call; returns (texts, mean token log-probs, generated token count)."""
+        """One generate call; returns (texts, mean token log-probs, generated token count, the
+        processed pixel values, which the scene heads read rather than process the images again)."""
         import torch
         from transformers import LogitsProcessorList
 
@@ -423,7 +424,7 @@ class Captioner:
         valid = ~after_eos
         mean_lp = (logprobs * valid).sum(1) / valid.sum(1).clamp(min=1)
         texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
-        return texts, mean_lp.tolist(), int(valid.sum())
+        return texts, mean_lp.tolist(), int(valid.sum()), inputs.get("pixel_values")
 
     def caption_batch(self, jobs: list[CaptionJob], stats: BatchStats | None = None) -> list[list[Candidate]]:
         """Candidates for each job, best first. One greedy call for all jobs, and one sampled
@@ -431,7 +432,7 @@ class Captioner:
         t0 = time.perf_counter()
         prompts = [self.chat.prompt(j.tone, j.audience, j.num_hashtags, j.platform) for j in jobs]
         images = [j.image for j in jobs]
-        texts, scores, ntok = self._generate(images, prompts, [j.num_hashtags for j in jobs])
+        texts, scores, ntok, pixels = self._generate(images, prompts, [j.num_hashtags for j in jobs])
         per_job: list[list[Candidate]] = [
             [self._candidate(t, s, j.num_hashtags)] for t, s, j in zip(texts, scores, jobs)
         ]
@@ -441,7 +442,7 @@ class Captioner:
             for k in range(j.num_candidates - 1)
         ]
         if rows:
-            s_texts, s_scores, s_tok = self._generate(
+            s_texts, s_scores, s_tok, _ = self._generate(
                 [images[i] for i, _ in rows],
                 [prompts[i] for i, _ in rows],
                 [jobs[i].num_hashtags for i, _ in rows],
@@ -453,14 +454,14 @@ class Captioner:
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
         for cands in per_job:
             cands.sort(key=lambda c: c.score, reverse=True)
-        self._add_confidence(images, per_job)
+        self._add_confidence(pixels, per_job)
         if stats is not None:
             stats.batch_size = len(jobs)
             stats.generated_tokens = ntok
             stats.seconds = time.perf_counter() - t0
         return per_job
 
-    def _add_confidence(self, images, per_job: list[list[Candidate]]) -> None:
+    def _add_confidence(self, pixels, per_job: list[list[Candidate]]) -> None:
         """How far to trust each answer, 0..1. With scene heads: the vision tower's own class
         probabilities for the picture (low for a picture with no object it knows, whatever the
         text says). Without: the answer's mean token probability, exp(score), the one signal
@@ -468,9 +469,8 @@ class Captioner:
         import math
 
         readings = None
-        if self.scene_heads is not None:
-            pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            readings = self.scene_heads.read(vision_tower(self.model), pixels.to(self.device))
+        if self.scene_heads is not None and pixels is not None:
+            readings = self.scene_heads.read(vision_tower(self.model), pixels)
         for i, cands in enumerate(per_job):
             for c in cands:
                 value = readings[i].confidence if readings is not None else math.exp(c.score)

@@ -135,8 +135,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from snap2caption_service.core.captioner import CaptionJob
+    from snap2caption_service.core.creator_adapters import served_model_version
     from snap2caption_service.core.images import ImageError
-    from snap2caption_service.core.model_loading import load_captioner
+    from snap2caption_service.core.model_loading import load_serving
     from snap2caption_service.core.settings import get_settings
     from snap2caption_service.core.tag_stats import TagStatsReader
     from snap2caption_service.serving.pipeline import (
@@ -155,6 +156,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
             num_hashtags=args.num_hashtags,
             num_candidates=args.num_candidates,
             include_hashtags=_tag_list(args.include_hashtags),
+            creator_id=args.creator_id,
         )
     except ValidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -171,11 +173,18 @@ def cmd_caption(args: argparse.Namespace) -> int:
         return 1
     from training.build_demo import ensure_demo_model
 
-    captioner = load_captioner(settings, ensure_demo_model)
+    captioner, adapters = load_serving(settings, ensure_demo_model)
+    adapter = adapters.acquire(options.creator_id) if adapters is not None and options.creator_id else None
     t0 = time.perf_counter()
     jobs = [
         CaptionJob(
-            p.image, options.tone, options.audience, hashtag_pool(options), options.num_candidates, options.platform
+            p.image,
+            options.tone,
+            options.audience,
+            hashtag_pool(options),
+            options.num_candidates,
+            options.platform,
+            adapter=adapter.name if adapter is not None else None,
         )
         for _, p in prepared
     ]
@@ -184,7 +193,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     results = []
     tag_stats = TagStatsReader(settings.tag_stats_file)
     for (path, p), cands in zip(prepared, per_job):
-        output = ModelOutput(candidates=cands, model_version=captioner.version)
+        version = served_model_version(captioner.version, adapter.label if adapter is not None else None)
+        output = ModelOutput(candidates=cands, model_version=version)
         res = build_result(output, new_request_id(), latency, p.sha256, options, tag_stats, settings.min_confidence)
         results.append({"file": path, **res.model_dump()})
     if args.json:
@@ -323,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="caption local image files without a server")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     _options_flags(p)
+    p.add_argument(
+        "--creator-id",
+        help="caption in this creator's adapter (the registry's, on the champion); without one, or when "
+        "the creator has none, the champion answers",
+    )
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     _model_flags(p)
     p.set_defaults(func=cmd_caption)

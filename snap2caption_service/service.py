@@ -33,6 +33,7 @@ from snap2caption_service.core.contracts import (
     ImageRef,
     ServedCaption,
 )
+from snap2caption_service.core.creator_adapters import served_model_version
 from snap2caption_service.core.errors import ErrorAnswer, Poison, Transient
 from snap2caption_service.core.hashtags import warm_up_segmenter
 from snap2caption_service.core.images import ImageError, decode_base64_image, decode_png_base64
@@ -43,7 +44,7 @@ from snap2caption_service.serving.batching import install_gather_dispatch
 from snap2caption_service.serving.feedback_store import FeedbackLogUnavailable, FeedbackStore, FeedbackTooLarge
 from snap2caption_service.serving.image_fetch import FetchPool, fetch_error_response
 from snap2caption_service.serving.limits import RequestLimitMiddleware
-from snap2caption_service.serving.metrics import get_metrics
+from snap2caption_service.serving.metrics import get_metrics, record_adapter_load, record_resident_adapters
 from snap2caption_service.serving.pipeline import (
     ModelItem,
     ModelOutput,
@@ -96,14 +97,23 @@ class CaptionModel:
     """
 
     def __init__(self) -> None:
-        from snap2caption_service.core.model_loading import load_captioner
+        from snap2caption_service.core.model_loading import load_serving
         from training.build_demo import ensure_demo_model
 
         self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        # Creator adapters are looked up, downloaded and read here, off the model thread, so the
+        # batches of other creators keep running while one creator's adapter loads.
+        self._adapter_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="adapters")
         t0 = time.perf_counter()
         try:
-            self.captioner = self._torch_thread.submit(
-                load_captioner, get_settings(), ensure_demo_model, progress=False
+            self.captioner, self.adapters = self._torch_thread.submit(
+                load_serving,
+                get_settings(),
+                ensure_demo_model,
+                False,
+                self._on_model_thread,
+                on_load=record_adapter_load,
+                on_resident=record_resident_adapters,
             ).result()
         except CheckpointRefused as exc:
             stop_server_for(exc)
@@ -111,8 +121,13 @@ class CaptionModel:
         get_metrics().model_load.observe(time.perf_counter() - t0)
         get_metrics().model_info.labels(self.captioner.version).set(1)
 
+    def _on_model_thread(self, fn):
+        """Run ``fn`` (a change of the model) between batches on the model thread, and wait for it."""
+        return self._torch_thread.submit(fn).result()
+
     @bentoml.on_shutdown
     def close(self) -> None:
+        self._adapter_threads.shutdown(wait=False, cancel_futures=True)
         self._torch_thread.shutdown(wait=True, cancel_futures=True)
 
     @bentoml.api
@@ -120,24 +135,51 @@ class CaptionModel:
         """Which model this worker serves (GET /info adds the service's side)."""
         return self.captioner.describe()
 
+    @bentoml.api
+    async def creator_adapter(self, creator_id: str) -> str:
+        """The creator's adapter, loaded and held for the caption call that follows; "" = the champion."""
+        if self.adapters is None:
+            return ""
+        loop = asyncio.get_running_loop()
+        adapter = await loop.run_in_executor(self._adapter_threads, self.adapters.acquire, creator_id)
+        return adapter.name if adapter is not None else ""
+
     @bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
     async def caption(self, items: list[ModelItem]) -> list[ModelOutput]:
         return await asyncio.get_running_loop().run_in_executor(self._torch_thread, self._caption_batch, items)
 
     def _caption_batch(self, items: list[ModelItem]) -> list[ModelOutput]:
+        adapters = self.adapters.adapters_for([i.adapter for i in items]) if self.adapters else [None] * len(items)
         jobs = [
             CaptionJob(
-                decode_png_base64(i.image_png_b64), i.tone, i.audience, i.num_hashtags, i.num_candidates, i.platform
+                decode_png_base64(i.image_png_b64),
+                i.tone,
+                i.audience,
+                i.num_hashtags,
+                i.num_candidates,
+                i.platform,
+                adapter=a.name if a is not None else None,
             )
-            for i in items
+            for i, a in zip(items, adapters)
         ]
         stats = BatchStats()
-        results = self.captioner.caption_batch(jobs, stats)
+        try:
+            results = self.captioner.caption_batch(jobs, stats)
+        finally:
+            if self.adapters is not None:
+                self.adapters.release(adapters)
         m = get_metrics()
         m.batch_size.observe(stats.batch_size)
+        m.adapter_rows.observe(stats.adapter_rows)
         m.model_call.observe(stats.seconds)
         m.generated_tokens.inc(stats.generated_tokens)
-        return [ModelOutput(candidates=c, model_version=self.captioner.version) for c in results]
+        return [
+            ModelOutput(
+                candidates=c,
+                model_version=served_model_version(self.captioner.version, a.label if a is not None else None),
+            )
+            for c, a in zip(results, adapters)
+        ]
 
 
 # BentoML works out a list output's media type by building its whole JSON schema, for every
@@ -224,7 +266,8 @@ class Snap2Caption:
             m.injected_faults.inc()
             m.captions.labels("error", source).inc()
             raise ErrorAnswer(500, "injected_fault", "Fault injected by SNAP2CAPTION_FAULT_ERROR_RATE.")
-        item = model_item(prepared, options)
+        adapter = await self.model.to_async.creator_adapter(creator_id=options.creator_id) if options.creator_id else ""
+        item = model_item(prepared, options, adapter or None)
         outputs = await self._call_model(item)
         output = outputs[0]
         if not isinstance(output, ModelOutput):

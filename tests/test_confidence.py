@@ -55,7 +55,12 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path):
     from training.demo_model import DemoArchitecture
 
     recipe = DemoRecipe(
-        vision_scenes=64, vision_steps=2, train_examples=16, steps=1, batch_size=8, vision_batch_size=16,
+        vision_scenes=64,
+        vision_steps=2,
+        train_examples=16,
+        steps=1,
+        batch_size=8,
+        vision_batch_size=16,
         compile_decoder=False,
     )
     build_demo_model(tmp_path, recipe, DemoArchitecture(), progress=False)

@@ -46,7 +46,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser(
         "retrain",
-        help="snapshot new feedback, fine-tune from the champion, evaluate, gate",
+        help="snapshot new feedback, fine-tune from the champion, evaluate, gate; then each creator's adapter",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Needs KAFKA_BOOTSTRAP_SERVERS (the caption.feedback topic) and MLFLOW_TRACKING_URI.\n"
         "examples:\n  snap2caption retrain                      # once, now\n"
@@ -81,6 +81,28 @@ def add_parsers(sub) -> None:
         help="keep running: check for new feedback every SECONDS and retrain when enough arrived",
     )
     p.add_argument("--output-dir", help="default: <data_dir>/runs/retrain-<time>")
+    p.add_argument(
+        "--creator-config",
+        default=defaults.creator_config,
+        help="training config for creator adapters [SNAP2CAPTION_CREATOR_CONFIG, default demo-creator.yaml]",
+    )
+    p.add_argument(
+        "--creator-set", action="append", default=[], metavar="KEY=VALUE", help="override a creator config field"
+    )
+    p.add_argument(
+        "--creator-min-events",
+        type=int,
+        default=defaults.creator_min_events,
+        help="train a creator's adapter once this many of their feedback records are new "
+        "[SNAP2CAPTION_CREATOR_MIN_EVENTS, 50]",
+    )
+    p.add_argument(
+        "--creator-min-eval-records",
+        type=int,
+        default=defaults.creator_min_eval_records,
+        help="hold a creator with fewer held-out records [SNAP2CAPTION_CREATOR_MIN_EVAL_RECORDS, 8]",
+    )
+    p.add_argument("--no-creators", action="store_true", help="retrain the champion only, no creator adapters")
     p.set_defaults(func=cmd_retrain)
 
 
@@ -139,12 +161,22 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         archive=settings.archive_location,
         min_new_events=args.min_new_events,
         output_dir=args.output_dir,
+        creators=not args.no_creators,
+        creator_config=args.creator_config,
+        creator_overrides=args.creator_set,
+        creator_min_events=args.creator_min_events,
+        creator_min_eval_records=args.creator_min_eval_records,
     )
     if args.watch:
         return watch(rs, args.watch)
     report = retrain(rs)
     print(json.dumps(report, indent=2))
-    return 0 if report["status"] in ("promoted", "held", "nothing_new") else 1
+    failed = [c["creator_id"] for c in report.get("creators", []) if c["status"] == "failed"]
+    if report.get("creators_error"):
+        failed.append("(all: " + report["creators_error"] + ")")
+    if failed:
+        print(f"creator runs failed (their adapters unchanged): {', '.join(failed)}", file=sys.stderr)
+    return 0 if report["status"] in ("promoted", "held", "nothing_new") and not failed else 1
 
 
 def _champion_to_beat(model_name: str, out: Path):

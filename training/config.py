@@ -81,6 +81,11 @@ class TrainingConfig(_Strict):
     base_model: str = Field("demo", description="'demo' (the embedded model), an HF LLaVA id or a folder.")
     resume_adapter: str | None = Field(None, description="A LoRA adapter folder, 'champion', or none.")
     data: list[DataSource] = Field(default_factory=list)
+    replay: list[DataSource] = Field(
+        default_factory=list,
+        description="Rehearsal: records mixed into every fine-tune's training data (not its evaluation), so "
+        "learning a few hundred edits does not make the model forget what its base reads well.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     steps: int | None = Field(None, ge=1)

@@ -51,6 +51,12 @@ class CaptionRecord:
     kind: str = "reference"  # reference | correction | positive (feedback snapshots)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def creator_id(self) -> str | None:
+        """The creator the caption was requested for (feedback snapshots carry it); None for
+        data that belongs to no one creator."""
+        return self.extra.get("creator_id") or None
+
     def target(self) -> str:
         # Alt text is what a screen reader says; a dataset without it falls back to the caption
         # rather than teaching the model to answer with an empty line.

@@ -133,6 +133,9 @@ def records_from_feedback(
                     "feedback_id": fb.feedback_id,
                     "request_id": fb.request_id,
                     "shown_model_version": served.model_version,
+                    # Whose house style the edit is: their records train their own adapter
+                    # (training/creator_retrain.py), not everyone's champion.
+                    **({"creator_id": served.creator_id} if served.creator_id else {}),
                 },
             )
         )
@@ -277,6 +280,31 @@ def mark_consumed(root: str, info: SnapshotInfo) -> None:
 def load_latest(root: str) -> SnapshotInfo | None:
     data = Storage(root).read(LATEST)
     return SnapshotInfo(**json.loads(data.decode())) if data else None
+
+
+def snapshot_chain(root: str, head: SnapshotInfo | None) -> list[SnapshotInfo]:
+    """``head`` and every snapshot before it (its ``previous`` links), oldest first; ``head``
+    None: the chain ending at latest.json."""
+    head = head or load_latest(root)
+    chain: list[SnapshotInfo] = []
+    seen: set[str] = set()
+    while head is not None and head.id not in seen:
+        chain.append(head)
+        seen.add(head.id)
+        data = Storage(join(root, head.previous)).read("snapshot.json") if head.previous else None
+        head = SnapshotInfo(**json.loads(data.decode())) if data else None
+    return chain[::-1]
+
+
+def feedback_history(root: str, head: SnapshotInfo | None) -> list[CaptionRecord]:
+    """Every record of the snapshot chain ending at ``head``, one per captioned request (a later
+    snapshot's feedback on the same request replaces an earlier one's, as within a snapshot)."""
+    latest: dict[str, CaptionRecord] = {}
+    for info in snapshot_chain(root, head):
+        for r in read_snapshot(info.location):
+            latest.pop(r.extra.get("request_id") or r.image_id, None)
+            latest[r.extra.get("request_id") or r.image_id] = r
+    return list(latest.values())
 
 
 def read_snapshot(location: str) -> list[CaptionRecord]:

@@ -98,23 +98,37 @@ def lora_target_pattern(modules: list[str], layers: list[int] | None = None) -> 
     return r"^(?!.*vision_tower)(?=.*language_model\.)" + where + r"\.(" + "|".join(modules) + r")$"
 
 
+def train_dtype(cfg: TrainingConfig, device: str):
+    """Master weights in fp32 (autocast does the fast math) on CPU; bf16 base weights on GPU
+    keep a 7B model inside one card's memory, the LoRA weights stay fp32 either way."""
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") and cfg.precision != "fp32" else torch.float32
+
+
 def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | None, device: str):
     """(peft model, processor, base identity): a supported checkpoint loaded as serving loads it
     (core/captioner.load_checkpoint: its family's auto class, safetensors only, every weight
     accounted for), with LoRA on the language model and everything else frozen."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    # Master weights in fp32 (autocast does the fast math) on CPU; bf16 base weights on GPU
-    # keep a 7B model inside one card's memory, the LoRA weights stay fp32 either way.
-    dtype = torch.bfloat16 if device.startswith("cuda") and cfg.precision != "fp32" else torch.float32
-    resume_dir = safetensors_adapter(resume_adapter) if resume_adapter else None
-    model, processor = load_checkpoint(base_ref, dtype)
+    if resume_adapter:
+        safetensors_adapter(resume_adapter)  # a pickle-only adapter fails before the base loads
+    model, processor = load_checkpoint(base_ref, train_dtype(cfg, device))
     identity = base_identity(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    if resume_dir:
+    return attach_lora(model, cfg, resume_adapter, base_ref, identity, device), processor, identity
+
+
+def attach_lora(model, cfg: TrainingConfig, resume_adapter: str | None, base_ref: str, identity: dict, device: str):
+    """``model`` wrapped with a trainable LoRA: ``resume_adapter``'s (checked against the base it
+    was trained on) or a fresh one from ``cfg.lora``. The base weights stay frozen, so
+    ``unload()`` on the result gives back the same base for the next adapter."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_adapter:
+        resume_dir = safetensors_adapter(resume_adapter)
         check_adapter_base(resume_dir, base_ref, identity)
         model = PeftModel.from_pretrained(model, resume_dir, is_trainable=True)
         log.info("resuming from adapter %s", resume_adapter)
@@ -135,7 +149,7 @@ def load_trainable(base_ref: str, cfg: TrainingConfig, resume_adapter: str | Non
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
-    return model, processor, identity
+    return model
 
 
 def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
@@ -171,7 +185,41 @@ def finetune(
     base_ref = resolve_base(cfg.base_model, get_settings().data_dir, ensure_demo_model)
     torch.manual_seed(cfg.seed)
     model, processor, identity = load_trainable(base_ref, cfg, resume_adapter, device)
-    data = EncodedDataset(processor, examples_of(train_records), progress=progress and ddp.is_main)
+    return train_adapter(
+        model,
+        processor,
+        identity,
+        base_ref,
+        cfg,
+        output_dir,
+        train_records,
+        eval_records,
+        on_log,
+        progress,
+        ddp,
+        meta={"resumed_from": resume_adapter},
+    )
+
+
+def train_adapter(
+    model,
+    processor,
+    identity: dict,
+    base_ref: str,
+    cfg: TrainingConfig,
+    output_dir: Path,
+    train_records: list[CaptionRecord],
+    eval_records: list[CaptionRecord] | None = None,
+    on_log=None,
+    progress: bool = True,
+    ddp: Distributed | None = None,
+    meta: dict | None = None,
+) -> FinetuneResult:
+    """Train the LoRA ``model`` already carries (``attach_lora``) and save it, with
+    ``snap2caption_adapter.json`` (its base, the config, and ``meta``), to ``output_dir/adapter``."""
+    ddp = ddp or distributed_from_env()
+    replay = [r for src in cfg.replay for r in read_source(src.model_dump())]
+    data = EncodedDataset(processor, examples_of(train_records + replay), progress=progress and ddp.is_main)
     steps = cfg.total_steps(len(data))
     loop_cfg = TrainConfig(
         steps=steps,
@@ -205,7 +253,7 @@ def finetune(
             "base_ref": base_ref,
             "base_identity": identity,  # checked when the adapter is loaded (core/captioner.check_adapter_base)
             "config": cfg.name,
-            "resumed_from": resume_adapter,
+            **(meta or {}),
             "steps": result.steps,
             "train_records": len(data),
             "created_at": datetime.now(UTC).isoformat(),

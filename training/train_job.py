@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from training.config import TrainingConfig
 from training.datasets import CaptionRecord
@@ -104,6 +106,12 @@ class JobOutcome:
         }
 
 
+def headline(metrics: dict) -> dict:
+    """The metrics a report shows, rounded."""
+    keys = ("cider_d", "bleu4", "rouge_l", "hashtag_f1", "color_shape_accuracy")
+    return {k: round(metrics[k], 4) for k in keys if k in metrics}
+
+
 def default_output_dir(cfg: TrainingConfig) -> Path:
     from snap2caption_service.core.settings import get_settings
 
@@ -150,26 +158,50 @@ def run_job(
     if not track:
         return _run(cfg, output_dir, resume_adapter, baseline, train_records, eval_records, None, progress, ddp)
 
-    from training import tracking
-
     params = {
         "resume_adapter": resume_adapter or "",
         "train_records": len(train_records),
         "eval_records": len(eval_records or []),
         "world_size": ddp.world_size,
     }
-    tags = {"champion_version": baseline.champion_version or "none", **(tags or {})}
-    with tracking.start_run(
-        cfg.mlflow_experiment, run_name or cfg.name, cfg.model_dump(mode="json"), params, tags=tags
-    ) as run:
+    return tracked_job(
+        cfg,
+        output_dir,
+        run_name or cfg.name,
+        params,
+        {"champion_version": baseline.champion_version or "none", **(tags or {})},
+        datasets,
+        lambda tracking: _run(
+            cfg, output_dir, resume_adapter, baseline, train_records, eval_records, tracking, progress, ddp
+        ),
+        lambda outcome, artifact: _register(cfg, outcome, artifact),
+    )
+
+
+def tracked_job(
+    cfg: TrainingConfig,
+    output_dir: Path,
+    run_name: str,
+    params: dict,
+    tags: dict,
+    datasets: list[DatasetInput] | None,
+    work: Callable[[ModuleType], JobOutcome],
+    register: Callable[[JobOutcome, str], None],
+) -> JobOutcome:
+    """One MLflow run around ``work(tracking)`` (train + score + gate): its datasets, both
+    evaluations, the adapter, then ``register(outcome, artifact_path)`` and summary.json. An
+    exception anywhere marks the run FAILED and moves no alias."""
+    from training import tracking
+
+    with tracking.start_run(cfg.mlflow_experiment, run_name, cfg.model_dump(mode="json"), params, tags=tags) as run:
         for d in datasets or []:
             tracking.log_dataset(d.name, d.digest, d.source, d.num_rows, d.context)
-        outcome = _run(cfg, output_dir, resume_adapter, baseline, train_records, eval_records, tracking, progress, ddp)
+        outcome = work(tracking)
         outcome.run_id = run.info.run_id
         tracking.log_eval(outcome.candidate_metrics, output_dir / "predictions.csv")
         tracking.log_eval(outcome.baseline_metrics, output_dir / "baseline_predictions.csv", prefix="baseline_")
         artifact = tracking.log_adapter(outcome.adapter_dir)
-        _register(cfg, outcome, artifact)
+        register(outcome, artifact)
         (output_dir / "summary.json").write_text(json.dumps(outcome.summary(), indent=2))
         import mlflow
 
@@ -200,6 +232,19 @@ def _run(
     base_metrics, _ = score(base_captioner, result.eval_records, cfg.eval, output_dir / "baseline_predictions.csv")
     del base_captioner
     timings["evaluate"] = time.perf_counter() - t1
+    return judge(cfg, output_dir, result, baseline, cand_metrics, base_metrics, timings)
+
+
+def judge(
+    cfg: TrainingConfig,
+    output_dir: Path,
+    result: FinetuneResult,
+    baseline: Baseline,
+    cand_metrics: dict[str, float],
+    base_metrics: dict[str, float],
+    timings: dict[str, float],
+) -> JobOutcome:
+    """The gate's verdict on two evaluations of the same records, written to summary.json."""
     decision = decide(cand_metrics, base_metrics, cfg.gate_rule())
     log.info("gate against %s: %s (%s)", baseline.label, "PROMOTE" if decision.promote else "HOLD", decision.reason)
     outcome = JobOutcome(result.adapter_dir, cand_metrics, base_metrics, decision, result, baseline, timings=timings)

@@ -53,3 +53,4 @@ _.post_processor
 _.ensure_random_checkpoint  # training/checkpoint_families.py <- tests/checkpoint_support.py
 _.processor_for  # training/checkpoint_families.py <- benchmarks/gpu.py
 _.main_mask  # training/heldout_scenes.py HeldOutScene <- tests/test_heldout_scenes.py (drawing honesty)
+_.events_per_creator  # training/prove_creators.py ProofReport -> --json-out

@@ -26,6 +26,9 @@ from snap2caption_service.core.versions import ADAPTER_META, demo_version, model
 
 log = logging.getLogger(__name__)
 
+# peft's name for "no adapter" in a mixed batch: the row runs on the merged champion alone.
+NO_ADAPTER = "__base__"
+
 # Sampled candidates use these temperatures in turn; the greedy candidate is always first.
 SAMPLE_TEMPERATURES = (0.7, 0.9, 1.1, 1.3)
 
@@ -38,6 +41,7 @@ class CaptionJob:
     num_hashtags: int = 8
     num_candidates: int = 1
     platform: str = DEFAULT_PLATFORM
+    adapter: str | None = None  # a creator adapter loaded into the model (core/creator_adapters.py); None: the champion
 
 
 @dataclass
@@ -45,6 +49,7 @@ class BatchStats:
     """What one model call did, for metrics."""
 
     batch_size: int = 0
+    adapter_rows: int = 0  # rows answered by a creator adapter
     generated_tokens: int = 0
     seconds: float = 0.0
 
@@ -302,6 +307,9 @@ class Captioner:
         self.processor = processor
         self.version = version
         self.generation = generation or GenerationSettings()
+        # The peft wrapper holding creator adapters (core/creator_adapters.py), None while no creator
+        # adapter is loaded: then generate runs on the plain model, without peft's per-layer cost.
+        self.peft_model = None
         tok = self.processor.tokenizer
         tok.padding_side = "left"  # batched decoding needs prompts right-aligned
         if tok.pad_token is None:
@@ -381,8 +389,18 @@ class Captioner:
     def device(self):
         return next(self.model.parameters()).device
 
-    def _generate(self, images, prompts, num_hashtags: list[int], temperatures=None, seed: int = 0):
-        """One generate call; returns (texts, mean token log-probs, generated token count, the
+    def _adapter_names(self, adapters: list[str | None]) -> list[str] | None:
+        """peft's ``adapter_names`` for a batch, or None for the plain model. Once adapters are
+        loaded, every batch names them, champion-only ones too: the wrapped layers would otherwise
+        apply peft's active adapter to every row."""
+        if self.peft_model is None:
+            if any(adapters):
+                raise RuntimeError(f"creator adapters {sorted(set(filter(None, adapters)))} are not loaded")
+            return None
+        return [a or NO_ADAPTER for a in adapters]
+
+    def _generate(self, images, prompts, num_hashtags: list[int], temperatures=None, seed: int = 0, adapters=None):
+        """One generate call, each row with its adapter (None: the champion); returns (texts, mean token log-probs, generated token count, the
         processed pixel values, which the scene heads read rather than process the images again)."""
         import torch
         from transformers import LogitsProcessorList
@@ -406,6 +424,10 @@ class Captioner:
             pad_token_id=tok.pad_token_id,
             eos_token_id=self.eos_ids,
         )
+        adapter_names = self._adapter_names(adapters or [None] * len(prompts))
+        model = self.model if adapter_names is None else self.peft_model
+        if adapter_names is not None:
+            kwargs["adapter_names"] = adapter_names
         if temperatures is None:
             kwargs["do_sample"] = False
         else:
@@ -414,7 +436,7 @@ class Captioner:
             processors.append(_PerRowTemperature(temps))
             kwargs.update(do_sample=True, temperature=1.0, top_p=self.generation.top_p)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList(processors))
+            out = model.generate(**inputs, **kwargs, logits_processor=LogitsProcessorList(processors))
             prompt_len = inputs["input_ids"].shape[1]
             new_tokens = out.sequences[:, prompt_len:]
             logprobs = scorer.finish(new_tokens[:, -1]).to(new_tokens.device)
@@ -432,7 +454,8 @@ class Captioner:
         t0 = time.perf_counter()
         prompts = [self.chat.prompt(j.tone, j.audience, j.num_hashtags, j.platform) for j in jobs]
         images = [j.image for j in jobs]
-        texts, scores, ntok, pixels = self._generate(images, prompts, [j.num_hashtags for j in jobs])
+        adapters = [j.adapter for j in jobs]
+        texts, scores, ntok, pixels = self._generate(images, prompts, [j.num_hashtags for j in jobs], adapters=adapters)
         per_job: list[list[Candidate]] = [
             [self._candidate(t, s, j.num_hashtags)] for t, s, j in zip(texts, scores, jobs)
         ]
@@ -448,6 +471,7 @@ class Captioner:
                 [jobs[i].num_hashtags for i, _ in rows],
                 temperatures=[t for _, t in rows],
                 seed=self.generation.seed,
+                adapters=[adapters[i] for i, _ in rows],
             )
             ntok += s_tok
             for (i, _), t, s in zip(rows, s_texts, s_scores):
@@ -457,6 +481,7 @@ class Captioner:
         self._add_confidence(pixels, per_job)
         if stats is not None:
             stats.batch_size = len(jobs)
+            stats.adapter_rows = sum(a is not None for a in adapters)
             stats.generated_tokens = ntok
             stats.seconds = time.perf_counter() - t0
         return per_job

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snap2caption_service.core.captioner import Captioner
+from snap2caption_service.core.creator_adapters import ResidentAdapters, registry_adapters
 from snap2caption_service.core.registry import RegistryReader
 from snap2caption_service.core.settings import Settings
 from snap2caption_service.core.versions import ADAPTER_META, registered_version
@@ -67,11 +68,25 @@ class ModelChoice:
     adapter: str = ""  # PEFT LoRA adapter folder merged at load, or ""
     version: str | None = None  # known version; None: derived from the folders' contents
     source: str = ""  # for the log: why these weights
+    champion_version: str | None = None  # the registry champion's version number, when these are its weights
+
+
+# The champion_version of creator adapters trained on the bare base model, when the registry had no
+# champion (training/registry.py NO_CHAMPION writes it; tests/test_creator_adapters.py checks they agree).
+BARE_BASE = "base"
+
+
+def _bare(adapter: str) -> str | None:
+    """The champion_version creator adapters need to be served on these weights: a model with no
+    adapter merged is the bare base; one with an adapter from elsewhere matches no registry tag."""
+    return None if adapter else BARE_BASE
 
 
 def _explicit(settings: Settings) -> ModelChoice | None:
     if settings.model:
-        return ModelChoice(settings.model, settings.adapter, source="SNAP2CAPTION_MODEL")
+        return ModelChoice(
+            settings.model, settings.adapter, source="SNAP2CAPTION_MODEL", champion_version=_bare(settings.adapter)
+        )
     return None
 
 
@@ -95,6 +110,7 @@ def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> Mod
             "",
             version,
             source=f"MLflow champion {version}, packaged in this Bento as {packaged.tag}",
+            champion_version=champion.version,
         )
     # Versions are immutable, so a downloaded one is reused at the next start.
     folder = settings.data_dir / "champions" / f"{registry.name}-v{champion.version}"
@@ -103,7 +119,11 @@ def champion_choice(settings: Settings, demo: DemoBuilder, packaged=None) -> Mod
         adapter = registry.download(champion.version, folder)
     base = adapter_base(adapter, settings.data_dir, demo)
     return ModelChoice(
-        base, str(adapter), version, source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})"
+        base,
+        str(adapter),
+        version,
+        source=f"MLflow champion models:/{registry.name}@champion (v{champion.version})",
+        champion_version=champion.version,
     )
 
 
@@ -139,7 +159,12 @@ def _packaged(settings: Settings) -> ModelChoice | None:
 
 
 def _demo(settings: Settings, demo: DemoBuilder, progress: bool) -> ModelChoice:
-    return ModelChoice(str(demo(settings.data_dir, progress)), settings.adapter, source="demo model")
+    return ModelChoice(
+        str(demo(settings.data_dir, progress)),
+        settings.adapter,
+        source="demo model",
+        champion_version=_bare(settings.adapter),
+    )
 
 
 def choose_model(settings: Settings, demo: DemoBuilder, progress: bool = True) -> ModelChoice:
@@ -147,9 +172,18 @@ def choose_model(settings: Settings, demo: DemoBuilder, progress: bool = True) -
 
 
 def load_captioner(settings: Settings, demo: DemoBuilder, progress: bool = True) -> Captioner:
+    return load_serving(settings, demo, progress)[0]
+
+
+def load_serving(
+    settings: Settings, demo: DemoBuilder, progress: bool = True, run_on_model=lambda fn: fn(), **adapter_hooks
+) -> tuple[Captioner, ResidentAdapters | None]:
+    """The captioner, and the creator adapters that go with it (None when it is not the registry's
+    champion, or they are off). ``run_on_model``: how to run a change of the model on the thread
+    that generates (creator_adapters.py)."""
     choice = choose_model(settings, demo, progress=progress)
     log.info("serving the %s: %s%s", choice.source, choice.ref, f" + {choice.adapter}" if choice.adapter else "")
-    return Captioner.load(
+    captioner = Captioner.load(
         choice.ref,
         choice.adapter,
         device=settings.device,
@@ -157,3 +191,15 @@ def load_captioner(settings: Settings, demo: DemoBuilder, progress: bool = True)
         generation=settings.generation,
         version=choice.version,
     )
+    adapters = registry_adapters(
+        captioner,
+        choice.champion_version,
+        settings.data_dir,
+        settings.registered_model,
+        settings.mlflow_tracking_uri,
+        settings.max_resident_adapters,
+        settings.adapter_refresh_s,
+        run_on_model,
+        **adapter_hooks,
+    )
+    return captioner, adapters

@@ -25,6 +25,31 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_MODEL_NAME = "snap2caption-captioner"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
+# Per-creator adapters (issue 17) live in a second registered model beside the champion's,
+# "<registered model>-creators": one version per promoted or held creator run, tagged with the
+# creator and the champion version it was trained on; the alias "creator-<key>" marks the
+# version serving that creator. A creator adapter is a LoRA on top of the champion merged into
+# the base, so it is valid only with that champion version (tag CHAMPION_VERSION_TAG).
+CREATORS_SUFFIX = "-creators"
+CREATOR_TAG = "creator_id"
+CHAMPION_VERSION_TAG = "champion_version"
+
+
+def creators_model_name(name: str | None = None) -> str:
+    return registered_model_name(name) + CREATORS_SUFFIX
+
+
+def creator_key(creator_id: str) -> str:
+    """A creator id as registry aliases and folder names can hold it: ids are free text (an
+    email, a handle with '/'), aliases and paths are not; a hash is safe and stays unique."""
+    import hashlib
+
+    return hashlib.sha256(creator_id.encode("utf-8")).hexdigest()[:20]
+
+
+def creator_alias(creator_id: str) -> str:
+    return f"creator-{creator_key(creator_id)}"
+
 
 def tracking_uri(uri: str | None = None) -> str:
     """The tracking server's URI: the argument, else MLFLOW_TRACKING_URI; an http(s) server only."""

@@ -120,6 +120,21 @@ class Settings(RegistrySettings):
         description="Answers whose confidence is below this are flagged (low_confidence, notice) rather than "
         "served as if fine.",
     )
+    # Creator adapters (core/creator_adapters.py): per-creator LoRAs on top of the registry's
+    # champion, served unmerged beside it. Each resident one costs its LoRA weights in memory
+    # (a 7B model's r=16 attention LoRA: ~35 MB) and a little time in every batch that uses it.
+    max_resident_adapters: int = Field(
+        8,
+        ge=0,
+        description="Creator adapters kept loaded when no batch needs them (least recently used go first); "
+        "adapters in use by a batch stay loaded beyond it. 0 = creator adapters off, the champion answers all.",
+    )
+    adapter_refresh_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a creator's adapter version is trusted before its registry alias is read again: "
+        "a newly promoted adapter is served within this, without a restart, and the old one unloaded.",
+    )
     host: str = Field("127.0.0.1", description="`snap2caption serve`: address to listen on.")
     port: int = Field(3000, ge=0, le=65535, description="`snap2caption serve`: port to listen on.")
 

@@ -11,6 +11,9 @@ from types import SimpleNamespace
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
+ADAPTER_ROWS_BUCKETS = (0, *BATCH_BUCKETS)  # 0: a batch of champion rows only
+# A creator adapter is small: from the local cache in milliseconds, from the registry in seconds.
+ADAPTER_LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # From the demo model's second to a 7B LLaVA downloaded and loaded onto a GPU.
 LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 CAPTION_OUTCOMES = ("ok", "bad_input", "error")
@@ -41,6 +44,26 @@ def get_metrics() -> SimpleNamespace:
             ["version"],
             multiprocess_mode="max",
         ),
+        adapters_resident=Gauge(
+            "snap2caption_creator_adapters_resident",
+            "Creator adapters loaded into the model (core/creator_adapters.py).",
+            multiprocess_mode="max",
+        ),
+        adapter_loads=Counter(
+            "snap2caption_creator_adapter_loads_total",
+            "Creator adapter loads into the model, by outcome (ok; failed: its creator got the champion).",
+            ["outcome"],
+        ),
+        adapter_load=Histogram(
+            "snap2caption_creator_adapter_load_seconds",
+            "One creator adapter load: registry lookup and download when new, read, added to the model.",
+            buckets=ADAPTER_LOAD_BUCKETS,
+        ),
+        adapter_rows=Histogram(
+            "snap2caption_model_batch_adapter_rows",
+            "Rows per model call answered by a creator adapter (the rest by the champion).",
+            buckets=ADAPTER_ROWS_BUCKETS,
+        ),
         feedback=Counter("snap2caption_feedback_total", "Feedback recorded, by rating.", ["rating"]),
         archive_errors=Counter(
             "snap2caption_archive_errors_total",
@@ -62,4 +85,16 @@ def get_metrics() -> SimpleNamespace:
     for outcome in CAPTION_OUTCOMES:
         for source in CAPTION_SOURCES:
             m.captions.labels(outcome, source)
+    for outcome in ("ok", "failed"):
+        m.adapter_loads.labels(outcome)
     return m
+
+
+def record_adapter_load(seconds: float, ok: bool) -> None:
+    m = get_metrics()
+    m.adapter_loads.labels("ok" if ok else "failed").inc()
+    m.adapter_load.observe(seconds)
+
+
+def record_resident_adapters(count: int) -> None:
+    get_metrics().adapters_resident.set(count)

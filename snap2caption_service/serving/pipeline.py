@@ -39,6 +39,9 @@ class ModelItem(BaseModel):
     num_hashtags: int  # the pool (hashtag_pool), not the creator's count
     num_candidates: int
     platform: str = DEFAULT_PLATFORM  # named in the prompt: what a good answer is depends on it
+    # The creator adapter that answers (its name in the model worker, which acquired it for this
+    # item: core/creator_adapters.py); None: the champion.
+    adapter: str | None = None
 
 
 class ModelOutput(BaseModel):
@@ -80,7 +83,7 @@ def hashtag_pool(options: CaptionOptions) -> int:
     return min(options.num_hashtags + POOL_EXTRA, MAX_HASHTAGS)
 
 
-def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
+def model_item(prepared: PreparedImage, options: CaptionOptions, adapter: str | None = None) -> ModelItem:
     return ModelItem(
         image_png_b64=images.encode_png_base64(prepared.image),
         tone=options.tone,
@@ -88,6 +91,7 @@ def model_item(prepared: PreparedImage, options: CaptionOptions) -> ModelItem:
         num_hashtags=hashtag_pool(options),
         num_candidates=options.num_candidates,
         platform=options.platform,
+        adapter=adapter,
     )
 
 

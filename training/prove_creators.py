@@ -310,7 +310,7 @@ def run_proof(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.prove_loop import _start
+    from training.prove_loop import isolated_proof_env
 
     p = argparse.ArgumentParser(
         prog="python -m training.prove_creators",
@@ -327,21 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from snap2caption_service.core.settings import get_settings
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = args.workdir or get_settings().data_dir / "prove-creators" / stamp
-    workdir.mkdir(parents=True, exist_ok=True)
-    # A registered model and topic of its own, so the proof never touches a real champion.
-    os.environ.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": _start("kafka.sh", "KAFKA_BOOTSTRAP_SERVERS"),
-            "MLFLOW_TRACKING_URI": _start("mlflow.sh", "MLFLOW_TRACKING_URI"),
-            "SNAP2CAPTION_TOPIC_FEEDBACK": f"prove-creators-{stamp}.feedback",
-            "SNAP2CAPTION_REGISTERED_MODEL": f"snap2caption-prove-creators-{stamp}",
-        }
-    )
-    get_settings.cache_clear()
+    workdir = isolated_proof_env("prove-creators", args.workdir)
     report = run_proof(
         os.environ["KAFKA_BOOTSTRAP_SERVERS"],
         os.environ["SNAP2CAPTION_TOPIC_FEEDBACK"],

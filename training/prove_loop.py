@@ -306,6 +306,27 @@ def _stop(proc: subprocess.Popen) -> None:
     stop_process_trees([proc], 30)
 
 
+def isolated_proof_env(name: str, workdir: Path | None) -> Path:
+    """Start Kafka and MLflow (the project's scripts) and point this process at a feedback topic
+    and registered model of the proof's own, so a proof never touches a real champion; returns
+    its work folder (``workdir``, else a fresh one under <data_dir>/<name>)."""
+    from snap2caption_service.core.settings import get_settings
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    workdir = workdir or get_settings().data_dir / name / stamp
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": _start("kafka.sh", "KAFKA_BOOTSTRAP_SERVERS"),
+            "MLFLOW_TRACKING_URI": _start("mlflow.sh", "MLFLOW_TRACKING_URI"),
+            "SNAP2CAPTION_TOPIC_FEEDBACK": f"{name}-{stamp}.feedback",
+            "SNAP2CAPTION_REGISTERED_MODEL": f"snap2caption-{name}-{stamp}",
+        }
+    )
+    get_settings.cache_clear()
+    return workdir
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.prove_loop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -318,22 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per caption and feedback otherwise
 
+    workdir = isolated_proof_env("prove-loop", args.workdir)
+    os.environ.update({"SNAP2CAPTION_ARCHIVE": str(workdir / "archive"), "PYTHONPATH": str(REPO)})
     from snap2caption_service.core.settings import get_settings
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    workdir = args.workdir or get_settings().data_dir / "prove-loop" / stamp
-    workdir.mkdir(parents=True, exist_ok=True)
-    # A registered model and topic of its own, so the proof never touches a real champion.
-    os.environ.update(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": _start("kafka.sh", "KAFKA_BOOTSTRAP_SERVERS"),
-            "MLFLOW_TRACKING_URI": _start("mlflow.sh", "MLFLOW_TRACKING_URI"),
-            "SNAP2CAPTION_TOPIC_FEEDBACK": f"prove-loop-{stamp}.feedback",
-            "SNAP2CAPTION_REGISTERED_MODEL": f"snap2caption-prove-loop-{stamp}",
-            "SNAP2CAPTION_ARCHIVE": str(workdir / "archive"),
-            "PYTHONPATH": str(REPO),
-        }
-    )
     get_settings.cache_clear()
     service_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = _serve(args.port, service_env, workdir / "service.log")

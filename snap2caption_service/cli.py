@@ -136,17 +136,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     from snap2caption_service.core.captioner import CaptionJob
     from snap2caption_service.core.creator_adapters import served_model_version
+    from snap2caption_service.core.hashtags import hashtag_pool
     from snap2caption_service.core.images import ImageError
     from snap2caption_service.core.model_loading import load_serving
     from snap2caption_service.core.settings import get_settings
     from snap2caption_service.core.tag_stats import TagStatsReader
-    from snap2caption_service.serving.pipeline import (
-        ModelOutput,
-        build_result,
-        hashtag_pool,
-        new_request_id,
-        prepare_image,
-    )
+    from snap2caption_service.serving.pipeline import ModelOutput, build_result, new_request_id, prepare_image
 
     try:
         options = CaptionOptions(

@@ -94,6 +94,14 @@ def test_feedback_rules(tmp_path):
     assert by_id[req(4)].caption == "Better."
     assert by_id[req(0)].tone == "funny" and by_id[req(0)].alt_text == "A red circle on white."
     assert "Caption: Studio pick: a red circle.\nHashtags: #red #circle" in by_id[req(0)].target()
+    # Hashtags nobody edited are the ranker's choice for a platform: evaluated as served there,
+    # read but not learned by a fine-tune; the creator's own list is learned.
+    assert by_id[req(0)].hashtags_from_ranker and by_id[req(2)].hashtags_from_ranker
+    assert not by_id[req(1)].hashtags_from_ranker
+    assert by_id[req(0)].extra["platform"] == "instagram" and by_id[req(0)].extra["num_hashtags"] == 5
+    # In image order, whatever order the events came in: the same feedback, the same fine-tune.
+    again, _ = records_from_feedback(list(reversed(events[:4])), archive, tmp_path)
+    assert [r.image_id for r in again] == sorted(r.image_id for r in again)
     assert (tmp_path / f"{s[0].image_sha256}.png").read_bytes() == archive.image(s[0].image_sha256)
 
 

@@ -29,6 +29,29 @@ def test_labels_cover_only_the_answer(tiny):
     assert answer[-1] == processor.tokenizer.eos_token_id
 
 
+def test_hashtags_the_creator_left_alone_are_read_but_not_learned(tiny):
+    # A caption-only edit carries the ranker's hashtags, not the model's or the creator's:
+    # everything else of the answer is learned, the hashtag values are not.
+    _, processor, _ = tiny
+    ex = synthetic.make_examples(1, 5)[0]
+    image = synthetic.render_scene(ex.scene)
+    both = EncodedDataset(
+        processor,
+        [
+            TrainExample(image, ex.tone, ex.audience, ex.target),
+            TrainExample(image, ex.tone, ex.audience, ex.target, learn_hashtags=False),
+        ],
+        progress=False,
+    )
+    assert both.input_ids[0] == both.input_ids[1]  # the model reads the same answer
+    tok = processor.tokenizer
+    learned = [t for t in both.labels[1] if t != IGNORE_INDEX]
+    text = tok.decode(learned, skip_special_tokens=True)
+    tags_line = ex.target.split("\n")[1]
+    assert "Caption:" in text and "Alt text:" in text and "Hashtags:" in text
+    assert not any(tag in text for tag in tags_line.split()[1:]), text
+
+
 def test_loss_goes_down(tiny):
     model, _, data = tiny
     result = train(

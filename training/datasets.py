@@ -57,6 +57,12 @@ class CaptionRecord:
         data that belongs to no one creator."""
         return self.extra.get("creator_id") or None
 
+    @property
+    def hashtags_from_ranker(self) -> bool:
+        """The hashtags are what serving's ranker showed and the creator left alone (feedback
+        snapshots say so), not a list someone chose: fine-tunes read them but do not learn them."""
+        return self.extra.get("hashtags_from") == "ranker"
+
     def target(self) -> str:
         # Alt text is what a screen reader says; a dataset without it falls back to the caption
         # rather than teaching the model to answer with an empty line.

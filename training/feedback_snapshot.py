@@ -133,12 +133,22 @@ def records_from_feedback(
                     "feedback_id": fb.feedback_id,
                     "request_id": fb.request_id,
                     "shown_model_version": served.model_version,
+                    # What the hashtags were ranked for: evaluation answers the record the same way
+                    # (training/evaluation.py served_options).
+                    "platform": served.platform,
+                    "num_hashtags": served.num_hashtags,
+                    # Hashtags the creator did not edit are the ranker's choice from the model's pool
+                    # (core/hashtags.py): fine-tunes do not learn them (CaptionRecord.hashtags_from_ranker).
+                    "hashtags_from": "creator" if fb.edited_hashtags is not None else "ranker",
                     # Whose house style the edit is: their records train their own adapter
                     # (training/creator_retrain.py), not everyone's champion.
                     **({"creator_id": served.creator_id} if served.creator_id else {}),
                 },
             )
         )
+    # Partitions interleave differently on every read: in image order, the same feedback is the same
+    # dataset (and the same fine-tune, whose batches follow the records' order and the seed).
+    records.sort(key=lambda r: (r.image_id, r.extra["request_id"]))
     return records, counts
 
 

@@ -153,7 +153,10 @@ def attach_lora(model, cfg: TrainingConfig, resume_adapter: str | None, base_ref
 
 
 def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
-    return [TrainExample(load_image(r.image), r.tone, r.audience, r.target()) for r in records]
+    return [
+        TrainExample(load_image(r.image), r.tone, r.audience, r.target(), learn_hashtags=not r.hashtags_from_ranker)
+        for r in records
+    ]
 
 
 def finetune(

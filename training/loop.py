@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core.contracts import ANSWER_LABELS
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat
 
@@ -32,6 +33,37 @@ class TrainExample:
     target: str  # "Caption: ...\nHashtags: ...\nAlt text: ..."
     num_hashtags: int | None = None  # what the prompt asked for; None: as many as the target has
     platform: str = DEFAULT_PLATFORM
+    # False: the target's hashtags are read (teacher-forced) but not learned. A feedback record whose
+    # creator edited only the caption carries the hashtags the ranker served, not ones the model
+    # wrote or the creator chose: learning them teaches the model the ranker's fill rules.
+    learn_hashtags: bool = True
+
+
+def hashtag_value_span(answer_text: str, target: str) -> tuple[int, int]:
+    """Character range of the hashtags (the second answer line's value) within ``answer_text``."""
+    at = answer_text.find(target)
+    if at < 0:
+        raise ValueError("the chat template changed the answer: its hashtags cannot be located")
+    caption_line, tags_line = target.split("\n")[:2]
+    start = at + len(caption_line) + 1 + len(ANSWER_LABELS[1]) + 1
+    return start, at + len(caption_line) + 1 + len(tags_line)
+
+
+def encode_answer(tok, answer_text: str, example: TrainExample) -> tuple[list[int], list[int]]:
+    """(token ids, labels) of the answer: labels are the ids, but for the hashtags' when the
+    example does not learn them (``learn_hashtags``)."""
+    if example.learn_hashtags:
+        ids = tok(answer_text, add_special_tokens=False)["input_ids"]
+        return ids, list(ids)
+    if not tok.is_fast:
+        raise ValueError("masking hashtags needs a fast tokenizer (character offsets)")
+    enc = tok(answer_text, add_special_tokens=False, return_offsets_mapping=True)
+    start, end = hashtag_value_span(answer_text, example.target)
+    ids = enc["input_ids"]
+    labels = [
+        IGNORE_INDEX if s < end and e > start else i for i, (s, e) in zip(ids, enc["offset_mapping"], strict=True)
+    ]
+    return ids, labels
 
 
 @dataclass
@@ -103,13 +135,15 @@ class EncodedDataset:
                 text=[p for p, _ in pairs], images=[e.image for e in part], return_tensors="pt", padding=True
             )
             image_keys = [k for k in enc if k not in ("input_ids", "attention_mask")]
-            for row, (ids, mask, (_, answer_text)) in enumerate(zip(enc["input_ids"], enc["attention_mask"], pairs)):
+            rows = zip(enc["input_ids"], enc["attention_mask"], pairs, part)
+            for row, (ids, mask, (_, answer_text), example) in enumerate(rows):
                 prompt_ids = ids[mask.bool()].tolist()  # drop the batch padding, wherever it sits
-                answer = tok(answer_text, add_special_tokens=False)["input_ids"]
+                answer, labels = encode_answer(tok, answer_text, example)
                 if not answer or answer[-1] != eos:  # templates that close a turn with EOS already have it
                     answer.append(eos)
+                    labels.append(eos)
                 self.input_ids.append(prompt_ids + answer)
-                self.labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)
+                self.labels.append([IGNORE_INDEX] * len(prompt_ids) + labels)
                 self.images.append({k: enc[k][row] for k in image_keys})
             bar.update(len(part))
         bar.close()

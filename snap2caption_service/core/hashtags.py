@@ -28,7 +28,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from snap2caption_service.core.contracts import MAX_HASHTAG_BODY_CHARS, Candidate, CaptionOptions, ModelAnswer
+from snap2caption_service.core.contracts import (
+    MAX_HASHTAG_BODY_CHARS,
+    MAX_HASHTAGS,
+    Candidate,
+    CaptionOptions,
+    ModelAnswer,
+)
+from snap2caption_service.core.platforms import PLATFORMS, fit_caption
 
 if TYPE_CHECKING:
     from snap2caption_service.core.tag_stats import TagStatsReader
@@ -52,6 +59,10 @@ RELEVANT, SPECIFIC, LEARNED = 1.0, 0.5, 1.0  # the score's weights (module docst
 # tags beat one creators keep deleting). Nearer 0 it only moves a tag within the ranking: one or two
 # creators' edits are a hint, not a verdict (core/tag_stats.py smooths them to well below this).
 LEARNED_VERDICT = 0.3
+# How many more hashtags than wanted the model writes, for the ranker to choose from: enough to
+# replace the generic and creator-removed ones a pool usually holds, few enough that the answer's
+# token bound (core/answer_grammar.py: 8 tokens a tag) and the grammar stay small.
+POOL_EXTRA = 3
 MAX_CONTEXT_WORDS = 12
 
 
@@ -234,6 +245,11 @@ def rank_hashtags(
     return chosen
 
 
+def hashtag_pool(options: CaptionOptions) -> int:
+    """Hashtags the model is asked for: the creator's count plus POOL_EXTRA, within the API's bound."""
+    return min(options.num_hashtags + POOL_EXTRA, MAX_HASHTAGS)
+
+
 def rank_answer(
     answer: ModelAnswer | Candidate, options: CaptionOptions, learned: TagStatsReader | None = None
 ) -> list[str]:
@@ -250,6 +266,16 @@ def rank_answer(
         answer.alt_text,
         include=options.include_hashtags,
         learned=adjustments,
+    )
+
+
+def as_served(candidate: Candidate, options: CaptionOptions, learned: TagStatsReader | None = None) -> Candidate:
+    """A model candidate as a creator is shown it on ``options.platform``: its hashtags ranked down
+    to the creator's count, its caption fitted to the platform's text limit. Serving builds every
+    answer with this, and retraining scores candidates with it, so both see the same answer."""
+    tags = rank_answer(candidate, options, learned)
+    return candidate.model_copy(
+        update={"hashtags": tags, "caption": fit_caption(candidate.caption, tags, PLATFORMS[options.platform])}
     )
 
 

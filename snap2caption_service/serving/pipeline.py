@@ -3,7 +3,7 @@
 Before the model: bytes -> checked, upright RGB image, shrunk and hashed.
 After the model: candidates -> the one ``CaptionResult`` contract, each candidate's hashtags
 ranked down to the creator's count (core/hashtags.py rank_hashtags) from a pool the model was
-asked for (``hashtag_pool``), with what creators keep and remove (core/tag_stats.py).
+asked for (core/hashtags.py ``hashtag_pool``), with what creators keep and remove (core/tag_stats.py).
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ from functools import cache
 from pydantic import BaseModel
 
 from snap2caption_service.core import images
-from snap2caption_service.core.contracts import MAX_HASHTAGS, Candidate, CaptionOptions, CaptionResult
-from snap2caption_service.core.hashtags import rank_answer
-from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS, fit_caption
+from snap2caption_service.core.contracts import Candidate, CaptionOptions, CaptionResult
+from snap2caption_service.core.hashtags import as_served, hashtag_pool
+from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.settings import Settings
 from snap2caption_service.core.tag_stats import TagStatsReader
-
-# How many more hashtags than wanted the model writes, for the ranker to choose from: enough to
-# replace the generic and creator-removed ones a pool usually holds, few enough that the answer's
-# token bound (core/answer_grammar.py: 8 tokens a tag) and the grammar stay small.
-POOL_EXTRA = 3
 
 
 class ModelItem(BaseModel):
@@ -78,11 +73,6 @@ def prepare_image(data: bytes, settings: Settings) -> PreparedImage:
     return PreparedImage(small, images.image_sha256(data))
 
 
-def hashtag_pool(options: CaptionOptions) -> int:
-    """Hashtags the model is asked for: the creator's count plus POOL_EXTRA, within the API's bound."""
-    return min(options.num_hashtags + POOL_EXTRA, MAX_HASHTAGS)
-
-
 def model_item(prepared: PreparedImage, options: CaptionOptions, adapter: str | None = None) -> ModelItem:
     return ModelItem(
         image_png_b64=images.encode_png_base64(prepared.image),
@@ -116,12 +106,7 @@ def build_result(
     """The answer for ``options.platform``: every candidate's hashtags ranked down to the creator's
     count, and its caption fitted to the platform's text limit (with those hashtags where they
     count toward it)."""
-    platform = options.platform
-    profile = PLATFORMS[platform]
-    candidates = []
-    for c in output.candidates:
-        tags = rank_answer(c, options, tag_stats)
-        candidates.append(c.model_copy(update={"hashtags": tags, "caption": fit_caption(c.caption, tags, profile)}))
+    candidates = [as_served(c, options, tag_stats) for c in output.candidates]
     best = candidates[0]
     low = best.confidence is not None and best.confidence < min_confidence
     return CaptionResult(
@@ -136,5 +121,5 @@ def build_result(
         request_id=request_id,
         latency_ms=round(latency_ms, 1),
         image_sha256=image_sha256,
-        platform=platform,
+        platform=options.platform,
     )

@@ -106,15 +106,14 @@ def measure(url: str, mode: str, clients: int, per_client: int, payloads: list[s
 def register_adapters(uri: str, model_dir: str, registered: str, count: int, work: Path) -> list[str]:
     """``count`` creators, each with their own adapter version tagged for the bare demo base."""
     from snap2caption_service.core.captioner import load_checkpoint
-    from snap2caption_service.core.model_loading import BARE_BASE
-    from snap2caption_service.core.registry import creators_model_name
+    from snap2caption_service.core.registry import NO_CHAMPION, creators_model_name
     from tests.test_creator_adapters import make_adapter, register_creator_version
 
     model, _ = load_checkpoint(model_dir)
     creators = [f"bench-creator-{i}@example.com" for i in range(count)]
     for i, creator in enumerate(creators):
         folder = make_adapter(model, work / f"adapter-{i}", seed=i, random_weights=False, r=16)
-        register_creator_version(uri, creators_model_name(registered), folder, creator, BARE_BASE)
+        register_creator_version(uri, creators_model_name(registered), folder, creator, NO_CHAMPION)
     return creators
 
 

@@ -185,13 +185,6 @@ def test_unknown_broken_or_failing_creators_get_the_champion(captioner, adapter_
     assert captioner.peft_model is None  # nothing half-loaded stays in the model
 
 
-def test_the_bare_base_tag_is_the_one_training_writes():
-    from snap2caption_service.core.model_loading import BARE_BASE
-    from training.registry import NO_CHAMPION
-
-    assert BARE_BASE == NO_CHAMPION
-
-
 @pytest.fixture
 def creators_model(mlflow_uri) -> str:
     return f"creators-test-{uuid.uuid4().hex[:8]}"

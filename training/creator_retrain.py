@@ -223,9 +223,10 @@ def retrain_creators(
 ) -> list[dict]:
     """The creators' step of one retrain invocation; ``head``: the newest snapshot (None: latest.json).
     Returns one report per creator with feedback."""
+    from snap2caption_service.core.registry import NO_CHAMPION
     from training.config import load_config
     from training.feedback_snapshot import feedback_history
-    from training.registry import NO_CHAMPION, CreatorRegistry
+    from training.registry import CreatorRegistry
     from training.train_job import champion_baseline
 
     groups = group_by_creator(feedback_history(snapshots, head))

@@ -224,9 +224,10 @@ def check_creators(workdir: Path, held_out: int, registered_model: str = "") -> 
     from snap2caption_service.core.creator_adapters import CreatorRegistry as ServedAdapters
     from snap2caption_service.core.creator_adapters import ResidentAdapters
     from snap2caption_service.core.model_loading import resolve_base
+    from snap2caption_service.core.registry import NO_CHAMPION
     from snap2caption_service.core.settings import get_settings
     from training.build_demo import ensure_demo_model
-    from training.registry import NO_CHAMPION, Registry
+    from training.registry import Registry
 
     champions = Registry(registered_model or None)
     champion = champions.champion()

@@ -35,8 +35,6 @@ from training.gate import GateDecision, GateRule
 from training.tracking import ADAPTER_ARTIFACT
 
 _UNSET = object()
-# CHAMPION_VERSION_TAG of a creator adapter trained on the bare base model (no champion yet).
-NO_CHAMPION = "base"
 # gate_decision values of versions the gate actually judged (not failed, aborted or pending).
 JUDGED = ("promoted", "challenger")
 

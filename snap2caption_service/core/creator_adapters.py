@@ -390,7 +390,7 @@ def registry_adapters(
     **hooks,
 ) -> ResidentAdapters | None:
     """Creator adapters for a captioner serving the registry's champion ``champion_version`` (or the
-    bare base, model_loading.BARE_BASE); None (every creator gets the champion) when it serves
+    bare base, core/registry.py NO_CHAMPION); None (every creator gets the champion) when it serves
     weights no creator adapter can be trained on, or they are turned off."""
     if not max_resident or not tracking_uri:
         return None

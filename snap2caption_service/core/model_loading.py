@@ -26,7 +26,7 @@ from pathlib import Path
 
 from snap2caption_service.core.captioner import Captioner
 from snap2caption_service.core.creator_adapters import ResidentAdapters, registry_adapters
-from snap2caption_service.core.registry import RegistryReader
+from snap2caption_service.core.registry import NO_CHAMPION, RegistryReader
 from snap2caption_service.core.settings import Settings
 from snap2caption_service.core.versions import ADAPTER_META, registered_version
 
@@ -71,15 +71,10 @@ class ModelChoice:
     champion_version: str | None = None  # the registry champion's version number, when these are its weights
 
 
-# The champion_version of creator adapters trained on the bare base model, when the registry had no
-# champion (training/registry.py NO_CHAMPION writes it; tests/test_creator_adapters.py checks they agree).
-BARE_BASE = "base"
-
-
 def _bare(adapter: str) -> str | None:
     """The champion_version creator adapters need to be served on these weights: a model with no
     adapter merged is the bare base; one with an adapter from elsewhere matches no registry tag."""
-    return None if adapter else BARE_BASE
+    return None if adapter else NO_CHAMPION
 
 
 def _explicit(settings: Settings) -> ModelChoice | None:

@@ -33,6 +33,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 CREATORS_SUFFIX = "-creators"
 CREATOR_TAG = "creator_id"
 CHAMPION_VERSION_TAG = "champion_version"
+# Its value for an adapter trained on the bare base model (no champion yet): written by training,
+# matched by serving (core/model_loading.py) when the service runs the base without an adapter.
+NO_CHAMPION = "base"
 
 
 def creators_model_name(name: str | None = None) -> str:

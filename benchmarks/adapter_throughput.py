@@ -19,14 +19,12 @@ VM's speed drifts by 20-30% between minutes (see benchmarks/serving.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import re
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,48 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from benchmarks.serving import pct, running_server, scene_payloads  # noqa: E402
+from benchmarks.serving import Row, load, running_server, scene_payloads  # noqa: E402
 
 TARGET = 0.70  # mixed-adapter batches against the merged champion (issue 17)
 
 
 @dataclass
-class Row:
-    mode: str
-    requests: int
-    errors: int
-    throughput: float
-    p50: float
-    p95: float
-    loads: int
-
-
-async def _run(url: str, clients: int, per_client: int, payloads: list[str], creators: list[str]) -> tuple:
-    """serving.load's closed loop (one aiohttp loop drives every client), each request naming a
-    creator in turn: client i's k-th request is for creator (i + k) mod len(creators)."""
-    import aiohttp
-
-    latencies, errors = [], []
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
-
-        async def client(i: int):
-            for k in range(per_client):
-                body = {"image": payloads[(i * per_client + k) % len(payloads)], "tone": "funny"}
-                if creators:
-                    body["creator_id"] = creators[(i + k) % len(creators)]
-                t0 = time.perf_counter()
-                async with session.post(url + "/generate-caption", json=body) as r:
-                    text = await r.text()
-                if r.status == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors.append(f"{r.status} {text[:200]}")
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
-        wall = time.perf_counter() - t0
-    return latencies, errors, wall
+class Measured:
+    row: Row  # serving.load's row: throughput and latency percentiles
+    loads: int  # adapter loads the service counted meanwhile
 
 
 def adapter_loads(url: str) -> int:
@@ -87,20 +52,17 @@ def adapter_loads(url: str) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def measure(url: str, mode: str, clients: int, per_client: int, payloads: list[str], creators: list[str]) -> Row:
+def by_creator(creators: list[str]):
+    """serving.load's extra fields: client i's k-th request is for creator (i + k) mod len(creators)."""
+    if not creators:
+        return None
+    return lambda i, k: {"creator_id": creators[(i + k) % len(creators)]}
+
+
+def measure(url: str, mode: str, clients: int, per_client: int, payloads: list[str], creators: list[str]) -> Measured:
     before = adapter_loads(url)
-    latencies, errors, wall = asyncio.run(_run(url, clients, per_client, payloads, creators))
-    for sample in errors[:3]:
-        print(f"  {mode}: error {sample}", file=sys.stderr)
-    return Row(
-        mode,
-        clients * per_client,
-        len(errors),
-        len(latencies) / wall,
-        pct(latencies, 0.5),
-        pct(latencies, 0.95),
-        adapter_loads(url) - before,
-    )
+    row = load(url, clients, per_client, payloads, mode, by_creator(creators))
+    return Measured(row, adapter_loads(url) - before)
 
 
 def register_adapters(uri: str, model_dir: str, registered: str, count: int, work: Path) -> list[str]:
@@ -117,29 +79,35 @@ def register_adapters(uri: str, model_dir: str, registered: str, count: int, wor
     return creators
 
 
-def fmt_table(rows: list[Row], champion: float) -> str:
+def fmt_table(rows: list[Measured], champion: float) -> str:
     lines = [
-        "| mode                                  | requests | errors | captions/s | p50 s | p95 s | vs champion | adapter loads |",
+        "| mode                                  | requests | errors | captions/s | p50 s | p90 s | vs champion | adapter loads |",
         "|---------------------------------------|---------:|-------:|-----------:|------:|------:|------------:|--------------:|",
     ]
-    for r in rows:
+    for m in rows:
+        r = m.row
         lines.append(
-            f"| {r.mode:<37} | {r.requests:>8} | {r.errors:>6} | {r.throughput:>10.2f} | {r.p50:>5.2f} | "
-            f"{r.p95:>5.2f} | {r.throughput / champion:>11.0%} | {r.loads:>13} |"
+            f"| {r.system:<37} | {r.requests:>8} | {r.errors:>6} | {r.throughput:>10.2f} | {r.p50:>5.2f} | "
+            f"{r.p90:>5.2f} | {r.throughput / champion:>11.0%} | {m.loads:>13} |"
         )
     return "\n".join(lines)
 
 
-def combine(mode: str, rows: list[Row]) -> Row:
+def combine(mode: str, rounds: list[Measured]) -> Measured:
     """One mode over all rounds: mean throughput, median of the rounds' percentiles, total loads."""
-    return Row(
-        mode,
-        sum(r.requests for r in rows),
-        sum(r.errors for r in rows),
-        statistics.fmean(r.throughput for r in rows),
-        statistics.median(r.p50 for r in rows),
-        statistics.median(r.p95 for r in rows),
-        sum(r.loads for r in rows),
+    rows = [m.row for m in rounds]
+    return Measured(
+        Row(
+            mode,
+            rows[0].clients,
+            sum(r.requests for r in rows),
+            sum(r.errors for r in rows),
+            statistics.fmean(r.throughput for r in rows),
+            statistics.median(r.p50 for r in rows),
+            statistics.median(r.p90 for r in rows),
+            statistics.median(r.p99 for r in rows),
+        ),
+        sum(m.loads for m in rounds),
     )
 
 
@@ -185,29 +153,29 @@ def main() -> int:
             f"{args.many_creators} creators, {args.resident} resident": creators[: args.many_creators],
         }
         cmd = [sys.executable, "-m", "bentoml", "serve", "snap2caption_service.service:Snap2Caption", "--port", "3203"]
-        per_mode: dict[str, list[Row]] = {m: [] for m in modes}
+        per_mode: dict[str, list[Measured]] = {m: [] for m in modes}
         with running_server(cmd, "http://127.0.0.1:3203", env) as url:
             # The batcher's start-up calibration, and each creator's registry lookup and download
             # once (a lookup then repeats every refresh interval, as in production).
             # The churn mode's creators first, so the resident mode starts with its own loaded.
             for creator_ids in reversed(modes.values()):
-                asyncio.run(_run(url, 8, 2, payloads, creator_ids))
+                load(url, 8, 2, payloads, "warm-up", by_creator(creator_ids))
             for r in range(args.rounds):
                 for mode, creator_ids in modes.items():
                     row = measure(url, mode, args.clients, args.requests_per_client, payloads, creator_ids)
                     per_mode[mode].append(row)
-                    print(f"  round {r + 1}: {mode}: {row.throughput:.1f}/s, {row.loads} loads", file=sys.stderr)
+                    print(f"  round {r + 1}: {mode}: {row.row.throughput:.1f}/s, {row.loads} loads", file=sys.stderr)
     finally:
         server.stop()
     rows = [combine(m, rs) for m, rs in per_mode.items()]
-    champion = rows[0].throughput
+    champion = rows[0].row.throughput
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"model {Path(model_dir).name}; {args.clients} clients, {args.rounds} rounds x "
         f"{args.requests_per_client} requests per client per mode\n"
     )
     print(fmt_table(rows, champion))
-    mixed = rows[1].throughput / champion
+    mixed = rows[1].row.throughput / champion
     print(f"\nmixed-adapter batches / merged champion: {mixed:.0%} (target >= {TARGET:.0%})")
     return 0
 

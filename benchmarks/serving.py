@@ -63,17 +63,18 @@ def scene_payloads(n: int) -> list[str]:
     return out
 
 
-def load(url: str, clients: int, per_client: int, payloads: list[str], system: str) -> Row:
-    """``clients`` closed-loop clients, each posting ``per_client`` requests back to back.
+def load(url: str, clients: int, per_client: int, payloads: list[str], system: str, fields=None) -> Row:
+    """``clients`` closed-loop clients, each posting ``per_client`` requests back to back;
+    ``fields(i, k)``, when given, adds fields to client i's k-th request (a creator_id).
 
     One asyncio loop drives them all (aiohttp): on this 2-core machine the load generator
     shares the CPU with the server, and 64 httpx client threads cost ~3 ms of CPU per request,
     taken from the model; this costs about a tenth of that (0.3-0.4 ms measured).
     """
-    return asyncio.run(_load(url, clients, per_client, payloads, system))
+    return asyncio.run(_load(url, clients, per_client, payloads, system, fields))
 
 
-async def _load(url: str, clients: int, per_client: int, payloads: list[str], system: str) -> Row:
+async def _load(url: str, clients: int, per_client: int, payloads: list[str], system: str, fields=None) -> Row:
     import aiohttp
 
     latencies: list[float] = []
@@ -86,6 +87,8 @@ async def _load(url: str, clients: int, per_client: int, payloads: list[str], sy
             nonlocal errors
             for k in range(per_client):
                 body = {"image": payloads[(i * per_client + k) % len(payloads)], "tone": "funny"}
+                if fields is not None:
+                    body.update(fields(i, k))
                 t0 = time.perf_counter()
                 async with session.post(url + "/generate-caption", json=body) as r:
                     text = await r.text()

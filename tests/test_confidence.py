@@ -108,3 +108,22 @@ def test_info_and_confidence_over_http(service):
     assert 0.0 <= result["confidence"] <= 1.0
     assert result["low_confidence"] is (result["confidence"] < body.min_confidence)
     assert (result["notice"] is not None) is result["low_confidence"]
+
+
+def test_an_unsure_or_contradicted_background_is_left_out_of_the_alt_text():
+    from snap2caption_service.core.scene_heads import SceneReading, drop_unsure_background
+
+    def reading(background, p):
+        return SceneReading("red", "circle", 0.99, 0.99, 0.99, background, p)
+
+    alt = "A large red circle in the center, on a plain gray background."
+    assert drop_unsure_background(alt, reading("gray", 0.97)) == alt  # sure, and the same
+    assert drop_unsure_background(alt, reading("gray", 0.6)) == "A large red circle in the center."
+    assert drop_unsure_background(alt, reading("photo", 0.99)) == "A large red circle in the center."
+    photo = "A small blue star at the top and a red square, on a photo background."
+    assert drop_unsure_background(photo, reading("photo", 0.95)) == photo
+    grad = "A medium white star on the left, on a gradient background from brown to teal."
+    assert drop_unsure_background(grad, reading("textured", 0.95)) == "A medium white star on the left."
+    # The heads read one name: a gradient's second end is more than the tower saw.
+    assert drop_unsure_background(grad, reading("brown", 0.99)) == "A medium white star on the left."
+    assert drop_unsure_background("A red circle.", reading("gray", 0.1)) == "A red circle."

@@ -20,7 +20,7 @@ from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_to
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
-from snap2caption_service.core.scene_heads import SceneHeads
+from snap2caption_service.core.scene_heads import SceneHeads, drop_unsure_background
 from snap2caption_service.core.settings import GenerationSettings
 from snap2caption_service.core.versions import ADAPTER_META, demo_version, model_version
 
@@ -490,7 +490,8 @@ class Captioner:
         """How far to trust each answer, 0..1. With scene heads: the vision tower's own class
         probabilities for the picture (low for a picture with no object it knows, whatever the
         text says). Without: the answer's mean token probability, exp(score), the one signal
-        every checkpoint has (weaker: a model can be fluent and wrong)."""
+        every checkpoint has (weaker: a model can be fluent and wrong). With heads, the alt text
+        also loses a background the tower is unsure of (scene_heads.drop_unsure_background)."""
         import math
 
         readings = None
@@ -500,6 +501,8 @@ class Captioner:
             for c in cands:
                 value = readings[i].confidence if readings is not None else math.exp(c.score)
                 c.confidence = round(min(1.0, max(0.0, value)), 4)
+                if readings is not None:
+                    c.alt_text = drop_unsure_background(c.alt_text, readings[i])
 
     def _candidate(self, text: str, score: float, num_hashtags: int) -> Candidate:
         answer = parse_output(text, num_hashtags, alt_text_max_chars=self.generation.alt_text_max_chars)

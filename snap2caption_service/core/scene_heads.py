@@ -10,6 +10,7 @@ photograph, for a model of coloured shapes) scores low there, whatever its capti
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,13 @@ HEADS_FILE = "scene_heads.safetensors"
 LABELS_FILE = "scene_heads.json"
 
 
-def pooled_patches(vision_tower, pixel_values):
+def pooled_patches(vision_tower, pixel_values, patch_tokens=None):
     """The tower's picture summary the heads read: the mean patch token (LLaVA drops CLS anyway).
-    Training and serving both call this, so the heads always see what they were trained on."""
-    return vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:].mean(dim=1)
+    Training and serving both call this, so the heads always see what they were trained on;
+    training passes the patch tokens it already has."""
+    if patch_tokens is None:
+        patch_tokens = vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+    return patch_tokens.mean(dim=1)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class SceneReading:
     p_color: float
     p_shape: float
     p_object: float  # the highest probability that some known colour-shape object is present
+    background: str = ""  # a colour name, "photo" or "textured"
+    p_background: float = 0.0
 
     @property
     def confidence(self) -> float:
@@ -66,10 +72,38 @@ class SceneHeads:
             p_color = self._logits(pooled, "color").softmax(-1)
             p_shape = self._logits(pooled, "shape").softmax(-1)
             p_object = self._logits(pooled, "objects").sigmoid().amax(-1)
+            p_background = self._logits(pooled, "background").softmax(-1)
         out = []
-        for c, s, o in zip(p_color, p_shape, p_object):
-            ci, si = int(c.argmax()), int(s.argmax())
+        for c, s, o, b in zip(p_color, p_shape, p_object, p_background):
+            ci, si, bi = int(c.argmax()), int(s.argmax()), int(b.argmax())
             out.append(
-                SceneReading(self.labels["color"][ci], self.labels["shape"][si], float(c[ci]), float(s[si]), float(o))
+                SceneReading(
+                    self.labels["color"][ci],
+                    self.labels["shape"][si],
+                    float(c[ci]),
+                    float(s[si]),
+                    float(o),
+                    self.labels["background"][bi],
+                    float(b[bi]),
+                )
             )
         return out
+
+
+# ", on a plain gray background" / " on a gradient background from white to teal" / " on a photo background"
+_BACKGROUND_CLAUSE = re.compile(r",?\s+on\s+an?\s+[^,.]*?\bbackground(?:\s+from\s+\w+\s+to\s+\w+)?", re.IGNORECASE)
+# Below this the heads' own reading of the background is a guess, and an answer should not state a guess.
+SURE_OF_BACKGROUND = 0.9
+
+
+def drop_unsure_background(alt_text: str, reading: SceneReading) -> str:
+    """The alt text without its background clause when the tower is not sure what the background
+    is, read another one than the text names, or the text says more than the tower reads (a
+    gradient's two ends; the heads read one name): better unnamed than named wrong (issue 15)."""
+    match = _BACKGROUND_CLAUSE.search(alt_text)
+    if match is None:
+        return alt_text
+    words = set(re.findall(r"[a-z]+", match.group(0).lower()))
+    if reading.p_background >= SURE_OF_BACKGROUND and reading.background in words and "gradient" not in words:
+        return alt_text
+    return (alt_text[: match.start()] + alt_text[match.end() :]).strip()

@@ -37,6 +37,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core import batched_lora
 from snap2caption_service.core.captioner import (
     Captioner,
     base_identity,
@@ -309,6 +310,8 @@ class ResidentAdapters:
             cap.peft_model = PeftModel(cap.model, config, adapter_name=adapter.name)
         else:
             cap.peft_model.add_adapter(adapter.name, config)
+        # Again after every add: an adapter on modules no earlier one targeted brings new layers.
+        batched_lora.install(cap.peft_model)
         try:
             result = set_peft_model_state_dict(cap.peft_model, weights, adapter_name=adapter.name)
             missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter.name}." in k]
@@ -349,6 +352,7 @@ class ResidentAdapters:
         if cap.peft_model is None or name not in cap.peft_model.peft_config:
             return
         cap.peft_model.delete_adapter(name)
+        batched_lora.forget(cap.peft_model)  # no stack may outlive a weight it copied
         if not cap.peft_model.peft_config:
             # The last one gone: back to the plain model, exactly as fast as with no creators.
             cap.model = cap.peft_model.unload()

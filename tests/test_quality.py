@@ -52,6 +52,8 @@ def test_demo_model_on_held_out_sets(demo_model_dir):
     # Issue 15's background target holds already: a background the tower is unsure of, or that
     # contradicts its reading, is left out of the alt text (core/scene_heads.py).
     assert report.background_ok >= THRESHOLDS["background_ok"], report.table()
+    # Issue 16: the alt texts pass the accessibility lint on pictures the generator never drew.
+    assert report.alt_text_lint_pass >= THRESHOLDS["alt_text_lint_pass"], report.table()
 
 
 def test_demo_model_left_padded_batch_matches_single(demo_model_dir):

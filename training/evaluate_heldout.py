@@ -13,11 +13,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from snap2caption_service.core import alt_text
 from training.evaluate_demo import first_color_and_shape, first_pair
 from training.heldout_scenes import BACKGROUND_PALETTE, COLOR_NAMES, SHAPE_NAMES, HeldOutScene
 from training.synthetic import BACKGROUND_NAMES
 
-THRESHOLDS = {"both_correct": 0.95, "background_ok": 1.0}
+THRESHOLDS = {"both_correct": 0.95, "background_ok": 1.0, "alt_text_lint_pass": 1.0}  # the last: issue 16
 DISTINCT_PICTURES = 20  # the first 20 pictures, in one tone, must get 20 different captions
 
 # Every colour word an answer could put before "background"; grey is read as gray.
@@ -102,12 +103,14 @@ class HeldOutReport:
     # many are wrong about colour or shape and yet not flagged (confidently wrong).
     flagged: float = 0.0
     confidently_wrong: float = 0.0
+    alt_text_lint_pass: float = 0.0  # share of alt texts the accessibility lint passes (core/alt_text.py)
 
     def passed(self) -> bool:
         return (
             self.both_correct >= THRESHOLDS["both_correct"]
             and self.background_ok >= THRESHOLDS["background_ok"]
             and self.distinct_captions >= DISTINCT_PICTURES
+            and self.alt_text_lint_pass >= THRESHOLDS["alt_text_lint_pass"]
         )
 
     def table(self) -> str:
@@ -125,6 +128,11 @@ class HeldOutReport:
                 f"distinct captions ({self.tone})",
                 f"{self.distinct_captions}/{self.distinct_of}",
                 f">= {DISTINCT_PICTURES}",
+            ),
+            (
+                "alt text passes the lint",
+                f"{self.alt_text_lint_pass:.1%}",
+                f">= {THRESHOLDS['alt_text_lint_pass']:.0%}",
             ),
             ("flagged low confidence", f"{self.flagged:.1%}", ""),
             ("wrong and not flagged", f"{self.confidently_wrong:.1%}", ""),
@@ -199,4 +207,5 @@ def evaluate_set(
         misses=misses,
         flagged=sum(flagged) / n,
         confidently_wrong=sum(not ok and not f for ok, f in zip(both, flagged)) / n,
+        alt_text_lint_pass=alt_text.pass_rate(a.alt_text for a in answers),
     )

@@ -265,3 +265,22 @@ def test_creators_get_versions_tags_and_aliases_and_a_refusal_keeps_the_alias(
         assert held.tags["gate_decision"] == "challenger" and held.tags[RECORDS_TAG] == "48"
         assert registry.by_alias(creator_alias(c["creator_id"])).version == creators[c["creator_id"]]["version"]
     get_settings.cache_clear()
+
+
+def test_proof_styles_are_spelt_from_whole_words_the_demo_model_knows():
+    # The demo tokenizer learnt its vocabulary from the generator's captions: a style word outside
+    # them ("Stay": S-ta-y) is spelt from fragments the model never wrote, and learning to spell it
+    # from 80 edits cost the adapters 4-9 points of colour+shape (prove_creators.Style).
+    from training.demo_model import DemoArchitecture, train_tokenizer
+    from training.prove_creators import STYLES
+
+    tok = train_tokenizer(DemoArchitecture().vocab_size)
+
+    def fragments(phrase: str) -> list[str]:
+        words = [t for t in tok.tokenize(phrase.rstrip()) if any(c.isalnum() for c in t)]
+        return words if len(words) != len(phrase.split()) else []
+
+    for creator, style in STYLES.items():
+        for phrase in filter(None, (style.prefix, style.suffix)):
+            assert not fragments(phrase), f"{creator}: {phrase!r} is spelt from fragments: {fragments(phrase)}"
+    assert fragments(" Stay bold, friends.")  # the check can fail

@@ -99,6 +99,9 @@ def test_feedback_rules(tmp_path):
     assert by_id[req(0)].hashtags_from_ranker and by_id[req(2)].hashtags_from_ranker
     assert not by_id[req(1)].hashtags_from_ranker
     assert by_id[req(0)].extra["platform"] == "instagram" and by_id[req(0)].extra["num_hashtags"] == 5
+    # What a caption edit replaced: the fine-tune learns the edit and keeps the rest as its base has it.
+    assert by_id[req(0)].shown_caption == s[0].caption
+    assert by_id[req(1)].shown_caption is None and by_id[req(2)].shown_caption is None
     # In image order, whatever order the events came in: the same feedback, the same fine-tune.
     again, _ = records_from_feedback(list(reversed(events[:4])), archive, tmp_path)
     assert [r.image_id for r in again] == sorted(r.image_id for r in again)

@@ -4,7 +4,7 @@ import pytest
 
 from training import synthetic
 from training.demo_model import DemoArchitecture, build_untrained
-from training.loop import IGNORE_INDEX, EncodedDataset, TrainConfig, TrainExample, lr_at, train
+from training.loop import IGNORE_INDEX, EncodedDataset, TrainConfig, TrainExample, kl_to_base, lr_at, train
 
 SMALL = DemoArchitecture(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, vocab_size=600)
 
@@ -50,6 +50,90 @@ def test_hashtags_the_creator_left_alone_are_read_but_not_learned(tiny):
     tags_line = ex.target.split("\n")[1]
     assert "Caption:" in text and "Alt text:" in text and "Hashtags:" in text
     assert not any(tag in text for tag in tags_line.split()[1:]), text
+
+
+@pytest.fixture(scope="module")
+def edited(tiny):
+    """One example twice: unedited, and a creator's edit of its caption (a prefix and a sign-off)."""
+    _, processor, _ = tiny
+    ex = synthetic.make_examples(1, 8)[0]
+    shown = ex.target.split("\n")[0].removeprefix("Caption: ")
+    target = ex.target.replace(shown, f"Keep it simple: {shown} Every day, friends.", 1)
+    image = synthetic.render_scene(ex.scene)
+    examples = [
+        TrainExample(image, ex.tone, ex.audience, ex.target),
+        TrainExample(image, ex.tone, ex.audience, target, shown_caption=shown),
+    ]
+    return EncodedDataset(processor, examples, progress=False)
+
+
+def test_kept_tokens_are_anchored_where_the_shown_answer_predicts_them(tiny, edited):
+    _, processor, _ = tiny
+    tok = processor.tokenizer
+    # Without an edit, every answer token is predicted at the same place of the same answer.
+    plain = edited.anchors[0]
+    assert edited.shown_ids[0] == edited.input_ids[0]
+    assert [p for p, a in enumerate(plain) if a >= 0] == [
+        p - 1 for p, label in enumerate(edited.labels[0]) if label != IGNORE_INDEX
+    ]
+    assert all(a == p for p, a in enumerate(plain) if a >= 0)
+    # With one, each anchored position predicts the token its anchor predicts in the shown answer...
+    ids, shown, anchors = edited.input_ids[1], edited.shown_ids[1], edited.anchors[1]
+    assert shown == edited.input_ids[0]
+    anchored = [p for p, a in enumerate(anchors) if a >= 0]
+    assert all(ids[p + 1] == shown[anchors[p] + 1] for p in anchored)
+    # ... the edit's own tokens are not anchored, and what follows it (hashtags, alt text) is.
+    free = tok.decode(
+        [ids[p + 1] for p, a in enumerate(anchors[:-1]) if a < 0 and edited.labels[1][p + 1] != IGNORE_INDEX]
+    )
+    assert "Keep it simple" in free.replace("  ", " ") and "friends" in free and "Alt" not in free, free
+    kept = tok.decode([ids[p + 1] for p in anchored])
+    assert "Alt text:" in kept and "Hashtags:" in kept
+
+
+class _Base:
+    """A model whose "base" (adapter switched off) answers fixed logits."""
+
+    def __init__(self, base_logits):
+        self.base_logits = base_logits
+
+    def disable_adapter(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def __call__(self, **_):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.base_logits)
+
+
+def test_kl_to_base_counts_only_kept_tokens_the_base_writes(edited):
+    import torch
+
+    batch = edited.batch([1])
+    shown, anchors = edited.shown_batch([1])
+    labels = batch["labels"]
+    vocab = 50
+    torch.manual_seed(0)
+    # The base predicts exactly the shown answer's next token everywhere (a confident one).
+    base = torch.full((1, shown["input_ids"].shape[1], vocab), -5.0)
+    nxt = shown["input_ids"][0, 1:].clamp(max=vocab - 1)
+    base[0, torch.arange(len(nxt)), nxt] = 5.0
+    model = _Base(base)
+    student = torch.randn(1, labels.shape[1], vocab)
+    first = kl_to_base(model, model, shown, labels.clamp(max=vocab - 1), student, anchors)
+    assert first > 0
+    # The adapter may do what it likes where the creator edited, and in the prompt...
+    free = [p for p in range(labels.shape[1] - 1) if anchors[0, p] < 0]
+    changed = student.clone()
+    changed[0, free] = torch.randn(len(free), vocab) * 10
+    assert kl_to_base(model, model, shown, labels.clamp(max=vocab - 1), changed, anchors) == pytest.approx(first.item())
+    # ... not where it kept the shown answer; and matching the base there costs nothing.
+    kept = [p for p in range(labels.shape[1] - 1) if anchors[0, p] >= 0]
+    same = student.clone()
+    same[0, kept] = base[0, anchors[0, kept]]
+    assert kl_to_base(model, model, shown, labels.clamp(max=vocab - 1), same, anchors) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_loss_goes_down(tiny):

@@ -87,6 +87,13 @@ class TrainingConfig(_Strict):
         "learning a few hundred edits does not make the model forget what its base reads well.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    kl_to_base: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of KL(adapter || adapter switched off) on the answer tokens the base already "
+        "writes (training/loop.py kl_to_base): keeps an adapter learnt from a few edits from changing "
+        "what it was not taught to change.",
+    )
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)

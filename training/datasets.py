@@ -63,6 +63,13 @@ class CaptionRecord:
         snapshots say so), not a list someone chose: fine-tunes read them but do not learn them."""
         return self.extra.get("hashtags_from") == "ranker"
 
+    @property
+    def shown_caption(self) -> str | None:
+        """The caption the creator was shown, when ``caption`` is their edit of it (feedback
+        snapshots record it); None when the caption was written from scratch or kept."""
+        shown = self.extra.get("shown_caption")
+        return shown if isinstance(shown, str) and shown != self.caption else None
+
     def target(self) -> str:
         # Alt text is what a screen reader says; a dataset without it falls back to the caption
         # rather than teaching the model to answer with an empty line.

@@ -140,6 +140,9 @@ def records_from_feedback(
                     # Hashtags the creator did not edit are the ranker's choice from the model's pool
                     # (core/hashtags.py): fine-tunes do not learn them (CaptionRecord.hashtags_from_ranker).
                     "hashtags_from": "creator" if fb.edited_hashtags is not None else "ranker",
+                    # What the edit changed is what a creator adapter learns; the rest it keeps
+                    # as its base writes it (TrainExample.shown_caption, TrainConfig.kl_to_base).
+                    **({"shown_caption": served.caption} if fb.edited_caption is not None else {}),
                     # Whose house style the edit is: their records train their own adapter
                     # (training/creator_retrain.py), not everyone's champion.
                     **({"creator_id": served.creator_id} if served.creator_id else {}),

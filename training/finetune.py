@@ -154,7 +154,14 @@ def attach_lora(model, cfg: TrainingConfig, resume_adapter: str | None, base_ref
 
 def examples_of(records: list[CaptionRecord]) -> list[TrainExample]:
     return [
-        TrainExample(load_image(r.image), r.tone, r.audience, r.target(), learn_hashtags=not r.hashtags_from_ranker)
+        TrainExample(
+            load_image(r.image),
+            r.tone,
+            r.audience,
+            r.target(),
+            learn_hashtags=not r.hashtags_from_ranker,
+            shown_caption=r.shown_caption,
+        )
         for r in records
     ]
 
@@ -238,6 +245,7 @@ def train_adapter(
         checkpoint_dir=str(output_dir / "checkpoint"),
         checkpoint_every=cfg.checkpoint_every,
         precision=cfg.precision,
+        kl_to_base=cfg.kl_to_base,
     )
     log.info(
         "fine-tuning %s on %d records for %d steps (global batch %d)",

@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Style:
     """A house style: a fixed phrase before and/or after the caption, checked by string ends.
-    Words the demo model already writes (see prove_loop.PHRASE), in no order its own captions use."""
+
+    Words the demo model already writes (see prove_loop.PHRASE), in no order its own captions use,
+    and word pieces it already writes too (tests/test_creator_retrain.py checks): the demo's
+    tokenizer learnt its vocabulary from the generator's captions, so a word outside them ("Stay":
+    S-ta-y) is spelt from fragments it never wrote, and 80 edits teaching it to spell one cost
+    4-9 points of colour+shape (docs/notes/retraining-gate.md). A real checkpoint's tokenizer
+    writes any English word; the proof is about adapters, not the demo's spelling."""
 
     prefix: str = ""
     suffix: str = ""
@@ -59,7 +65,7 @@ class Style:
 
 STYLES = {
     "creator-keep": Style(prefix="Keep it simple: "),
-    "creator-bold": Style(suffix=" Stay bold, friends."),
+    "creator-bold": Style(suffix=" Every day, friends."),
     "creator-weekend": Style(prefix="Weekend notes: "),
 }
 QUIET = ("creator-quiet-1", "creator-quiet-2")  # give no feedback at all

@@ -71,14 +71,14 @@ def test_kept_tokens_are_anchored_where_the_shown_answer_predicts_them(tiny, edi
     _, processor, _ = tiny
     tok = processor.tokenizer
     # Without an edit, every answer token is predicted at the same place of the same answer.
-    plain = edited.anchors[0]
-    assert edited.shown_ids[0] == edited.input_ids[0]
+    plain = edited.anchors_of(0)
+    assert edited.shown_of(0) == edited.input_ids[0]
     assert [p for p, a in enumerate(plain) if a >= 0] == [
         p - 1 for p, label in enumerate(edited.labels[0]) if label != IGNORE_INDEX
     ]
     assert all(a == p for p, a in enumerate(plain) if a >= 0)
     # With one, each anchored position predicts the token its anchor predicts in the shown answer...
-    ids, shown, anchors = edited.input_ids[1], edited.shown_ids[1], edited.anchors[1]
+    ids, shown, anchors = edited.input_ids[1], edited.shown_of(1), edited.anchors_of(1)
     assert shown == edited.input_ids[0]
     anchored = [p for p, a in enumerate(anchors) if a >= 0]
     assert all(ids[p + 1] == shown[anchors[p] + 1] for p in anchored)

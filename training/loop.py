@@ -20,7 +20,7 @@ from pathlib import Path
 
 from snap2caption_service.core.contracts import ANSWER_LABELS
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
-from snap2caption_service.core.prompting import ChatFormat
+from snap2caption_service.core.prompting import ChatFormat, format_target, split_target
 
 IGNORE_INDEX = -100
 
@@ -46,8 +46,8 @@ class TrainExample:
         """The answer as the creator was shown it: ``target`` with the shown caption."""
         if self.shown_caption is None:
             return self.target
-        rest = self.target.split("\n", 1)[1:]
-        return "\n".join([f"{ANSWER_LABELS[0]} {self.shown_caption}", *rest])
+        _, hashtags, alt_text = split_target(self.target)
+        return format_target(self.shown_caption, list(hashtags), alt_text)
 
 
 def kept_positions(shown: list[int], edited: list[int]) -> dict[int, int]:
@@ -151,10 +151,12 @@ class EncodedDataset:
         eos = tok.eos_token_id
         self.input_ids: list[list[int]] = []
         self.labels: list[list[int]] = []
-        # The answer as shown (the same as input_ids without an edit) and, per position of
-        # input_ids, the position of shown_ids that predicts the same kept token (-1: none).
-        self.shown_ids: list[list[int]] = []
-        self.anchors: list[list[int]] = []
+        # Edited examples only (None: the answer is as shown, every answer token kept in place):
+        # the answer as shown and, per position of input_ids, the position of it that predicts
+        # the same kept token (-1: none). See shown_of / anchors_of.
+        self.shown_ids: list[list[int] | None] = []
+        self.anchors: list[list[int] | None] = []
+        self.prompt_lens: list[int] = []
         self.images: list[dict] = []  # per example: pixel_values (+ image_sizes, ...) without the batch dim
         chunk = 256
         bar = tqdm(total=len(examples), desc="encode", unit="ex", disable=not progress)
@@ -175,19 +177,25 @@ class EncodedDataset:
             for row, (ids, mask, (_, answer_text), shown_text, example) in enumerate(rows):
                 prompt_ids = ids[mask.bool()].tolist()  # drop the batch padding, wherever it sits
                 answer, labels = encode_answer(tok, answer_text, example)
-                shown_answer = tok(shown_text, add_special_tokens=False)["input_ids"] if shown_text else list(answer)
-                for seq in (answer, shown_answer):
-                    if not seq or seq[-1] != eos:  # templates that close a turn with EOS already have it
-                        seq.append(eos)
-                if len(labels) < len(answer):
+                if not answer or answer[-1] != eos:  # templates that close a turn with EOS already have it
+                    answer.append(eos)
                     labels.append(eos)
                 self.input_ids.append(prompt_ids + answer)
                 self.labels.append([IGNORE_INDEX] * len(prompt_ids) + labels)
-                self.shown_ids.append(prompt_ids + shown_answer)
-                # Position p predicts token p + 1: answer token i sits at len(prompt) + i.
-                kept = kept_positions(shown_answer, answer)
-                at = len(prompt_ids) - 1
-                self.anchors.append([-1] * at + [at + kept[i] if i in kept else -1 for i in range(len(answer))] + [-1])
+                self.prompt_lens.append(len(prompt_ids))
+                self.shown_ids.append(None)
+                self.anchors.append(None)
+                if shown_text:
+                    shown_answer = tok(shown_text, add_special_tokens=False)["input_ids"]
+                    if not shown_answer or shown_answer[-1] != eos:
+                        shown_answer.append(eos)
+                    self.shown_ids[-1] = prompt_ids + shown_answer
+                    # Position p predicts token p + 1: answer token i sits at len(prompt) + i.
+                    kept = kept_positions(shown_answer, answer)
+                    at = len(prompt_ids) - 1
+                    self.anchors[-1] = (
+                        [-1] * at + [at + kept[i] if i in kept else -1 for i in range(len(answer))] + [-1]
+                    )
                 self.images.append({k: enc[k][row] for k in image_keys})
             bar.update(len(part))
         bar.close()
@@ -223,19 +231,32 @@ class EncodedDataset:
             mask[row, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, **self._stack_images(idx)}
 
+    def shown_of(self, i: int) -> list[int]:
+        """Example ``i``'s prompt and answer as the creator was shown it."""
+        return self.shown_ids[i] if self.shown_ids[i] is not None else self.input_ids[i]
+
+    def anchors_of(self, i: int) -> list[int]:
+        """Per position of ``input_ids[i]``, the position of ``shown_of(i)`` predicting the same kept
+        answer token, -1 where none (the prompt, the last position, a creator's edit)."""
+        if self.anchors[i] is not None:
+            return self.anchors[i]
+        n, at = len(self.input_ids[i]), self.prompt_lens[i] - 1
+        return [-1] * at + list(range(at, n - 1)) + [-1]
+
     def shown_batch(self, idx: Sequence[int]) -> tuple[dict, object]:
         """The answers as shown (input ids, attention mask) and the anchors (batch(idx)'s width):
         what ``kl_to_base`` runs the base on."""
         import torch
 
-        width = max(len(self.shown_ids[i]) for i in idx)
+        shown = [self.shown_of(i) for i in idx]
+        width = max(len(s) for s in shown)
         ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         anchors = torch.full((len(idx), max(len(self.input_ids[i]) for i in idx)), -1, dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, : len(self.shown_ids[i])] = torch.tensor(self.shown_ids[i])
-            mask[row, : len(self.shown_ids[i])] = 1
-            anchors[row, : len(self.anchors[i])] = torch.tensor(self.anchors[i])
+        for row, (i, seq) in enumerate(zip(idx, shown, strict=True)):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+            anchors[row, : len(self.input_ids[i])] = torch.tensor(self.anchors_of(i))
         return {"input_ids": ids, "attention_mask": mask}, anchors
 
 

@@ -133,6 +133,11 @@ def autocast_dtype(precision: str, device_type: str):
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
+def _missing_eos(ids: list[int], eos: int) -> list[int]:
+    """The EOS an answer still needs: none when the chat template already closes its turn with it."""
+    return [] if ids and ids[-1] == eos else [eos]
+
+
 class EncodedDataset:
     """Tokenized prompt+answer ids, answer-only labels and image tensors, built once up front.
 
@@ -177,9 +182,9 @@ class EncodedDataset:
             for row, (ids, mask, (_, answer_text), shown_text, example) in enumerate(rows):
                 prompt_ids = ids[mask.bool()].tolist()  # drop the batch padding, wherever it sits
                 answer, labels = encode_answer(tok, answer_text, example)
-                if not answer or answer[-1] != eos:  # templates that close a turn with EOS already have it
-                    answer.append(eos)
-                    labels.append(eos)
+                tail = _missing_eos(answer, eos)
+                answer += tail
+                labels += tail
                 self.input_ids.append(prompt_ids + answer)
                 self.labels.append([IGNORE_INDEX] * len(prompt_ids) + labels)
                 self.prompt_lens.append(len(prompt_ids))
@@ -187,8 +192,7 @@ class EncodedDataset:
                 self.anchors.append(None)
                 if shown_text:
                     shown_answer = tok(shown_text, add_special_tokens=False)["input_ids"]
-                    if not shown_answer or shown_answer[-1] != eos:
-                        shown_answer.append(eos)
+                    shown_answer += _missing_eos(shown_answer, eos)
                     self.shown_ids[-1] = prompt_ids + shown_answer
                     # Position p predicts token p + 1: answer token i sits at len(prompt) + i.
                     kept = kept_positions(shown_answer, answer)

@@ -20,7 +20,7 @@ test: lint  ## make lint, then the whole test suite (starts Kafka, S3, Chromium 
 	@# The demo model (cached; ~10 min to build on first run) is built up front, with its
 	@# progress bar, rather than inside a test fixture under pytest's per-test timeout.
 	$(PY) -m snap2caption_service demo-model > /dev/null
-	$(PY) -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -ra --durations=25 $(PYTEST_ARGS)
 
 test-chaos:  ## only the exactly-once chaos run (1,000 events, consumer SIGKILLs, broker restart)
 	$(PY) -m pytest -p no:cacheprovider -ra -m chaos $(PYTEST_ARGS)

@@ -261,3 +261,30 @@ def test_report_counts_flagged_and_confidently_wrong_answers(sets):
     assert report.both_correct == 0.0
     assert report.flagged == 0.5 and report.confidently_wrong == 0.5
     assert "wrong and not flagged" in report.table()
+
+
+def test_report_fails_a_caption_and_alt_text_that_disagree(sets):
+    """Issue 15 §3: an answer whose caption and alt text name different objects fails the bar even
+    when the alt text is right; an answer the service corrected counts as flagged."""
+    scenes = sets["vector"][:40]
+
+    def caption_wrong(i, s):
+        caption, alt = _right(i, s)
+        other = "circle" if s.shape != "circle" else "star"
+        return (caption.replace(s.shape, other), alt) if i % 4 == 0 else (caption, alt)
+
+    report = evaluate_set(_FakeCaptioner(scenes, caption_wrong), scenes, batch_size=40)
+    assert report.fields_agree == 0.75 and report.alt_text_correct == 1.0
+    assert not report.passed() and "caption and alt text agree" in report.table()
+
+    class Correcting(_FakeCaptioner):
+        def caption_batch(self, jobs):
+            out = super().caption_batch(jobs)
+            for i, cands in enumerate(out):
+                cands[0].confidence = 0.9
+                cands[0].corrections = ["The caption called the star red ..."] if i < 10 else []
+            return out
+
+    report = evaluate_set(Correcting(scenes, _right), scenes, batch_size=40)
+    assert report.fields_agree == 1.0 and report.passed()
+    assert report.corrected == 0.25 and report.flagged == 0.25 and report.confidently_wrong == 0.0

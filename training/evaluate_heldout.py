@@ -18,7 +18,8 @@ from training.evaluate_demo import first_color_and_shape, first_pair
 from training.heldout_scenes import BACKGROUND_PALETTE, COLOR_NAMES, SHAPE_NAMES, HeldOutScene
 from training.synthetic import BACKGROUND_NAMES
 
-THRESHOLDS = {"both_correct": 0.95, "background_ok": 1.0, "alt_text_lint_pass": 1.0}  # the last: issue 16
+# fields_agree: issue 15 §3, caption and alt text name the same main object; alt_text_lint_pass: issue 16.
+THRESHOLDS = {"both_correct": 0.95, "background_ok": 1.0, "fields_agree": 1.0, "alt_text_lint_pass": 1.0}
 DISTINCT_PICTURES = 20  # the first 20 pictures, in one tone, must get 20 different captions
 
 # Every colour word an answer could put before "background"; grey is read as gray.
@@ -99,8 +100,12 @@ class HeldOutReport:
     seconds: float
     model_version: str
     misses: list[Miss] = field(default_factory=list)  # the first few, for a human to look at
-    # Honesty, not a pass mark: how many answers the service would flag (low confidence), and how
-    # many are wrong about colour or shape and yet not flagged (confidently wrong).
+    # Caption and alt text name the same colour and shape first (right or wrong), and how many
+    # answers the service had to correct to get there (core/answer_agreement.py).
+    fields_agree: float = 0.0
+    corrected: float = 0.0
+    # Honesty, not a pass mark: how many answers the service would flag (low confidence, or
+    # corrected), and how many are wrong about colour or shape and yet not flagged (confidently wrong).
     flagged: float = 0.0
     confidently_wrong: float = 0.0
     alt_text_lint_pass: float = 0.0  # share of alt texts the accessibility lint passes (core/alt_text.py)
@@ -109,6 +114,7 @@ class HeldOutReport:
         return (
             self.both_correct >= THRESHOLDS["both_correct"]
             and self.background_ok >= THRESHOLDS["background_ok"]
+            and self.fields_agree >= THRESHOLDS["fields_agree"]
             and self.distinct_captions >= DISTINCT_PICTURES
             and self.alt_text_lint_pass >= THRESHOLDS["alt_text_lint_pass"]
         )
@@ -124,6 +130,12 @@ class HeldOutReport:
                 f"{self.background_ok:.1%}",
                 f">= {THRESHOLDS['background_ok']:.0%}",
             ),
+            (
+                "caption and alt text agree",
+                f"{self.fields_agree:.1%}",
+                f">= {THRESHOLDS['fields_agree']:.0%}",
+            ),
+            ("... after correcting", f"{self.corrected:.1%}", ""),
             (
                 f"distinct captions ({self.tone})",
                 f"{self.distinct_captions}/{self.distinct_of}",
@@ -185,7 +197,9 @@ def evaluate_set(
             truth = f"{scene.color} {scene.shape} on {scene.background}"
             misses.append(Miss(i, truth, a.caption, a.alt_text))
     both = [c and a for c, a in zip(cap_ok, alt_ok)]
-    flagged = [a.confidence is not None and a.confidence < min_confidence for a in answers]
+    agree = [first_color_and_shape(a.caption) == first_pair(a.alt_text) for a in answers]
+    # As the service flags (serving/pipeline.py build_result): unsure, or corrected.
+    flagged = [(a.confidence is not None and a.confidence < min_confidence) or bool(a.corrections) for a in answers]
     first = [a.caption.strip().lower() for a in answers[:DISTINCT_PICTURES]]
     n = float(len(scenes))
     backgrounds = tuple(dict.fromkeys(sorted(s.background for s in scenes)))
@@ -205,6 +219,8 @@ def evaluate_set(
         seconds=time.perf_counter() - t0,
         model_version=captioner.version,
         misses=misses,
+        fields_agree=sum(agree) / n,
+        corrected=sum(bool(a.corrections) for a in answers) / n,
         flagged=sum(flagged) / n,
         confidently_wrong=sum(not ok and not f for ok, f in zip(both, flagged)) / n,
         alt_text_lint_pass=alt_text.pass_rate(a.alt_text for a in answers),

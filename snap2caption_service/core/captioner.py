@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from snap2caption_service.core.answer_agreement import reconcile
 from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_token_bound
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
@@ -476,9 +477,10 @@ class Captioner:
             ntok += s_tok
             for (i, _), t, s in zip(rows, s_texts, s_scores):
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
+        self._check_answers(pixels, per_job)
         for cands in per_job:
-            cands.sort(key=lambda c: c.score, reverse=True)
-        self._add_confidence(pixels, per_job)
+            # An answer that agreed with itself beats a likelier one that had to be corrected.
+            cands.sort(key=lambda c: (not c.corrections, c.score), reverse=True)
         if stats is not None:
             stats.batch_size = len(jobs)
             stats.adapter_rows = sum(a is not None for a in adapters)
@@ -486,23 +488,41 @@ class Captioner:
             stats.seconds = time.perf_counter() - t0
         return per_job
 
-    def _add_confidence(self, pixels, per_job: list[list[Candidate]]) -> None:
-        """How far to trust each answer, 0..1. With scene heads: the vision tower's own class
-        probabilities for the picture (low for a picture with no object it knows, whatever the
-        text says). Without: the answer's mean token probability, exp(score), the one signal
-        every checkpoint has (weaker: a model can be fluent and wrong). With heads, the alt text
-        also loses a background the tower is unsure of (scene_heads.drop_unsure_background)."""
+    def _check_answers(self, pixels, per_job: list[list[Candidate]]) -> None:
+        """How far to trust each answer, 0..1, and each answer made to name every object in one
+        colour (core/answer_agreement.py), with what was corrected.
+
+        With scene heads, confidence is the vision tower's own class probabilities for the
+        picture (low for a picture with no object it knows, whatever the text says); the same
+        reading settles which colour a contradicted object keeps, and the alt text loses a
+        background the tower is unsure of (scene_heads.drop_unsure_background). Without heads:
+        the answer's mean token probability, exp(score), the one signal every checkpoint has
+        (weaker: a model can be fluent and wrong)."""
         import math
 
         readings = None
         if self.scene_heads is not None and pixels is not None:
             readings = self.scene_heads.read(vision_tower(self.model), pixels)
+        # A model with heads names its objects from their labels, main object first (the demo
+        # model): then the first object of caption and alt text must be the same one.
+        labels = self.scene_heads.labels if self.scene_heads is not None else {}
+        palette, things = frozenset(labels.get("color", ())), frozenset(labels.get("shape", ()))
         for i, cands in enumerate(per_job):
+            reading = readings[i] if readings is not None else None
             for c in cands:
-                value = readings[i].confidence if readings is not None else math.exp(c.score)
+                value = reading.confidence if reading is not None else math.exp(c.score)
                 c.confidence = round(min(1.0, max(0.0, value)), 4)
-                if readings is not None:
-                    c.alt_text = drop_unsure_background(c.alt_text, readings[i])
+                if reading is not None:
+                    c.alt_text = drop_unsure_background(c.alt_text, reading)
+                c.caption, c.hashtags, c.alt_text, settled = reconcile(
+                    c.caption,
+                    c.hashtags,
+                    c.alt_text,
+                    (reading.color, reading.shape) if reading is not None else None,
+                    palette,
+                    things,
+                )
+                c.corrections = [d.sentence() for d in settled]
 
     def _candidate(self, text: str, score: float, num_hashtags: int) -> Candidate:
         answer = parse_output(text, num_hashtags, alt_text_max_chars=self.generation.alt_text_max_chars)

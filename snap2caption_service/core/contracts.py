@@ -177,6 +177,11 @@ class Candidate(BaseModel):
         description="How far to trust this answer, 0..1: the vision tower's own reading of the picture where the "
         "model ships scene heads (the demo model), else the answer's mean token probability.",
     )
+    corrections: list[str] = Field(
+        default_factory=list,
+        description="Where the model named one thing in two colours (caption against alt text), the sentence "
+        "saying which colour all fields now name (core/answer_agreement.py). Empty when the fields agreed.",
+    )
 
 
 class CaptionResult(BaseModel):
@@ -196,10 +201,11 @@ class CaptionResult(BaseModel):
     )
     low_confidence: bool = Field(
         False,
-        description="True when confidence is below the service's SNAP2CAPTION_MIN_CONFIDENCE: the picture is "
-        "probably not something the model knows, and the answer should be checked before it is posted.",
+        description="True when confidence is below the service's SNAP2CAPTION_MIN_CONFIDENCE (the picture is "
+        "probably not something the model knows), or when the model contradicted itself and the answer was "
+        "made to agree (Candidate.corrections): either way, check it before it is posted.",
     )
-    notice: str | None = Field(None, description="A sentence for the creator when low_confidence is true.")
+    notice: str | None = Field(None, description="What to check, for the creator, when low_confidence is true.")
 
 
 class ModelDescription(BaseModel):

@@ -108,11 +108,12 @@ def build_result(
     count toward it)."""
     candidates = [as_served(c, options, tag_stats) for c in output.candidates]
     best = candidates[0]
-    low = best.confidence is not None and best.confidence < min_confidence
+    unsure = best.confidence is not None and best.confidence < min_confidence
+    notice = " ".join(([LOW_CONFIDENCE_NOTICE] if unsure else []) + best.corrections)
     return CaptionResult(
         confidence=best.confidence,
-        low_confidence=low,
-        notice=LOW_CONFIDENCE_NOTICE if low else None,
+        low_confidence=unsure or bool(best.corrections),
+        notice=notice or None,
         caption=best.caption,
         hashtags=best.hashtags,
         alt_text=best.alt_text,

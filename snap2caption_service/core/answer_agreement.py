@@ -1,0 +1,176 @@
+"""One answer names one set of objects: caption, hashtags and alt text must not contradict.
+
+A captioning model writes the three fields one after the other, and a small or unsure model can
+call the same thing by two colours ("Exhibit A: one very black circle" above the alt text "A large
+blue circle ..."). A creator would post that, and a screen-reader user would hear a picture the
+others do not see (issue 15 §3). Here an answer is checked for the contradictions that can be read without
+knowing the picture, and made to agree:
+
+- for any model, the same thing named in two colours ("black circle" / "blue circle");
+- for a model that names its objects from a closed list (the demo model: its scene heads' shape
+  labels) and names the main object first, two different main objects ("black circle" / "blue
+  square").
+
+The naming that wins is the one the vision tower's own reading gives, where the model ships scene
+heads (core/scene_heads.py); otherwise the alt text's, the literal description written after the
+caption, and the one a reader who cannot see the picture relies on. The losing field is rewritten
+(with its article: "a black" -> "an orange"), and so are hashtags that carry the losing words.
+What was changed is returned, so the answer can say so and the creator checks it.
+
+Only colour words directly before a noun count ("red car", "blue circles"): a colour named
+elsewhere ("feeling blue") is no claim about an object, and is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Basic colour terms as captions use them, and the demo model's palette (a reading may add more).
+COLOR_WORDS = frozenset(
+    "red orange yellow green blue purple violet pink brown black white gray grey "
+    "teal beige turquoise cyan magenta navy maroon gold silver".split()
+)
+_WORD = re.compile(r"[A-Za-z]+")
+# Words between a colour and its noun that carry no claim of their own: "red and white bus" names
+# the bus with both colours.
+_SKIP = frozenset({"and", "or"})
+# What follows a colour but names no thing ("totally purple: the star drop"): no claim to compare.
+_NOT_A_THING = frozenset("a an the is are was of on in at to with as and or but it its this that for".split())
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One thing the caption and the alt text named differently, and what both name now."""
+
+    caption_said: str  # "black circle"
+    alt_text_said: str
+    kept: str
+
+    def sentence(self) -> str:
+        return (
+            f'The caption said "{self.caption_said}" and the alt text "{self.alt_text_said}"; '
+            f'both now say "{self.kept}".'
+        )
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def _pairs(text: str, colors: frozenset[str]) -> list[tuple[str, str]]:
+    """Every (colour, noun) the text names, in order, the noun singular."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    out = []
+    for i, word in enumerate(words):
+        if word not in colors:
+            continue
+        j = i + 1
+        while j < len(words) and (words[j] in colors or words[j] in _SKIP):
+            j += 1
+        if j < len(words) and words[j] not in _NOT_A_THING:
+            out.append((word, _singular(words[j])))
+    return out
+
+
+def named_colors(text: str, colors: frozenset[str] = COLOR_WORDS) -> dict[str, set[str]]:
+    """Each noun the text names with a colour directly before it, and those colours."""
+    out: dict[str, set[str]] = {}
+    for color, thing in _pairs(text, colors):
+        out.setdefault(thing, set()).add(color)
+    return out
+
+
+def _rename(text: str, old: tuple[str, str], new: tuple[str, str], count: int = 0) -> str:
+    """``old colour old thing`` (any case, plural too) as the new pair, with a/an fitted to the
+    new colour; every occurrence, or the first ``count``."""
+    pattern = re.compile(
+        rf"\b(?:(an?)\s+)?({re.escape(old[0])})((?:\s+(?:and|or|{'|'.join(map(re.escape, sorted(COLOR_WORDS)))}))*\s+)"
+        rf"({re.escape(old[1])})(s?)\b",
+        re.IGNORECASE,
+    )
+
+    def swap(m: re.Match) -> str:
+        color = new[0].capitalize() if m.group(2)[0].isupper() else new[0]
+        article = ""
+        if m.group(1) is not None:
+            article = "an " if new[0][0] in "aeiou" else "a "
+            if m.group(1)[0].isupper():
+                article = article.capitalize()
+        return f"{article}{color}{m.group(3)}{new[1]}{m.group(5)}"
+
+    return pattern.sub(swap, text, count=count)
+
+
+def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_named: set[str]) -> list[str]:
+    """#blackcircle -> #bluesquare; a lone #black or #circle only when no other object in the
+    answer is still called that."""
+    out = []
+    for tag in tags:
+        body = tag.lstrip("#").lower()
+        if body in (old[0] + old[1], old[0] + old[1] + "s"):
+            tag = "#" + new[0] + new[1] + body[len(old[0] + old[1]) :]
+        elif body == old[0] and old[0] not in still_named:
+            tag = "#" + new[0]
+        elif body == old[1] and old[1] not in still_named:
+            tag = "#" + new[1]
+        out.append(tag)
+    seen: set[str] = set()
+    return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))]
+
+
+def _settle(caption, hashtags, alt_text, said, described, reading, colors, count):
+    """The caption's ``said`` and the alt text's ``described`` made one: the reading's, where it
+    is one of them, else the alt text's."""
+    kept = said if reading == said else described
+    if kept == said:
+        alt_text = _rename(alt_text, described, said, count)
+    else:
+        caption = _rename(caption, said, described, count)
+    lost = described if kept == said else said
+    still = {w for pair in _pairs(caption + " . " + alt_text, colors) for w in pair}
+    hashtags = _retag(hashtags, lost, kept, still)
+    return caption, hashtags, alt_text, Disagreement(" ".join(said), " ".join(described), " ".join(kept))
+
+
+def reconcile(
+    caption: str,
+    hashtags: list[str],
+    alt_text: str,
+    reading: tuple[str, str] | None = None,
+    extra_colors: frozenset[str] = frozenset(),
+    things: frozenset[str] = frozenset(),
+) -> tuple[str, list[str], str, list[Disagreement]]:
+    """Caption, hashtags and alt text made to name the same objects, and what changed.
+
+    ``reading`` is the picture's main object as the vision tower reads it, (colour, thing); it
+    settles a disagreement when it is one of the two namings. ``things``: the closed list of
+    objects the model names, main object first (the demo model's shapes); with it, the first
+    object each field names must be the same one."""
+    colors = COLOR_WORDS | extra_colors
+    settled: list[Disagreement] = []
+    if things:
+        main_said = next((p for p in _pairs(caption, colors) if p[1] in things), None)
+        main_described = next((p for p in _pairs(alt_text, colors) if p[1] in things), None)
+        if main_said and main_described and main_said != main_described:
+            caption, hashtags, alt_text, d = _settle(
+                caption, hashtags, alt_text, main_said, main_described, reading, colors, count=1
+            )
+            settled.append(d)
+    in_caption, in_alt = named_colors(caption, colors), named_colors(alt_text, colors)
+    for thing in sorted(in_caption.keys() & in_alt.keys()):
+        said, described = in_caption[thing], in_alt[thing]
+        if said & described:
+            continue  # one colour in common: different objects, or one object in two colours
+        caption, hashtags, alt_text, d = _settle(
+            caption,
+            hashtags,
+            alt_text,
+            (sorted(said)[0], thing),
+            (sorted(described)[0], thing),
+            reading,
+            colors,
+            count=0,
+        )
+        settled.append(d)
+    return caption, hashtags, alt_text, settled

@@ -1,0 +1,176 @@
+"""Issue 15 §3: caption, hashtags and alt text of one answer name the same objects. A model that
+calls one thing by two colours is made to agree with itself, and the answer says what changed."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from snap2caption_service.core.answer_agreement import named_colors, reconcile
+from snap2caption_service.core.contracts import Candidate, CaptionOptions
+from snap2caption_service.core.scene_heads import SceneReading
+from snap2caption_service.serving.pipeline import LOW_CONFIDENCE_NOTICE, ModelOutput, build_result
+
+# What the demo model answered for held-out vector scene 24, a blue circle (docs/notes/demo-model.md).
+SCENE_24 = (
+    "Told everyone I am into geometry now. Exhibit A: one very black circle.",
+    ["#black", "#circle", "#blackcircle", "#geometry"],
+    "A large blue circle in the center, on a plain gray background.",
+)
+
+
+def test_named_colors_reads_colour_noun_pairs_and_nothing_else():
+    assert named_colors("A large blue circle and two red squares.") == {"circle": {"blue"}, "square": {"red"}}
+    assert named_colors("A red and white bus on a gray road.") == {"bus": {"red", "white"}, "road": {"gray"}}
+    assert named_colors("Feeling blue today.") == {"today": {"blue"}}
+    assert named_colors("Three black circles.") == {"circle": {"black"}}
+    assert named_colors("Odd, bold and totally purple: the star drop is here.") == {}
+    assert named_colors("No colour here.") == {}
+
+
+def test_without_a_reading_the_alt_text_colour_wins_everywhere():
+    caption, tags, alt, settled = reconcile(*SCENE_24)
+    assert caption == "Told everyone I am into geometry now. Exhibit A: one very blue circle."
+    assert tags == ["#blue", "#circle", "#bluecircle", "#geometry"]
+    assert alt == SCENE_24[2]
+    [d] = settled
+    assert (d.caption_said, d.alt_text_said, d.kept) == ("black circle", "blue circle", "blue circle")
+    assert d.sentence() == 'The caption said "black circle" and the alt text "blue circle"; both now say "blue circle".'
+
+
+def test_the_tower_reading_settles_which_colour_is_kept():
+    caption, tags, alt, settled = reconcile(*SCENE_24, reading=("black", "circle"))
+    assert caption == SCENE_24[0] and tags == SCENE_24[1]
+    assert alt == "A large black circle in the center, on a plain gray background."
+    assert settled[0].kept == "black circle"
+    # A reading of another shape, or of neither colour, does not decide: the default holds.
+    assert reconcile(*SCENE_24, reading=("black", "square"))[2] == SCENE_24[2]
+    assert reconcile(*SCENE_24, reading=("red", "circle"))[2] == SCENE_24[2]
+
+
+def test_articles_and_capitals_follow_the_new_colour():
+    caption, _, _, _ = reconcile("Just a black circle living its best little life.", [], "An orange circle, centred.")
+    assert caption == "Just an orange circle living its best little life."
+    _, _, alt, _ = reconcile("My orange star.", [], "A black star on the left.", reading=("orange", "star"))
+    assert alt == "An orange star on the left."
+    caption, _, _, _ = reconcile("Black circles everywhere.", [], "Three white circles.")
+    assert caption == "White circles everywhere."
+
+
+def test_agreeing_answers_are_left_exactly_as_they_were():
+    for answer in [
+        ("A red circle.", ["#red", "#redcircle"], "A large red circle."),
+        ("A red square, nothing more.", ["#red"], "A small blue circle next to a red square."),  # two objects
+        ("A red and white bus.", ["#bus"], "A white bus in the street."),  # one object, two colours
+        ("Feeling blue today.", ["#mood"], "A red circle."),  # a mood is no object
+    ]:
+        assert reconcile(*answer) == (*answer, [])
+
+
+def test_a_lone_colour_tag_stays_while_another_object_is_still_that_colour():
+    caption, tags, alt, _ = reconcile(
+        "A black circle and a black square.",
+        ["#black", "#blackcircle", "#blacksquare"],
+        "A blue circle and a black square.",
+    )
+    assert caption == "A blue circle and a black square."
+    assert tags == ["#black", "#bluecircle", "#blacksquare"]
+    # Rewriting must not leave the same tag twice.
+    assert reconcile("A black star.", ["#black", "#blue", "#blackstar"], "A blue star.")[1] == ["#blue", "#bluestar"]
+
+
+SHAPES = frozenset({"circle", "square", "triangle", "star"})
+
+
+def test_with_a_closed_list_of_things_the_main_objects_must_be_the_same():
+    """The demo model names its main object first, from a closed list: a caption about a black
+    circle above an alt text about a blue square names two different pictures."""
+    answer = (
+        "Exhibit A: one very black circle.",
+        ["#black", "#circle", "#blackcircle"],
+        "A blue square and a red star.",
+    )
+    caption, tags, alt, [d] = reconcile(*answer, things=SHAPES)
+    assert caption == "Exhibit A: one very blue square." and alt == answer[2]
+    assert tags == ["#blue", "#square", "#bluesquare"]
+    assert (d.caption_said, d.kept) == ("black circle", "blue square")
+    caption, tags, alt, _ = reconcile(*answer, reading=("black", "circle"), things=SHAPES)
+    assert caption == answer[0] and tags == answer[1]
+    assert alt == "A black circle and a red star."
+    # The first object only: others may differ, and without the list two shapes are two objects.
+    assert reconcile("A red star, and a black circle.", [], "A red star next to a blue square.", things=SHAPES)[3] == []
+    assert reconcile(*answer)[3] == []
+    # A thing named without a colour is no main-object claim to compare.
+    assert reconcile("Weekend vibes with a square.", [], "A blue circle.", things=SHAPES)[3] == []
+
+
+def _output(cand: Candidate) -> ModelOutput:
+    return ModelOutput(candidates=[cand], model_version="m")
+
+
+def test_a_corrected_answer_is_flagged_with_what_changed():
+    cand = Candidate(caption="A blue circle.", hashtags=[], alt_text="A blue circle.", score=-0.1, confidence=0.9)
+    cand.corrections = ["The caption called the circle black and the alt text called it blue; both now say blue."]
+    result = build_result(_output(cand), "a" * 32, 1.0, "", CaptionOptions(), min_confidence=0.35)
+    assert result.low_confidence is True and result.notice == cand.corrections[0]
+    cand.confidence = 0.2
+    result = build_result(_output(cand), "a" * 32, 1.0, "", CaptionOptions(), min_confidence=0.35)
+    assert result.notice == LOW_CONFIDENCE_NOTICE + " " + cand.corrections[0]
+    cand.corrections, cand.confidence = [], 0.9
+    result = build_result(_output(cand), "a" * 32, 1.0, "", CaptionOptions(), min_confidence=0.35)
+    assert result.low_confidence is False and result.notice is None
+
+
+def _fixed_answers(monkeypatch, captioner, texts: list[str], scores: list[float]):
+    """The captioner's model answers exactly these texts (the greedy one first, then samples)."""
+    calls = iter([(texts[:1], scores[:1]), (texts[1:], scores[1:])])
+
+    def generate(images, prompts, num_hashtags, temperatures=None, seed=0, adapters=None):
+        t, s = next(calls)
+        return t, s, 10, None
+
+    monkeypatch.setattr(captioner, "_generate", generate)
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_model_dir):
+    from snap2caption_service.core.captioner import Captioner
+
+    return Captioner.load(str(tiny_model_dir))
+
+
+def test_the_captioner_serves_an_answer_that_agrees_with_itself(captioner, monkeypatch):
+    """Through the captioner as the service calls it: the scene-24 answer comes out agreeing, and
+    a candidate that agreed on its own is preferred over a likelier one that was corrected."""
+    from snap2caption_service.core.captioner import CaptionJob
+
+    contradicting = f"Caption: {SCENE_24[0]}\nHashtags: {' '.join(SCENE_24[1])}\nAlt text: {SCENE_24[2]}"
+    agreeing = "Caption: Exhibit A: one very blue circle.\nHashtags: #blue #circle\nAlt text: A blue circle."
+    _fixed_answers(monkeypatch, captioner, [contradicting, agreeing], [-0.1, -0.9])
+    job = CaptionJob(Image.new("RGB", (32, 32), "blue"), num_hashtags=4, num_candidates=2)
+    [cands] = captioner.caption_batch([job])
+    assert cands[0].caption == "Exhibit A: one very blue circle." and cands[0].corrections == []
+    fixed = cands[1]
+    assert "black" not in (fixed.caption + fixed.alt_text + " ".join(fixed.hashtags))
+    assert fixed.caption.endswith("one very blue circle.") and fixed.corrections
+
+
+def test_the_scene_heads_reading_decides_in_the_captioner(captioner, monkeypatch):
+    from snap2caption_service.core.captioner import CaptionJob
+
+    class Heads:
+        labels = {"color": ["black", "blue"], "shape": ["circle"]}
+
+        def read(self, tower, pixels):
+            return [SceneReading("black", "circle", 0.9, 0.9, 0.9, "gray", 0.99)]
+
+    monkeypatch.setattr(captioner, "scene_heads", Heads())
+    contradicting = f"Caption: {SCENE_24[0]}\nHashtags: {' '.join(SCENE_24[1])}\nAlt text: {SCENE_24[2]}"
+
+    def generate(images, prompts, num_hashtags, temperatures=None, seed=0, adapters=None):
+        return [contradicting], [-0.1], 10, object()
+
+    monkeypatch.setattr(captioner, "_generate", generate)
+    [[answer]] = captioner.caption_batch([CaptionJob(Image.new("RGB", (32, 32)), num_hashtags=4)])
+    assert answer.caption == SCENE_24[0]
+    assert answer.alt_text.startswith("A large black circle") and answer.confidence == 0.9

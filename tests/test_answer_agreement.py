@@ -100,8 +100,20 @@ def test_with_a_closed_list_of_things_the_main_objects_must_be_the_same():
     # The first object only: others may differ, and without the list two shapes are two objects.
     assert reconcile("A red star, and a black circle.", [], "A red star next to a blue square.", things=SHAPES)[3] == []
     assert reconcile(*answer)[3] == []
-    # A thing named without a colour is no main-object claim to compare.
+    # A thing named without any colour is no main-object claim to compare.
     assert reconcile("Weekend vibes with a square.", [], "A blue circle.", things=SHAPES)[3] == []
+
+
+def test_a_caption_may_name_its_main_object_in_two_places():
+    """One caption template says "totally {colour}: the {shape} drop"; its colour and shape are
+    still the main object's, and are renamed where they stand."""
+    apart = "Odd, bold and totally Purple: the stars drop is here."
+    caption, tags, _, [d] = reconcile(apart, ["#purplestar"], "A green circle.", things=SHAPES)
+    assert caption == "Odd, bold and totally Green: the circles drop is here."
+    assert tags == ["#greencircle"] and d.caption_said == "purple star"
+    assert reconcile(apart, [], "A purple star.", things=SHAPES)[3] == []
+    _, _, alt, _ = reconcile(apart, [], "A green circle.", reading=("purple", "star"), things=SHAPES)
+    assert alt == "A purple star."
 
 
 def _output(cand: Candidate) -> ModelOutput:

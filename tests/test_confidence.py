@@ -63,7 +63,8 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path):
         vision_batch_size=16,
         compile_decoder=False,
     )
-    build_demo_model(tmp_path, recipe, DemoArchitecture(), progress=False)
+    meta = build_demo_model(tmp_path, recipe, DemoArchitecture(), progress=False)
+    assert meta["cpu"] and meta["steps"] == 1  # a build time is reported with the CPU it ran on
     assert (tmp_path / HEADS_FILE).is_file()
     labels = json.loads((tmp_path / LABELS_FILE).read_text())
     assert labels["color"] == list(synthetic.COLORS) and labels["shape"] == list(synthetic.SHAPES)

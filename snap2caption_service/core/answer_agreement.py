@@ -102,6 +102,26 @@ def _rename(text: str, old: tuple[str, str], new: tuple[str, str], count: int = 
     return pattern.sub(swap, text, count=count)
 
 
+def _main_object(caption: str, colors: frozenset[str], things: frozenset[str]) -> tuple[tuple[str, str] | None, bool]:
+    """The caption's main object, and whether its words stand together: the first "colour thing"
+    pair, else the first colour and the first thing apart ("totally purple: the star drop")."""
+    pair = next((p for p in _pairs(caption, colors) if p[1] in things), None)
+    if pair is not None:
+        return pair, True
+    words = [w.lower() for w in _WORD.findall(caption)]
+    color = next((w for w in words if w in colors), None)
+    thing = next((_singular(w) for w in words if _singular(w) in things), None)
+    return ((color, thing) if color and thing else None), False
+
+
+def _rename_apart(text: str, old: tuple[str, str], new: tuple[str, str]) -> str:
+    """The first ``old`` colour word and the first ``old`` thing word, each renamed where it stands."""
+    for before, after in zip(old, new):
+        pattern = re.compile(rf"\b({re.escape(before)})(s?)\b", re.IGNORECASE)
+        text = pattern.sub(lambda m, a=after: (a.capitalize() if m.group(1)[0].isupper() else a) + m.group(2), text, 1)
+    return text
+
+
 def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_named: set[str]) -> list[str]:
     """#blackcircle -> #bluesquare; a lone #black or #circle only when no other object in the
     answer is still called that."""
@@ -119,12 +139,14 @@ def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_na
     return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))]
 
 
-def _settle(caption, hashtags, alt_text, said, described, reading, colors, count):
+def _settle(caption, hashtags, alt_text, said, described, reading, colors, count, apart=False):
     """The caption's ``said`` and the alt text's ``described`` made one: the reading's, where it
-    is one of them, else the alt text's."""
+    is one of them, else the alt text's. ``apart``: the caption names ``said`` in two places."""
     kept = said if reading == said else described
     if kept == said:
         alt_text = _rename(alt_text, described, said, count)
+    elif apart:
+        caption = _rename_apart(caption, said, described)
     else:
         caption = _rename(caption, said, described, count)
     lost = described if kept == said else said
@@ -150,11 +172,11 @@ def reconcile(
     colors = COLOR_WORDS | extra_colors
     settled: list[Disagreement] = []
     if things:
-        main_said = next((p for p in _pairs(caption, colors) if p[1] in things), None)
+        main_said, together = _main_object(caption, colors, things)
         main_described = next((p for p in _pairs(alt_text, colors) if p[1] in things), None)
         if main_said and main_described and main_said != main_described:
             caption, hashtags, alt_text, d = _settle(
-                caption, hashtags, alt_text, main_said, main_described, reading, colors, count=1
+                caption, hashtags, alt_text, main_said, main_described, reading, colors, count=1, apart=not together
             )
             settled.append(d)
     in_caption, in_alt = named_colors(caption, colors), named_colors(alt_text, colors)

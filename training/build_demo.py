@@ -208,7 +208,7 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
         "total_wall_s": round(time.perf_counter() - t0, 1),
         "stopped_early": result.stopped_early or vision_result.stopped_early,
         "torch_threads": torch.get_num_threads(),
-        # The same recipe builds in 853 s on an AMX Xeon and 1665 s on an AMD EPYC without AMX:
+        # The same recipe builds in 853 s on one 2-core VM and 1665 s on an AMD EPYC without AMX:
         # a build time means little without the CPU it ran on.
         "cpu": cpu_name(),
     }

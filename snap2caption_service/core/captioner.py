@@ -489,8 +489,8 @@ class Captioner:
         return per_job
 
     def _check_answers(self, pixels, per_job: list[list[Candidate]]) -> None:
-        """How far to trust each answer, 0..1, and each answer made to name every object in one
-        colour (core/answer_agreement.py), with what was corrected.
+        """How far to trust each answer, 0..1, and each answer made to name the same objects in
+        caption, hashtags and alt text (core/answer_agreement.py), with what was corrected.
 
         With scene heads, confidence is the vision tower's own class probabilities for the
         picture (low for a picture with no object it knows, whatever the text says); the same

@@ -46,9 +46,11 @@ def test_a_folder_without_heads_has_none(tmp_path):
     assert SceneHeads.load(tmp_path) is None  # labels alone are not heads
 
 
-def test_demo_build_ships_heads_the_captioner_reads(tmp_path):
+@pytest.mark.parametrize("vision_kind", ["clip", "focalnet"])
+def test_demo_build_ships_heads_the_captioner_reads(tmp_path, vision_kind):
     """A (very short) demo build saves its vision heads; the captioner loads them and every answer
-    gets the heads' confidence, the same for each candidate of one picture."""
+    gets the heads' confidence, the same for each candidate of one picture. Both tower kinds the
+    demo architecture offers build, save, load and caption."""
     from snap2caption_service.core.captioner import Captioner, CaptionJob
     from training import synthetic
     from training.build_demo import DemoRecipe, build_demo_model
@@ -63,7 +65,7 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path):
         vision_batch_size=16,
         compile_decoder=False,
     )
-    meta = build_demo_model(tmp_path, recipe, DemoArchitecture(), progress=False)
+    meta = build_demo_model(tmp_path, recipe, DemoArchitecture(vision_kind=vision_kind), progress=False)
     assert meta["cpu"] and meta["steps"] == 1  # a build time is reported with the CPU it ran on
     assert (tmp_path / HEADS_FILE).is_file()
     labels = json.loads((tmp_path / LABELS_FILE).read_text())
@@ -128,3 +130,30 @@ def test_an_unsure_or_contradicted_background_is_left_out_of_the_alt_text():
     # The heads read one name: a gradient's second end is more than the tower saw.
     assert drop_unsure_background(grad, reading("brown", 0.99)) == "A medium white star on the left."
     assert drop_unsure_background("A red circle.", reading("gray", 0.1)) == "A red circle."
+
+
+def test_demo_cache_key_covers_the_tower_kind_and_keeps_old_keys():
+    """Another tower kind is another model (its own cache folder); the default kind, added as a
+    field after models were built, leaves the built models' keys as they were."""
+    import json
+    from dataclasses import asdict
+
+    from training import build_demo, synthetic
+    from training.build_demo import DemoRecipe, recipe_key
+    from training.demo_model import ARCHITECTURE_VERSION, DemoArchitecture
+
+    recipe = DemoRecipe()
+    assert recipe_key(recipe, DemoArchitecture(vision_kind="focalnet")) != recipe_key(recipe, DemoArchitecture())
+    before = asdict(DemoArchitecture())
+    del before["vision_kind"]
+    blob = {
+        "generator": synthetic.GENERATOR_VERSION,
+        "architecture": ARCHITECTURE_VERSION,
+        "trainer": build_demo.TRAINER_VERSION,
+        "recipe": asdict(recipe),
+        "arch": before,
+    }
+    import hashlib
+
+    old = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
+    assert recipe_key(recipe, DemoArchitecture()) == old

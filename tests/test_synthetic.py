@@ -4,6 +4,9 @@ no generic hashtag, as many tags as asked for at most, alt text that passes the 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+
+import numpy as np
 
 from snap2caption_service.core import alt_text
 from snap2caption_service.core.hashtags import is_generic
@@ -54,3 +57,38 @@ def test_empty_scenes_render_and_have_no_objects():
         image = synthetic.render_scene(scene)  # sometimes stretched, as a tall or wide photo is
         assert image.mode == "RGB" and min(image.size) >= synthetic.CANVAS * 0.7
     assert {synthetic.PHOTO, synthetic.TEXTURED} <= kinds  # what the scene heads learn to call empty
+
+
+def _covered_pixels(shape: str, mix: synthetic.SceneMix) -> list[int]:
+    """Pixels a lone object covers, on a plain white background, over a few draws."""
+    out = []
+    for seed in range(12):
+        scene = synthetic.Scene((synthetic.SceneObject("black", shape, "large", 1, 1),), ("white",), seed=seed)
+        with synthetic.scene_mix(mix):
+            image = synthetic.render_scene(scene).convert("L").resize((synthetic.CANVAS, synthetic.CANVAS))
+        out.append(int((np.asarray(image) < 128).sum()))
+    return out
+
+
+def test_area_matched_sizes_cover_alike_and_stay_on_the_canvas():
+    """In the world mix a star, a triangle, a square and a circle of one size cover about as much of
+    the picture, so covered area does not tell them apart (docs/notes/demo-model.md); in the demo
+    mix a star covers under half of what a circle does. No drawn shape leaves the canvas."""
+    plain = replace(
+        synthetic.WORLD_MIX, brightness_share=0, blur_share=0, stretch_share=0, jpeg_share=0, outline_share=0
+    )
+    world = {s: sum(_covered_pixels(s, plain)) / 12 for s in synthetic.SHAPES}
+    assert max(world.values()) / min(world.values()) < 1.15, world
+    demo_plain = replace(plain, area_matched=False)
+    demo = {s: sum(_covered_pixels(s, demo_plain)) / 12 for s in ("circle", "star")}
+    assert demo["star"] < 0.5 * demo["circle"], demo
+    # The largest world-mix star (the widest shape) still lies wholly inside the canvas.
+    top = max(hi for _, _, hi in plain.sizes)
+    big = replace(plain, sizes=(("large", top, top),))
+    for seed in range(12):
+        scene = synthetic.Scene((synthetic.SceneObject("black", "star", "large", 0, 0),), ("white",), seed=seed)
+        with synthetic.scene_mix(big):
+            image = synthetic.render_scene(scene).convert("L")
+        px = np.asarray(image)
+        assert min(px[0].min(), px[-1].min(), px[:, 0].min(), px[:, -1].min()) > 200, seed
+    assert synthetic.MIX is not synthetic.WORLD_MIX  # the block restored the demo mix

@@ -163,3 +163,34 @@ def test_schedule_warms_up_then_decays():
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=0.01)
     assert lr_at(50, cfg) < lr_at(20, cfg)
+
+
+@pytest.mark.parametrize("vision_kind", ["clip", "focalnet"])
+def test_scene_heads_read_the_tokens_llava_projects(vision_kind):
+    """The scene heads pool exactly the image tokens LLaVA's projector reads (CLIP without its CLS
+    token, FocalNet all of its tokens), so the confidence is about what the caption is made from."""
+    import torch
+
+    from snap2caption_service.core.captioner import vision_tower
+    from snap2caption_service.core.scene_heads import image_tokens
+
+    arch = DemoArchitecture(
+        vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, vocab_size=600, vision_kind=vision_kind
+    )
+    model, processor = build_untrained(arch)
+    model.eval()
+    pixels = processor.image_processor(
+        images=[synthetic.render_scene(synthetic.make_examples(1, 2)[0].scene)], return_tensors="pt"
+    )["pixel_values"]
+    with torch.inference_mode():
+        projected = model.model.get_image_features(pixel_values=pixels).pooler_output[0]
+        tokens = image_tokens(vision_tower(model), pixels)[0]
+        assert tokens.shape == (64, 32)
+        assert torch.allclose(model.model.multi_modal_projector(tokens), projected, atol=1e-5)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], add_generation_prompt=True
+    )
+    inputs = processor(
+        images=[synthetic.render_scene(synthetic.make_examples(1, 2)[0].scene)], text=[prompt], return_tensors="pt"
+    )
+    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 64

@@ -50,14 +50,23 @@ class DemoRecipe:
     time_budget_s: float = 60 * 60
 
 
+# Architecture fields added after models were built, with the default that keeps the old
+# behaviour: keyed only when they differ from it, so adding one leaves built models' keys alone.
+_ARCH_FIELDS_ADDED_LATER = {"vision_kind": "clip"}
+
+
 def recipe_key(recipe: DemoRecipe, arch: DemoArchitecture) -> str:
+    arch_fields = asdict(arch)
+    for name, default in _ARCH_FIELDS_ADDED_LATER.items():
+        if arch_fields[name] == default:
+            del arch_fields[name]
     blob = json.dumps(
         {
             "generator": synthetic.GENERATOR_VERSION,
             "architecture": ARCHITECTURE_VERSION,
             "trainer": TRAINER_VERSION,
             "recipe": asdict(recipe),
-            "arch": asdict(arch),
+            "arch": arch_fields,
         },
         sort_keys=True,
     )
@@ -144,7 +153,9 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
     # torch's CPU flash-attention backward is slow on short sequences: with 65 tokens a tower
     # step took 0.148 s under sdpa and 0.086 s under eager attention (same maths). The decoder
     # stage keeps sdpa, which is faster there (0.64 s against 0.66 s a step).
-    model.set_attn_implementation("eager")
+    attention_tower = arch.vision_kind == "clip"  # a FocalNet tower has no attention to set
+    if attention_tower:
+        model.set_attn_implementation("eager")
     pretrainer = make_pretrainer(tower, arch.vision_hidden)
     vision_cfg = TrainConfig(
         steps=recipe.vision_steps,
@@ -165,7 +176,8 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
     )
     save_heads(pretrainer, out_dir)
     del pretrainer, scenes
-    model.set_attn_implementation("sdpa")
+    if attention_tower:
+        model.set_attn_implementation("sdpa")
     for p in tower.parameters():
         p.requires_grad = False
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -82,10 +83,43 @@ class SceneMix:
     blur_share: float = 0.0
     stretch_share: float = 0.1
     jpeg_share: float = 0.1
+    # Diameter ranges per size band on the 128 px canvas.
+    sizes: tuple[tuple[str, float, float], ...] = (("large", 50, 62), ("medium", 34, 42), ("small", 20, 26))
+    # False: a polygon's outline spans the diameter, so a star covers less than half of what a
+    # circle of its size covers, and a tower can tell shapes apart by covered area alone (which
+    # does not carry over to pictures drawn otherwise: docs/notes/demo-model.md). True: the
+    # diameter is that of the circle covering as much as the shape does.
+    area_matched: bool = False
 
 
 MIX = SceneMix()
-SIZES = {"large": (50, 62), "medium": (34, 42), "small": (20, 26)}
+# The mix the vision-tower benchmark trains on (benchmarks/vision_towers.py): every rotation,
+# area-matched sizes over wider bands, and photos, textures, outlines and camera effects on a
+# tenth to a fifth of the scenes. Not the demo model's mix yet (issue 15).
+WORLD_MIX = SceneMix(
+    background_weights=(55, 30, 10, 5),
+    max_rotation_deg=180.0,
+    outline_share=0.15,
+    brightness_share=0.2,
+    blur_share=0.15,
+    stretch_share=0.15,
+    jpeg_share=0.2,
+    sizes=(("large", 40, 58), ("medium", 24, 34), ("small", 14, 22)),
+    area_matched=True,
+)
+
+
+@contextmanager
+def scene_mix(mix: SceneMix):
+    """Sample and render with another mix inside the block (benchmarks and experiments)."""
+    global MIX
+    previous, MIX = MIX, mix
+    try:
+        yield mix
+    finally:
+        MIX = previous
+
+
 TONES = ("funny", "quirky", "serious", "inspirational", "casual", "poetic")
 AUDIENCES = ("personal", "promotional", "academic")
 CANVAS = 128
@@ -222,6 +256,28 @@ def _shape_points(shape: str, cx: float, cy: float, d: float, angle: float = 0.0
     return pts
 
 
+def _area(pts: list[tuple[float, float]]) -> float:
+    """A simple polygon's area (shoelace formula)."""
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1]))) / 2
+
+
+# The span to draw each polygon at so that it covers as much as a circle of that diameter
+# (measured at 100 px: _shape_points nudges a triangle by a fixed 2 px).
+_SPAN_OF_EQUAL_AREA = {
+    shape: math.sqrt((math.pi / 4 * 100**2) / _area(_shape_points(shape, 0.0, 0.0, 100.0)))
+    for shape in ("square", "triangle", "star")
+}
+
+
+def _inside(pts: list[tuple[float, float]], side: int, margin: float = 4) -> list[tuple[float, float]]:
+    """The polygon moved just enough to lie wholly on the canvas (an area-matched star is wider
+    than the circle whose place it takes)."""
+    xs, ys = [x for x, _ in pts], [y for _, y in pts]
+    dx = max(0.0, margin - min(xs)) - max(0.0, max(xs) - (side - margin))
+    dy = max(0.0, margin - min(ys)) - max(0.0, max(ys) - (side - margin))
+    return [(x + dx, y + dy) for x, y in pts]
+
+
 @cache
 def _sample_picture(name: str) -> Image.Image:
     """One of the sample pictures the scikit-image wheel ships (no download), as RGB, loaded once."""
@@ -293,8 +349,9 @@ def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
     img = _draw_background(scene, rng, big)
     draw = ImageDraw.Draw(img)
     cell = big / 3
+    sizes = {name: (lo, hi) for name, lo, hi in MIX.sizes}
     for obj in scene.objects:
-        lo, hi = SIZES[obj.size]
+        lo, hi = sizes[obj.size]
         d = rng.uniform(lo, hi) * 2
         cx = (obj.col + 0.5) * cell + rng.uniform(-12, 12)
         cy = (obj.row + 0.5) * cell + rng.uniform(-12, 12)
@@ -309,7 +366,12 @@ def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
             draw.ellipse(box, fill=fill, outline=outline if width else None, width=width)
         else:
             angle = math.radians(rng.uniform(-MIX.max_rotation_deg, MIX.max_rotation_deg))
-            pts = _shape_points(obj.shape, cx, cy, d * (1.0 if obj.shape == "square" else 1.08), angle)
+            span = d * (1.0 if obj.shape == "square" else 1.08)
+            if MIX.area_matched:
+                span = d * _SPAN_OF_EQUAL_AREA[obj.shape]
+            pts = _shape_points(obj.shape, cx, cy, span, angle)
+            if MIX.area_matched:
+                pts = _inside(pts, big)
             draw.polygon(pts, fill=fill, outline=outline if width else None, width=width)
     return _camera(img.resize((size, size), Image.LANCZOS), rng)
 

@@ -54,3 +54,5 @@ _.ensure_random_checkpoint  # training/checkpoint_families.py <- tests/checkpoin
 _.processor_for  # training/checkpoint_families.py <- benchmarks/gpu.py
 _.main_mask  # training/heldout_scenes.py HeldOutScene <- tests/test_heldout_scenes.py (drawing honesty)
 _.events_per_creator  # training/prove_creators.py ProofReport -> --json-out
+_.WORLD_MIX  # training/synthetic.py <- benchmarks/vision_towers.py (the tower comparison's scene mix)
+_.scene_mix  # training/synthetic.py <- benchmarks/vision_towers.py, tests/test_synthetic.py

@@ -23,8 +23,16 @@ def pooled_patches(vision_tower, pixel_values, patch_tokens=None):
     Training and serving both call this, so the heads always see what they were trained on;
     training passes the patch tokens it already has."""
     if patch_tokens is None:
-        patch_tokens = vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+        patch_tokens = image_tokens(vision_tower, pixel_values)
     return patch_tokens.mean(dim=1)
+
+
+def image_tokens(vision_tower, pixel_values):
+    """The tokens LLaVA hands its projector with vision_feature_layer -1: the last hidden state,
+    without CLIP's CLS token ("default" strategy); a tower without CLS (FocalNet) keeps all ("full")."""
+    if vision_tower.config.model_type == "clip_vision_model":
+        return vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+    return vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]
 
 
 @dataclass(frozen=True)

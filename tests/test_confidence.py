@@ -135,6 +135,7 @@ def test_an_unsure_or_contradicted_background_is_left_out_of_the_alt_text():
 def test_demo_cache_key_covers_the_tower_kind_and_keeps_old_keys():
     """Another tower kind is another model (its own cache folder); the default kind, added as a
     field after models were built, leaves the built models' keys as they were."""
+    import hashlib
     import json
     from dataclasses import asdict
 
@@ -153,7 +154,5 @@ def test_demo_cache_key_covers_the_tower_kind_and_keeps_old_keys():
         "recipe": asdict(recipe),
         "arch": before,
     }
-    import hashlib
-
     old = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
     assert recipe_key(recipe, DemoArchitecture()) == old

@@ -94,7 +94,6 @@ def build_processor(arch: DemoArchitecture, tokenizer):
         do_center_crop=False,
         crop_size={"height": arch.image_size, "width": arch.image_size},
     )
-    has_cls = arch.vision_kind == "clip"
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -102,7 +101,7 @@ def build_processor(arch: DemoArchitecture, tokenizer):
         # CLIP's CLS token is one more output token, dropped by the "default" strategy; a
         # FocalNet tower has none, so LLaVA reads all its tokens ("full").
         vision_feature_select_strategy=feature_strategy(arch),
-        num_additional_image_tokens=1 if has_cls else 0,
+        num_additional_image_tokens=1 if feature_strategy(arch) == "default" else 0,
         # A LLaVA-1.5 architecture, so LLaVA-1.5's conversation format: one prompt path for every model.
         chat_template=LLAVA_TEMPLATE,
     )

@@ -1,16 +1,17 @@
 """Which vision tower reads shape on pictures its generator never drew (issue 15).
 
 Trains each tower kind the demo architecture offers (``DemoArchitecture.vision_kind``: a CLIP ViT,
-LLaVA-1.5's kind, and FocalNet, a convolutional tower transformers' LLaVA loads too) as the demo
-build's stage 1 does (training/vision_pretrain.py: scene heads over the pooled image tokens), on
+LLaVA-1.5's kind; FocalNet, a convolutional tower transformers' LLaVA loads too; and the hybrid,
+DPT-Hybrid's BiT ResNet under a ViT layer, at 128 px) as the demo build's stage 1 does (training/vision_pretrain.py: scene heads over the pooled image tokens), on
 the same scenes in one run, then reads the heads on the independently drawn 300-scene held-out
 sets (training/heldout_scenes.py). Only stage 1: the captions follow the heads closely (the
 shipped model's heads get 58.0% colour+shape on the vector set, its captions 57.3%).
 
-    python benchmarks/vision_towers.py [--kinds clip focalnet] [--steps 2000] [--scenes 24000]
+    python benchmarks/vision_towers.py [--kinds clip focalnet hybrid] [--steps 1500] [--scenes 24000]
                                        [--mix world|demo] [--json-out FILE]
 
-About 10 minutes per tower at the defaults on 2 CPU cores, plus 1-2 minutes to draw the scenes.
+About 6-12 minutes per tower at the defaults on 2 CPU cores, plus 1-2 minutes to draw the scenes
+at each picture size (64 px for CLIP and FocalNet, 128 px for the hybrid; the same scenes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from training import synthetic  # noqa: E402
-from training.demo_model import VISION_KINDS, DemoArchitecture, build_untrained  # noqa: E402
+from training.demo_model import HYBRID_ARCHITECTURE, VISION_KINDS, DemoArchitecture, build_untrained  # noqa: E402
 
 MIXES = {"world": synthetic.WORLD_MIX, "demo": synthetic.MIX}
 
@@ -54,7 +55,7 @@ def read_heldout(pretrainer, processor, set_name: str) -> dict:
     pixels = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
     pretrainer.eval()
     with torch.inference_mode():
-        pooled = pooled_patches(pretrainer.tower, pixels)
+        pooled = pooled_patches(pretrainer.tower, pixels, pretrainer.selection)
         colors = [COLORS[i] for i in pretrainer.heads["color"](pooled).argmax(-1).tolist()]
         shapes = [SHAPES[i] for i in pretrainer.heads["shape"](pooled).argmax(-1).tolist()]
     pretrainer.train()
@@ -73,20 +74,27 @@ def read_heldout(pretrainer, processor, set_name: str) -> dict:
     }
 
 
-def run_tower(kind: str, args, train_data, own_data) -> dict:
+def tower_architecture(kind: str, args) -> DemoArchitecture:
+    if kind == "hybrid":
+        return HYBRID_ARCHITECTURE
+    arch = replace(DemoArchitecture(), vision_kind=kind)
+    return replace(arch, vision_layers=args.focalnet_layers) if kind == "focalnet" else arch
+
+
+def run_tower(kind: str, args, scenes_for) -> dict:
     import torch
 
+    from snap2caption_service.core.scene_heads import TokenSelection
     from training.loop import TrainConfig, train
     from training.vision_pretrain import held_out_accuracy, make_pretrainer, vision_tower_of
 
-    arch = replace(DemoArchitecture(), vision_kind=kind)
-    if kind == "focalnet":
-        arch = replace(arch, vision_layers=args.focalnet_layers)
+    arch = tower_architecture(kind, args)
     model, processor = build_untrained(arch, seed=1)
+    train_data, own_data = scenes_for(processor)
     tower = vision_tower_of(model)
     if kind == "clip":
         model.set_attn_implementation("eager")  # as the demo build's stage 1 (build_demo.py)
-    pretrainer = make_pretrainer(tower, arch.vision_hidden)
+    pretrainer = make_pretrainer(tower, arch.vision_hidden, TokenSelection.of(model.config))
     cfg = TrainConfig(
         steps=args.steps, batch_size=64, lr=args.lr, warmup_steps=30, seed=1, time_budget_s=4 * 3600, precision="auto"
     )
@@ -136,7 +144,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", nargs="+", choices=VISION_KINDS, default=list(VISION_KINDS))
-    parser.add_argument("--steps", type=int, default=2000, help="training steps per tower (batch 64)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per tower (batch 64)")
     parser.add_argument("--scenes", type=int, default=24000, help="training scenes, drawn once for all towers")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
@@ -147,14 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    _, processor = build_untrained(DemoArchitecture())
-    t0 = time.perf_counter()
-    train_data = draw_scenes(processor, args.scenes, seed=1, mix=MIXES[args.mix])
-    own_data = draw_scenes(processor, 512, seed=10_001, mix=MIXES[args.mix])
-    print(f"drew {args.scenes} + 512 scenes ({args.mix} mix) in {time.perf_counter() - t0:.0f} s", flush=True)
+    drawn: dict[int, tuple] = {}
+
+    def scenes_for(processor):
+        """The same scenes for every tower, encoded once per picture size."""
+        size = processor.image_processor.size["height"]
+        if size not in drawn:
+            t0 = time.perf_counter()
+            drawn[size] = (
+                draw_scenes(processor, args.scenes, seed=1, mix=MIXES[args.mix]),
+                draw_scenes(processor, 512, seed=10_001, mix=MIXES[args.mix]),
+            )
+            print(f"drew {args.scenes} + 512 {args.mix}-mix scenes at {size} px in {time.perf_counter() - t0:.0f} s")
+        return drawn[size]
+
     rows = []
     for kind in args.kinds:
-        rows.append(run_tower(kind, args, train_data, own_data))
+        rows.append(run_tower(kind, args, scenes_for))
         print(json.dumps(rows[-1]), flush=True)
     from training.build_demo import cpu_name
 

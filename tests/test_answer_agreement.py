@@ -173,7 +173,7 @@ def test_the_scene_heads_reading_decides_in_the_captioner(captioner, monkeypatch
     class Heads:
         labels = {"color": ["black", "blue"], "shape": ["circle"]}
 
-        def read(self, tower, pixels):
+        def read(self, tower, pixels, selection):
             return [SceneReading("black", "circle", 0.9, 0.9, 0.9, "gray", 0.99)]
 
     monkeypatch.setattr(captioner, "scene_heads", Heads())

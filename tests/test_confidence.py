@@ -46,15 +46,15 @@ def test_a_folder_without_heads_has_none(tmp_path):
     assert SceneHeads.load(tmp_path) is None  # labels alone are not heads
 
 
-@pytest.mark.parametrize("vision_kind", ["clip", "focalnet"])
+@pytest.mark.parametrize("vision_kind", ["clip", "focalnet", "hybrid"])
 def test_demo_build_ships_heads_the_captioner_reads(tmp_path, vision_kind):
     """A (very short) demo build saves its vision heads; the captioner loads them and every answer
-    gets the heads' confidence, the same for each candidate of one picture. Both tower kinds the
-    demo architecture offers build, save, load and caption."""
+    gets the heads' confidence, the same for each candidate of one picture. Every tower kind the
+    demo architecture offers builds, saves, loads and captions."""
     from snap2caption_service.core.captioner import Captioner, CaptionJob
     from training import synthetic
     from training.build_demo import DemoRecipe, build_demo_model
-    from training.demo_model import DemoArchitecture
+    from training.demo_model import HYBRID_ARCHITECTURE, DemoArchitecture
 
     recipe = DemoRecipe(
         vision_scenes=64,
@@ -65,7 +65,8 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path, vision_kind):
         vision_batch_size=16,
         compile_decoder=False,
     )
-    meta = build_demo_model(tmp_path, recipe, DemoArchitecture(vision_kind=vision_kind), progress=False)
+    arch = HYBRID_ARCHITECTURE if vision_kind == "hybrid" else DemoArchitecture(vision_kind=vision_kind)
+    meta = build_demo_model(tmp_path, recipe, arch, progress=False)
     assert meta["cpu"] and meta["steps"] == 1  # a build time is reported with the CPU it ran on
     assert (tmp_path / HEADS_FILE).is_file()
     labels = json.loads((tmp_path / LABELS_FILE).read_text())
@@ -137,16 +138,20 @@ def test_demo_cache_key_covers_the_tower_kind_and_keeps_old_keys():
     field after models were built, leaves the built models' keys as they were."""
     import hashlib
     import json
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from training import build_demo, synthetic
     from training.build_demo import DemoRecipe, recipe_key
-    from training.demo_model import ARCHITECTURE_VERSION, DemoArchitecture
+    from training.demo_model import ARCHITECTURE_VERSION, HYBRID_ARCHITECTURE, DemoArchitecture
 
     recipe = DemoRecipe()
     assert recipe_key(recipe, DemoArchitecture(vision_kind="focalnet")) != recipe_key(recipe, DemoArchitecture())
+    assert recipe_key(recipe, HYBRID_ARCHITECTURE) != recipe_key(
+        recipe, replace(HYBRID_ARCHITECTURE, vision_conv_depths=(1, 1, 1))
+    )
     before = asdict(DemoArchitecture())
-    del before["vision_kind"]
+    for added_later in ("vision_kind", "vision_conv_depths", "vision_conv_widths"):
+        del before[added_later]
     blob = {
         "generator": synthetic.GENERATOR_VERSION,
         "architecture": ARCHITECTURE_VERSION,

@@ -1,9 +1,11 @@
 """The shared training loop on a few synthetic examples: it learns, and it resumes."""
 
+from dataclasses import replace
+
 import pytest
 
 from training import synthetic
-from training.demo_model import DemoArchitecture, build_untrained
+from training.demo_model import HYBRID_ARCHITECTURE, DemoArchitecture, build_untrained
 from training.loop import IGNORE_INDEX, EncodedDataset, TrainConfig, TrainExample, kl_to_base, lr_at, train
 
 SMALL = DemoArchitecture(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, vocab_size=600)
@@ -165,18 +167,21 @@ def test_schedule_warms_up_then_decays():
     assert lr_at(50, cfg) < lr_at(20, cfg)
 
 
-@pytest.mark.parametrize("vision_kind", ["clip", "focalnet"])
-def test_scene_heads_read_the_tokens_llava_projects(vision_kind):
-    """The scene heads pool exactly the image tokens LLaVA's projector reads (CLIP without its CLS
-    token, FocalNet all of its tokens), so the confidence is about what the caption is made from."""
+@pytest.mark.parametrize("vision_kind", ["clip", "focalnet", "hybrid"])
+def test_scene_heads_read_the_tokens_llava_projects(vision_kind, tmp_path):
+    """The scene heads pool exactly the image tokens LLaVA's projector reads (CLIP and the hybrid
+    without their CLS token, FocalNet all of its tokens), so the confidence is about what the
+    caption is made from; and the model saves and loads as any LLaVA checkpoint does."""
     import torch
 
     from snap2caption_service.core.captioner import vision_tower
-    from snap2caption_service.core.scene_heads import image_tokens
+    from snap2caption_service.core.scene_heads import TokenSelection, image_tokens
 
-    arch = DemoArchitecture(
-        vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, vocab_size=600, vision_kind=vision_kind
-    )
+    small = dict(vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, vocab_size=600)
+    if vision_kind == "hybrid":
+        arch = replace(HYBRID_ARCHITECTURE, vision_conv_widths=(64, 64, 128), **small)
+    else:
+        arch = DemoArchitecture(vision_kind=vision_kind, **small)
     model, processor = build_untrained(arch)
     model.eval()
     pixels = processor.image_processor(
@@ -184,13 +189,57 @@ def test_scene_heads_read_the_tokens_llava_projects(vision_kind):
     )["pixel_values"]
     with torch.inference_mode():
         projected = model.model.get_image_features(pixel_values=pixels).pooler_output[0]
-        tokens = image_tokens(vision_tower(model), pixels)[0]
+        tokens = image_tokens(vision_tower(model), pixels, TokenSelection.of(model.config))[0]
         assert tokens.shape == (64, 32)
         assert torch.allclose(model.model.multi_modal_projector(tokens), projected, atol=1e-5)
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], add_generation_prompt=True
     )
-    inputs = processor(
-        images=[synthetic.render_scene(synthetic.make_examples(1, 2)[0].scene)], text=[prompt], return_tensors="pt"
-    )
-    assert int((inputs["input_ids"] == model.config.image_token_index).sum()) == 64
+    render = synthetic.render_scene(synthetic.make_examples(1, 2)[0].scene)
+    image_token = model.config.image_token_index
+    assert int((processor(images=[render], text=[prompt], return_tensors="pt")["input_ids"] == image_token).sum()) == 64
+
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    reloaded = LlavaProcessor.from_pretrained(tmp_path)
+    assert int((reloaded(images=[render], text=[prompt], return_tensors="pt")["input_ids"] == image_token).sum()) == 64
+    with torch.inference_mode():
+        assert torch.allclose(
+            loaded.model.get_image_features(pixel_values=pixels).pooler_output[0], projected, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize("feature_layer", [-2, [0, -1]])
+def test_scene_heads_follow_the_configs_feature_layer(feature_layer):
+    """LLaVA-1.5 projects the tower's second-to-last layer (vision_feature_layer -2), and some
+    checkpoints concatenate several: the heads read whatever layer the config names, not always
+    the last one."""
+    import torch
+
+    from snap2caption_service.core.captioner import vision_tower
+    from snap2caption_service.core.scene_heads import TokenSelection, image_tokens
+
+    arch = DemoArchitecture(vision_hidden=32, vision_layers=2, text_hidden=64, text_layers=1, vocab_size=600)
+    model, processor = build_untrained(arch)
+    model.config.vision_feature_layer = feature_layer
+    model.eval()
+    pixels = processor.image_processor(
+        images=[synthetic.render_scene(synthetic.make_examples(1, 2)[0].scene)], return_tensors="pt"
+    )["pixel_values"]
+    with torch.inference_mode():
+        tokens = image_tokens(vision_tower(model), pixels, TokenSelection.of(model.config))[0]
+        hidden = vision_tower(model)(pixel_values=pixels, output_hidden_states=True).hidden_states
+    layers = [feature_layer] if isinstance(feature_layer, int) else feature_layer
+    assert torch.equal(tokens, torch.cat([hidden[i][0, 1:] for i in layers], dim=-1))
+    assert not torch.equal(tokens[:, :32], hidden[-1][0, 1:])  # not the last layer alone
+    if isinstance(feature_layer, int):  # a concatenation needs a wider projector than this model has
+        with torch.inference_mode():
+            projected = model.model.get_image_features(
+                pixel_values=pixels,
+                vision_feature_layer=feature_layer,
+                vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+            ).pooler_output[0]
+            assert torch.allclose(model.model.multi_modal_projector(tokens), projected, atol=1e-5)

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from snap2caption_service.core.scene_heads import TokenSelection
 from snap2caption_service.core.versions import DEMO_META_FILE, demo_version
 from training import synthetic
 from training.demo_model import ARCHITECTURE_VERSION, DemoArchitecture, build_untrained
@@ -52,7 +53,11 @@ class DemoRecipe:
 
 # Architecture fields added after models were built, with the default that keeps the old
 # behaviour: keyed only when they differ from it, so adding one leaves built models' keys alone.
-_ARCH_FIELDS_ADDED_LATER = {"vision_kind": "clip"}
+_ARCH_FIELDS_ADDED_LATER = {
+    "vision_kind": "clip",
+    "vision_conv_depths": (2, 2, 1),
+    "vision_conv_widths": (128, 192, 256),
+}
 
 
 def recipe_key(recipe: DemoRecipe, arch: DemoArchitecture) -> str:
@@ -153,10 +158,10 @@ def build_demo_model(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, 
     # torch's CPU flash-attention backward is slow on short sequences: with 65 tokens a tower
     # step took 0.148 s under sdpa and 0.086 s under eager attention (same maths). The decoder
     # stage keeps sdpa, which is faster there (0.64 s against 0.66 s a step).
-    attention_tower = arch.vision_kind == "clip"  # a FocalNet tower has no attention to set
+    attention_tower = arch.vision_kind == "clip"  # FocalNet has no attention; BiT refuses the setting
     if attention_tower:
         model.set_attn_implementation("eager")
-    pretrainer = make_pretrainer(tower, arch.vision_hidden)
+    pretrainer = make_pretrainer(tower, arch.vision_hidden, TokenSelection.of(model.config))
     vision_cfg = TrainConfig(
         steps=recipe.vision_steps,
         batch_size=recipe.vision_batch_size,

@@ -42,6 +42,17 @@ class DemoArchitecture:
     # FocalNet tower has two stages: a stem of stride patch_size/2, then one 2x downsampling,
     # so it ends on the same (image_size/patch_size)^2 tokens; vision_layers is blocks per stage.
     vision_kind: str = "clip"
+    # "hybrid" (DPT-Hybrid's tower, ViT-Hybrid's design): a BiT ResNet (7x7 stride-2 stem,
+    # max-pool, then bottleneck stages at 1/4, 1/8 and 1/16 of the picture) whose last map,
+    # projected to vision_hidden, feeds vision_layers ViT layers with a CLS token. Its stride
+    # is 16, so it takes image_size 128 and patch_size 16 for the same 64 image tokens
+    # (HYBRID_ARCHITECTURE). The only tower LLaVA loads that reads shape on pictures the
+    # generator never drew: 97.7% of the held-out vector set's shapes, 88% of the photo set's,
+    # against 31% / 25% for the CLIP tower (docs/notes/demo-model.md, session 16). What it
+    # has that the others lack: two 3x3 convolutions at each of 32x32 and 16x16 before the
+    # 8x8 grid (session 15).
+    vision_conv_depths: tuple[int, ...] = (2, 2, 1)  # bottleneck blocks per BiT stage (hybrid only)
+    vision_conv_widths: tuple[int, ...] = (128, 192, 256)  # each stage's output channels (hybrid only)
     text_hidden: int = 256
     text_layers: int = 4
     text_heads: int = 4
@@ -107,16 +118,22 @@ def build_processor(arch: DemoArchitecture, tokenizer):
     )
 
 
-VISION_KINDS = ("clip", "focalnet")
+VISION_KINDS = ("clip", "focalnet", "hybrid")
+# BiT's stem strides 4 and each later stage 2: three stages make a stride-16 tower.
+HYBRID_STRIDE = 16
+HYBRID_ARCHITECTURE = DemoArchitecture(
+    vision_kind="hybrid", image_size=128, patch_size=HYBRID_STRIDE, vision_layers=1
+)  # 64 tokens, one ViT layer
 
 
 def feature_strategy(arch: DemoArchitecture) -> str:
-    """LLaVA's vision_feature_select_strategy for the tower: drop CLIP's CLS token, keep all else."""
-    return "default" if arch.vision_kind == "clip" else "full"
+    """LLaVA's vision_feature_select_strategy for the tower: drop a CLS token (CLIP's, the hybrid's
+    ViT's), keep every token of a tower without one (FocalNet)."""
+    return "full" if arch.vision_kind == "focalnet" else "default"
 
 
 def vision_config(arch: DemoArchitecture):
-    from transformers import CLIPVisionConfig, FocalNetConfig
+    from transformers import BitConfig, CLIPVisionConfig, DPTConfig, FocalNetConfig
 
     if arch.vision_kind == "clip":
         return CLIPVisionConfig(
@@ -144,6 +161,40 @@ def vision_config(arch: DemoArchitecture):
             # LLaVA's projector reads the tower's width from vision_config.hidden_size, which
             # FocalNetConfig does not define (SwinConfig does): the width of the last stage.
             hidden_size=arch.vision_hidden,
+        )
+    if arch.vision_kind == "hybrid":
+        if arch.patch_size != HYBRID_STRIDE or len(arch.vision_conv_depths) != 3 or len(arch.vision_conv_widths) != 3:
+            raise ValueError(
+                f"a hybrid demo tower has three BiT stages and stride {HYBRID_STRIDE}: patch_size={HYBRID_STRIDE}, "
+                "three vision_conv_depths and vision_conv_widths (HYBRID_ARCHITECTURE)"
+            )
+        grid = arch.image_size // HYBRID_STRIDE
+        bit = BitConfig(
+            layer_type="bottleneck",
+            embedding_size=arch.vision_conv_widths[0] // 4,
+            hidden_sizes=list(arch.vision_conv_widths),
+            depths=list(arch.vision_conv_depths),
+            # GroupNorm over 16 groups: the bottlenecks' narrowest layer (a quarter of the first
+            # stage's width) must split evenly; BiT's default 32 assumes a full-size ResNet.
+            num_groups=16,
+            global_padding="SAME",
+            hidden_act="gelu",
+            out_features=["stage1", "stage2", "stage3"],
+        )
+        return DPTConfig(
+            is_hybrid=True,
+            backbone_config=bit,
+            backbone_featmap_shape=[1, arch.vision_conv_widths[-1], grid, grid],
+            hidden_size=arch.vision_hidden,
+            intermediate_size=arch.vision_hidden * 4,
+            num_hidden_layers=arch.vision_layers,
+            num_attention_heads=arch.vision_heads,
+            image_size=arch.image_size,
+            patch_size=HYBRID_STRIDE,
+            hidden_act="gelu",
+            # Only the depth-estimation head reads these; DPTConfig checks them against the backbone.
+            neck_hidden_sizes=[arch.vision_hidden // 2, *[arch.vision_hidden] * 3],
+            reassemble_factors=[1, 1, 1, 1],
         )
     raise ValueError(f"unknown vision_kind {arch.vision_kind!r}; expected one of {VISION_KINDS}")
 

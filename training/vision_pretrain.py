@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from snap2caption_service.core.captioner import vision_tower
-from snap2caption_service.core.scene_heads import HEADS_FILE, LABELS_FILE, pooled_patches
+from snap2caption_service.core.scene_heads import HEADS_FILE, LABELS_FILE, TokenSelection, pooled_patches
 from training import synthetic
 
 COLORS = list(synthetic.COLORS)
@@ -75,14 +75,16 @@ class SceneLabelDataset:
         return {"pixel_values": self.pixel_values[idx], **{k: v[idx] for k, v in self.targets.items()}}
 
 
-def make_pretrainer(vision_tower, hidden: int):
-    """The tower plus small heads over its mean patch token (CLS is dropped by LLaVA anyway)."""
+def make_pretrainer(vision_tower, hidden: int, selection: TokenSelection):
+    """The tower plus small heads over the mean of the tokens LLaVA projects (``selection``: the
+    LLaVA config's, TokenSelection.of)."""
     from torch import nn
 
     class VisionPretrainer(nn.Module):
         def __init__(self):
             super().__init__()
             self.tower = vision_tower
+            self.selection = selection
             self.heads = nn.ModuleDict(
                 {
                     "color": nn.Linear(hidden, len(COLORS)),
@@ -94,7 +96,7 @@ def make_pretrainer(vision_tower, hidden: int):
             )
 
         def forward(self, pixel_values, color, shape, position, background, objects):
-            pooled = pooled_patches(self.tower, pixel_values)
+            pooled = pooled_patches(self.tower, pixel_values, self.selection)
             logits = {k: head(pooled) for k, head in self.heads.items()}
             has_object = color != IGNORE
 

@@ -56,3 +56,4 @@ _.main_mask  # training/heldout_scenes.py HeldOutScene <- tests/test_heldout_sce
 _.events_per_creator  # training/prove_creators.py ProofReport -> --json-out
 _.WORLD_MIX  # training/synthetic.py <- benchmarks/vision_towers.py (the tower comparison's scene mix)
 _.scene_mix  # training/synthetic.py <- benchmarks/vision_towers.py, tests/test_synthetic.py
+_.HYBRID_ARCHITECTURE  # training/demo_model.py <- benchmarks/vision_towers.py, tests (the tower that reads held-out shapes)

@@ -21,7 +21,7 @@ from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_to
 from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
-from snap2caption_service.core.scene_heads import SceneHeads, drop_unsure_background
+from snap2caption_service.core.scene_heads import SceneHeads, TokenSelection, drop_unsure_background
 from snap2caption_service.core.settings import GenerationSettings
 from snap2caption_service.core.versions import ADAPTER_META, demo_version, model_version
 
@@ -502,7 +502,7 @@ class Captioner:
 
         readings = None
         if self.scene_heads is not None and pixels is not None:
-            readings = self.scene_heads.read(vision_tower(self.model), pixels)
+            readings = self.scene_heads.read(vision_tower(self.model), pixels, TokenSelection.of(self.model.config))
         # A model with heads names its objects from their labels, main object first (the demo
         # model): then the first object of caption and alt text must be the same one.
         labels = self.scene_heads.labels if self.scene_heads is not None else {}

@@ -18,21 +18,39 @@ HEADS_FILE = "scene_heads.safetensors"
 LABELS_FILE = "scene_heads.json"
 
 
-def pooled_patches(vision_tower, pixel_values, patch_tokens=None):
-    """The tower's picture summary the heads read: the mean patch token (LLaVA drops CLS anyway).
+@dataclass(frozen=True)
+class TokenSelection:
+    """Which of the tower's hidden states LLaVA projects: ``vision_feature_layer`` (one layer, or
+    several concatenated) and ``vision_feature_select_strategy`` ("default" drops the first token,
+    a CLS token; "full" keeps all). The heads read the same tokens, so they judge what the caption
+    is made from, whatever layer a checkpoint's config names."""
+
+    layer: int | tuple[int, ...] = -1
+    strategy: str = "default"
+
+    @classmethod
+    def of(cls, llava_config) -> TokenSelection:
+        layer = llava_config.vision_feature_layer
+        return cls(layer if isinstance(layer, int) else tuple(layer), llava_config.vision_feature_select_strategy)
+
+
+def image_tokens(vision_tower, pixel_values, selection: TokenSelection):
+    """The tokens LLaVA hands its projector, selected as LlavaModel.get_image_features selects them."""
+    import torch
+
+    hidden = vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    layers = [selection.layer] if isinstance(selection.layer, int) else list(selection.layer)
+    picked = [hidden[i][:, 1:] if selection.strategy == "default" else hidden[i] for i in layers]
+    return picked[0] if len(picked) == 1 else torch.cat(picked, dim=-1)
+
+
+def pooled_patches(vision_tower, pixel_values, selection: TokenSelection, patch_tokens=None):
+    """The tower's picture summary the heads read: the mean of the tokens LLaVA projects.
     Training and serving both call this, so the heads always see what they were trained on;
     training passes the patch tokens it already has."""
     if patch_tokens is None:
-        patch_tokens = image_tokens(vision_tower, pixel_values)
+        patch_tokens = image_tokens(vision_tower, pixel_values, selection)
     return patch_tokens.mean(dim=1)
-
-
-def image_tokens(vision_tower, pixel_values):
-    """The tokens LLaVA hands its projector with vision_feature_layer -1: the last hidden state,
-    without CLIP's CLS token ("default" strategy); a tower without CLS (FocalNet) keeps all ("full")."""
-    if vision_tower.config.model_type == "clip_vision_model":
-        return vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-    return vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]
 
 
 @dataclass(frozen=True)
@@ -72,11 +90,12 @@ class SceneHeads:
         w, b = self.weights[f"{head}.weight"], self.weights[f"{head}.bias"]
         return pooled.float() @ w.T.float() + b.float()
 
-    def read(self, vision_tower, pixel_values) -> list[SceneReading]:
+    def read(self, vision_tower, pixel_values, selection: TokenSelection) -> list[SceneReading]:
+        """The heads' reading of each picture; ``selection`` is the LLaVA config's (TokenSelection.of)."""
         import torch
 
         with torch.inference_mode():
-            pooled = pooled_patches(vision_tower, pixel_values.to(next(vision_tower.parameters()).dtype))
+            pooled = pooled_patches(vision_tower, pixel_values.to(next(vision_tower.parameters()).dtype), selection)
             p_color = self._logits(pooled, "color").softmax(-1)
             p_shape = self._logits(pooled, "shape").softmax(-1)
             p_object = self._logits(pooled, "objects").sigmoid().amax(-1)

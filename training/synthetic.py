@@ -55,6 +55,9 @@ BACKGROUND_KINDS = (*BACKGROUND_NAMES, PHOTO, TEXTURED)
 # Photographs the training scenes are drawn on (scikit-image's sample data). The held-out sets
 # (training/heldout_scenes.py) use other photos, so a score there is not a memorised background.
 TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_right.png", "ihc.png", "camera.png")
+# More of scikit-image's pictures, for the world mix: colour and gray photographs, none of them
+# a held-out background (those are rocket, hubble_deep_field and scikit-learn's two).
+MORE_TRAIN_PHOTOS = ("motorcycle_left.png", "retina.jpg", "coins.png", "moon.png", "clock_motion.png")
 TEXTURES = ("gravel.png", "brick.png", "grass.png")
 SHAPES = ("circle", "square", "triangle", "star")
 
@@ -90,6 +93,11 @@ class SceneMix:
     # does not carry over to pictures drawn otherwise: docs/notes/demo-model.md). True: the
     # diameter is that of the circle covering as much as the shape does.
     area_matched: bool = False
+    # Photographs that photo backgrounds are cropped from, and the share of photo backgrounds
+    # drawn instead as a procedural photo-like picture (_photo_like): six photos teach a tower
+    # those six, not busy backgrounds in general.
+    photos: tuple[str, ...] = TRAIN_PHOTOS
+    photo_like_share: float = 0.0
 
 
 MIX = SceneMix()
@@ -106,6 +114,8 @@ WORLD_MIX = SceneMix(
     jpeg_share=0.2,
     sizes=(("large", 40, 58), ("medium", 24, 34), ("small", 14, 22)),
     area_matched=True,
+    photos=TRAIN_PHOTOS + MORE_TRAIN_PHOTOS,
+    photo_like_share=0.4,
 )
 
 
@@ -297,19 +307,51 @@ def _picture_crop(name: str, rng: random.Random, side: int) -> Image.Image:
     return pic.crop((x, y, x + crop, y + crop)).resize((side, side), Image.BILINEAR)
 
 
+def _photo_like(rng: random.Random, side: int) -> Image.Image:
+    """A procedural stand-in for a photograph: fields of 1/f noise (the amplitude spectrum of natural
+    images) around a random base colour, mostly in brightness with a little colour as in photos,
+    so there is structure at every scale and no two are alike."""
+    import numpy as np
+
+    gen = np.random.default_rng(rng.getrandbits(32))
+    f = np.hypot(*np.meshgrid(np.fft.fftfreq(side), np.fft.rfftfreq(side), indexing="ij"))
+    f[0, 0] = 1.0
+    amplitude = f ** -gen.uniform(1.1, 1.8)
+    amplitude[0, 0] = 0.0
+    phases = np.exp(2j * np.pi * gen.random((3, *f.shape)))
+    fields = np.fft.irfft2(amplitude * phases, s=(side, side))
+    fields /= fields.std(axis=(1, 2), keepdims=True)
+    brightness = np.full((3, 1), gen.uniform(20, 55))
+    tint = gen.normal(size=(3, 2)) * gen.uniform(4, 18)
+    mixing = np.concatenate([brightness, tint], axis=1)
+    base = gen.uniform(50, 205, size=3)
+    rgb = base[:, None, None] + np.einsum("cf,fhw->chw", mixing, fields)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8).transpose(1, 2, 0))
+
+
 def _textured(rng: random.Random, side: int) -> Image.Image:
     """A texture photo (gravel, brick, grass) tinted with a random colour, or coloured noise."""
     if rng.random() < 0.6:
         gray = _picture_crop(rng.choice(TEXTURES), rng, side).convert("L")
         dark, light = _jittered((60, 60, 60), rng, 60), _jittered((200, 200, 200), rng, 55)
         return ImageOps.colorize(gray, dark, light)
-    small = Image.effect_noise((side // 8, side // 8), rng.uniform(30, 90)).resize((side, side), Image.BICUBIC)
+    # Gaussian noise around mid-gray, as PIL's Image.effect_noise draws it, but from the scene's own
+    # seed: effect_noise draws from C's rand(), so the same scene came out differently depending
+    # on what the process had drawn before.
+    import numpy as np
+
+    sigma = rng.uniform(30, 90)
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(128, sigma, (side // 8, side // 8))
+    small = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).resize((side, side), Image.BICUBIC)
     return ImageOps.colorize(small, _jittered((70, 70, 70), rng, 70), _jittered((190, 190, 190), rng, 65))
 
 
 def _draw_background(scene: Scene, rng: random.Random, side: int) -> Image.Image:
     if scene.background[0] == PHOTO:
-        return _picture_crop(rng.choice(TRAIN_PHOTOS), rng, side)
+        # Checked first, so a mix without photo-like pictures draws exactly as before.
+        if MIX.photo_like_share and rng.random() < MIX.photo_like_share:
+            return _photo_like(rng, side)
+        return _picture_crop(rng.choice(MIX.photos), rng, side)
     if scene.background[0] == TEXTURED:
         return _textured(rng, side)
     if len(scene.background) == 1:

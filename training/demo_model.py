@@ -192,7 +192,8 @@ def vision_config(arch: DemoArchitecture):
             image_size=arch.image_size,
             patch_size=HYBRID_STRIDE,
             hidden_act="gelu",
-            # Only the depth-estimation head reads these; DPTConfig checks them against the backbone.
+            # Only DPT's depth-estimation neck reads these (LLaVA builds DPTModel, which has none):
+            # sized to this tower rather than left at the full-size defaults.
             neck_hidden_sizes=[arch.vision_hidden // 2, *[arch.vision_hidden] * 3],
             reassemble_factors=[1, 1, 1, 1],
         )

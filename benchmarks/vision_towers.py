@@ -8,7 +8,7 @@ sets (training/heldout_scenes.py). Only stage 1: the captions follow the heads c
 shipped model's heads get 58.0% colour+shape on the vector set, its captions 57.3%).
 
     python benchmarks/vision_towers.py [--kinds clip focalnet hybrid] [--steps 1500] [--scenes 24000]
-                                       [--mix world|demo] [--json-out FILE]
+                                       [--mix world|flat] [--json-out FILE]
 
 About 6-12 minutes per tower at the defaults on 2 CPU cores, plus 1-2 minutes to draw the scenes
 at each picture size (64 px for CLIP and FocalNet, 128 px for the hybrid; the same scenes).
@@ -29,8 +29,6 @@ sys.path.insert(0, str(REPO))
 
 from training import synthetic  # noqa: E402
 from training.demo_model import HYBRID_ARCHITECTURE, VISION_KINDS, DemoArchitecture, build_untrained  # noqa: E402
-
-MIXES = {"world": synthetic.WORLD_MIX, "demo": synthetic.MIX}
 
 
 def draw_scenes(processor, n: int, seed: int, mix):
@@ -150,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--focalnet-layers", type=int, default=2, help="FocalNet blocks per stage (2: about the CLIP tower's cost)"
     )
-    parser.add_argument("--mix", choices=sorted(MIXES), default="world", help="scene mix (training/synthetic.py)")
+    parser.add_argument(
+        "--mix", choices=sorted(synthetic.MIXES), default="world", help="scene mix (training/synthetic.py)"
+    )
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         if size not in drawn:
             t0 = time.perf_counter()
             drawn[size] = (
-                draw_scenes(processor, args.scenes, seed=1, mix=MIXES[args.mix]),
-                draw_scenes(processor, 512, seed=10_001, mix=MIXES[args.mix]),
+                draw_scenes(processor, args.scenes, seed=1, mix=synthetic.MIXES[args.mix]),
+                draw_scenes(processor, 512, seed=10_001, mix=synthetic.MIXES[args.mix]),
             )
             print(f"drew {args.scenes} + 512 {args.mix}-mix scenes at {size} px in {time.perf_counter() - t0:.0f} s")
         return drawn[size]

@@ -161,3 +161,20 @@ def test_demo_cache_key_covers_the_tower_kind_and_keeps_old_keys():
     }
     old = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:12]
     assert recipe_key(recipe, DemoArchitecture()) == old
+
+
+def test_the_demo_recipe_names_its_scene_mix_and_the_key_covers_it(tmp_path):
+    """The mix a demo model is trained on decides its weights, so it is part of the cache key, and
+    the default build is the hybrid tower on the world mix (issue 15)."""
+    from dataclasses import replace
+
+    from training.build_demo import DemoRecipe, build_demo_model, demo_model_dir, recipe_key
+    from training.demo_model import HYBRID_ARCHITECTURE
+
+    recipe = DemoRecipe()
+    assert recipe.mix == "world"
+    assert recipe_key(recipe, HYBRID_ARCHITECTURE) != recipe_key(replace(recipe, mix="flat"), HYBRID_ARCHITECTURE)
+    assert demo_model_dir(tmp_path) == demo_model_dir(tmp_path, recipe, HYBRID_ARCHITECTURE)
+    with pytest.raises(ValueError, match="unknown scene mix 'wrold'; known: flat, world"):
+        build_demo_model(tmp_path / "out", replace(recipe, mix="wrold"), HYBRID_ARCHITECTURE, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -41,6 +41,14 @@ def test_never_pads_with_filler():
 
 def test_keywords_skip_stopwords_and_short_words():
     assert keywords("The red circle is in the top left of the image") == ["red", "circle"]
+    # The demo's captions size their object ("a big red circle"): a size word is no hashtag.
+    assert keywords("Weekend vibes with a big red circle, a little star") == [
+        "weekend",
+        "vibes",
+        "red",
+        "circle",
+        "star",
+    ]
 
 
 # --- Ranking (issue 16 part 2) -----------------------------------------------------------------

@@ -4,9 +4,10 @@ import pytest
 
 pytestmark = pytest.mark.quality
 
-# What the current demo model reaches on the first 150 scenes of the held-out vector set, less a
-# margin (issue 15's target is 0.95; measured numbers: README, "The embedded demo model").
-HELD_OUT_FLOOR = {"vector": 0.45}  # measured 0.533 (demo-8c81ff482c3c)
+# What the current demo model reaches on the first 150 scenes of each held-out set, less a margin
+# for another machine's build of the same recipe (the weights differ by CPU; seed variance is
+# several points). Issue 15's target is 0.95; measured numbers: README, "The embedded demo model".
+HELD_OUT_FLOOR = {"vector": 0.88, "photo": 0.75}  # demo-654854e21f44 on 300 scenes: 0.937, 0.820
 
 
 def test_demo_model_meets_quality_bar(demo_model_dir):
@@ -45,10 +46,16 @@ def test_demo_model_on_held_out_sets(demo_model_dir):
     from training.heldout_scenes import heldout_set
 
     cap = Captioner.load(str(demo_model_dir))
+    photo = evaluate_set(cap, heldout_set("photo", 150))
+    print(photo.table())
+    assert photo.both_correct >= HELD_OUT_FLOOR["photo"], photo.table()
+    assert photo.distinct_captions == photo.distinct_of == 20, photo.table()
     report = evaluate_set(cap, heldout_set("vector", 150))
     print(report.table())
     assert set(report.per_color) == set(synthetic.COLORS) and set(report.per_shape) == set(synthetic.SHAPES)
     assert report.both_correct >= HELD_OUT_FLOOR["vector"], report.table()
+    # Issue 15: twenty pictures in one tone get twenty captions.
+    assert report.distinct_captions == report.distinct_of == 20, report.table()
     # Issue 15's background target holds already: a background the tower is unsure of, or that
     # contradicts its reading, is left out of the alt text (core/scene_heads.py).
     assert report.background_ok >= THRESHOLDS["background_ok"], report.table()

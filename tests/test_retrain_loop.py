@@ -32,7 +32,7 @@ def test_feedback_retrain_promote_serve_and_refuse(tmp_path, bootstrap, mlflow_u
         "SNAP2CAPTION_TOPIC_FEEDBACK": f"loop-{tag}.feedback",
         "SNAP2CAPTION_REGISTERED_MODEL": f"loop-{tag}",
         "SNAP2CAPTION_ARCHIVE": str(tmp_path / "archive"),
-        "SNAP2CAPTION_MAX_NEW_TOKENS": "96",
+        "SNAP2CAPTION_MAX_NEW_TOKENS": "128",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

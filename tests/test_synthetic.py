@@ -91,7 +91,31 @@ def test_area_matched_sizes_cover_alike_and_stay_on_the_canvas():
             image = synthetic.render_scene(scene).convert("L")
         px = np.asarray(image)
         assert min(px[0].min(), px[-1].min(), px[:, 0].min(), px[:, -1].min()) > 200, seed
-    assert synthetic.MIX is not synthetic.WORLD_MIX  # the block restored the demo mix
+    assert synthetic.MIX is synthetic.WORLD_MIX  # the block restored the demo mix
+
+
+def test_captions_name_what_tells_two_pictures_apart():
+    """Issue 15: two pictures in one tone do not get one sentence with a word swapped. A caption
+    names the main object's size and place besides colour and shape (all things the picture
+    shows), so pictures that differ only there get different captions, and twenty pictures in one
+    tone nearly always get twenty (generator 6 phrased by object count alone: 17.8 of 20 on
+    average, 8% of draws all distinct)."""
+    base = synthetic.Scene((synthetic.SceneObject("orange", "star", "medium", 1, 1),), ("white",))
+    moved = replace(base, objects=(replace(base.main, row=0, col=2),))
+    bigger = replace(base, objects=(replace(base.main, size="large"),))
+    smaller = replace(base, objects=(replace(base.main, size="small"),))
+    for tone in synthetic.TONES:
+        for audience in synthetic.AUDIENCES:
+            texts = [synthetic.caption(s, tone, audience) for s in (base, moved, bigger, smaller)]
+            assert len(set(texts)) == 4, texts
+            assert "in the center" in texts[0] and "in the top right" in texts[1], texts
+            assert "big orange star" in texts[2] and "little orange star" in texts[3], texts
+            assert " a orange" not in f" {texts[0]}".lower() and " an big" not in f" {texts[2]}".lower()
+    rng, all_distinct, distinct = random.Random(5), 0, 0
+    for _ in range(200):
+        first = {synthetic.caption(synthetic.sample_scene(rng), "casual", "personal") for _ in range(20)}
+        all_distinct, distinct = all_distinct + (len(first) == 20), distinct + len(first)
+    assert distinct / 200 > 19.5 and all_distinct / 200 > 0.7, (distinct / 200, all_distinct / 200)
 
 
 def test_the_same_scenes_draw_the_same_pictures_whatever_ran_before():
@@ -107,9 +131,10 @@ def test_the_same_scenes_draw_the_same_pictures_whatever_ran_before():
     Image.effect_noise((8, 8), 50)  # moves C's rand(), as any earlier test or build may have
     rng = random.Random(7)
     digest = hashlib.sha256()
-    for i in range(60):
-        scene = synthetic.sample_empty_scene(rng) if i % 3 == 0 else synthetic.sample_scene(rng)
-        digest.update(synthetic.render_scene(scene).tobytes())
+    with synthetic.scene_mix(synthetic.FLAT_MIX):
+        for i in range(60):
+            scene = synthetic.sample_empty_scene(rng) if i % 3 == 0 else synthetic.sample_scene(rng)
+            digest.update(synthetic.render_scene(scene).tobytes())
     assert digest.hexdigest() == "d2c57d33f5655598392f5e50fb0b5dd18c4925e0027f5cc34d1c445593a07f8e"
 
 

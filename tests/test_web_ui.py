@@ -192,7 +192,7 @@ def small_limit_service(tmp_path_factory, tiny_model_dir):
 def demo_service(tmp_path_factory, demo_model_dir):
     # Room for the alt text too (the tiny-model services stop at 24 tokens).
     svc = start_service(
-        tmp_path_factory.mktemp("svc-demo"), demo_model_dir, {"SNAP2CAPTION_MAX_NEW_TOKENS": "96"}, timeout=600
+        tmp_path_factory.mktemp("svc-demo"), demo_model_dir, {"SNAP2CAPTION_MAX_NEW_TOKENS": "128"}, timeout=600
     )
     yield svc
     stop_service(svc.proc)

@@ -67,7 +67,7 @@ class EvalSettings(_Strict):
     guard_scenes: int = Field(0, ge=0)
     guard_seed: int = 9001
     batch_size: int = Field(32, ge=1)
-    max_new_tokens: int = Field(96, ge=8)
+    max_new_tokens: int = Field(128, ge=8)
     # CIDEr-D's document frequencies: the eval references plus these captions, one document
     # each (coco-caption's precomputed "coco-val-df" plays this role). Without a background
     # corpus, a phrase that every reference shares -- a correction creators make to every

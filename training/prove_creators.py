@@ -239,7 +239,7 @@ def check_creators(workdir: Path, held_out: int, registered_model: str = "") -> 
     champion = champions.champion()
     champion_adapter = str(champions.download(champion.version, workdir / "check-champion")) if champion else ""
     base_ref = resolve_base("demo", get_settings().data_dir, ensure_demo_model)
-    captioner = Captioner.load(base_ref, champion_adapter, generation=GenerationSettings(max_new_tokens=96))
+    captioner = Captioner.load(base_ref, champion_adapter, generation=GenerationSettings(max_new_tokens=128))
     examples = synthetic.make_examples(held_out, HELD_OUT_SEED)
     # Before any creator adapter is loaded: the champion exactly as it is served without them.
     champion_answers = held_out_answers(captioner, examples)

@@ -18,6 +18,7 @@ from functools import cache
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from snap2caption_service.core.contracts import MAX_HASHTAGS, MIN_HASHTAGS
+from snap2caption_service.core.plain_background import BACKGROUND_COLOURS
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORM_NAMES
 from snap2caption_service.core.prompting import format_target
 
@@ -25,7 +26,7 @@ from snap2caption_service.core.prompting import format_target
 # 2: white/black/gray, photo and textured backgrounds; rotation, outlines, blur, JPEG, lighting;
 #    hashtags without generic filler, as many as the prompt asks for; alt text within 125 characters.
 # 3: the mix below (photo and textured backgrounds only in empty scenes; milder rotation and camera).
-GENERATOR_VERSION = "6"  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
+GENERATOR_VERSION = "7"  # 7: the world mix by default, captions name size and place  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -39,15 +40,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 # Plain backgrounds a person would name by colour. White and black are object colours too: an
 # object is never drawn on a background of its own colour, and captions name the object first.
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {
-    "white": (244, 244, 240),
-    "black": (24, 24, 26),
-    "gray": (128, 128, 128),
-    "beige": (222, 200, 160),
-    "teal": (40, 130, 130),
-    "pink": (235, 150, 185),
-    "brown": (110, 70, 40),
-}
+BACKGROUNDS = BACKGROUND_COLOURS
 BACKGROUND_NAMES = tuple(BACKGROUNDS)
 # Backgrounds that have no colour name: called what they are, never a wrong colour.
 PHOTO, TEXTURED = "photo", "textured"
@@ -100,10 +93,12 @@ class SceneMix:
     photo_like_share: float = 0.0
 
 
-MIX = SceneMix()
-# The mix the vision-tower benchmark trains on (benchmarks/vision_towers.py): every rotation,
-# area-matched sizes over wider bands, and photos, textures, outlines and camera effects on a
-# tenth to a fifth of the scenes. Not the demo model's mix yet (issue 15).
+# The demo model's mix up to generator version 6: flat shapes on plain or gradient backgrounds.
+FLAT_MIX = SceneMix()
+# The demo model's mix (and the vision-tower benchmark's): every rotation, area-matched sizes
+# over wider bands, and photos, textures, outlines and camera effects on a tenth to a fifth of
+# the scenes. On the hybrid tower it names colour and shape in 92% / 74% of the held-out sets
+# where the flat mix on the CLIP tower named 58% / 45% (docs/notes/demo-model.md, session 16).
 WORLD_MIX = SceneMix(
     background_weights=(55, 30, 10, 5),
     max_rotation_deg=180.0,
@@ -117,6 +112,9 @@ WORLD_MIX = SceneMix(
     photos=TRAIN_PHOTOS + MORE_TRAIN_PHOTOS,
     photo_like_share=0.4,
 )
+# By name, as a demo recipe says which mix it trains on.
+MIXES = {"flat": FLAT_MIX, "world": WORLD_MIX}
+MIX = WORLD_MIX
 
 
 @contextmanager
@@ -158,16 +156,20 @@ class SceneObject:
             return r
         return f"{r} {c}"
 
-    def phrase(self) -> str:
+    @property
+    def where(self) -> str:
+        """Its place as a phrase: 'in the center', 'at the top', 'in the top left'."""
         pos = self.position
-        where = {
+        return {
             "center": "in the center",
             "left": "on the left",
             "right": "on the right",
             "top": "at the top",
             "bottom": "at the bottom",
         }.get(pos, f"in the {pos}")
-        return f"{article(self.size)} {self.size} {self.color} {self.shape} {where}"
+
+    def phrase(self) -> str:
+        return f"{article(self.size)} {self.size} {self.color} {self.shape} {self.where}"
 
 
 def article(word: str) -> str:
@@ -420,110 +422,112 @@ def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
 
 # --- target texts -------------------------------------------------------------------------
 
-# {c} colour, {s} shape, {a}/{A} the colour's article ("an orange"). Three variants per tone and audience, picked by how many objects the
-# picture has (something the model can see), so two pictures in one tone do not all get one
-# sentence. No variant names the background: the alt text does, from what the picture shows.
+# {n} the main object as a person names it ("big red circle": size word, colour, shape), {a}/{A}
+# its article, {w} where it is (" in the top left"), {c} its colour, {s} its shape. Three
+# variants per tone and audience, picked by how many objects the picture has; with size and
+# place in the sentence, twenty pictures in one tone get twenty captions (issue 15), from
+# things the model can see. No variant names the background: the alt text does.
 CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "funny": {
         "personal": (
-            "My {c} {s} and I are not speaking today. It knows what it did.",
-            "Told everyone I am into geometry now. Exhibit A: one very {c} {s}.",
-            "Me: I will keep it simple. Also me: {a} {c} {s} and friends.",
+            "My {n}{w} and I are not speaking today. It knows what it did.",
+            "Told everyone I am into geometry now. Exhibit A: one very {n}{w}.",
+            "Me: I will keep it simple. Also me: {a} {n}{w} and friends.",
         ),
         "promotional": (
-            "Our {c} {s} sold out faster than my weekend plans. Grab yours!",
-            "Warning: this {c} {s} may cause extreme good taste. Shop now.",
-            "Buy one {c} {s}, get compliments free. Limited stock!",
+            "Our {n}{w} sold out faster than my weekend plans. Grab yours!",
+            "Warning: this {n}{w} may cause extreme good taste. Shop now.",
+            "Buy one {n}{w}, get compliments free. Limited stock!",
         ),
         "academic": (
-            "Peer reviewed by my cat: the {c} {s} is statistically adorable.",
-            "Hypothesis: {a} {c} {s} improves any slide. Results: strongly positive.",
-            "Sample size of one {c} {s}, confidence level: extremely high.",
+            "Peer reviewed by my cat: the {n}{w} is statistically adorable.",
+            "Hypothesis: {a} {n}{w} improves any slide. Results: strongly positive.",
+            "Sample size of one {n}{w}, confidence level: extremely high.",
         ),
     },
     "quirky": {
         "personal": (
-            "Just {a} {c} {s} living its best little life.",
-            "Plot twist: the {c} {s} was the main character all along.",
-            "The {c} {s} brought friends and did not tell anyone.",
+            "Just {a} {n} living its best little life{w}.",
+            "Plot twist: the {n}{w} was the main character all along.",
+            "The {n}{w} brought friends and did not tell anyone.",
         ),
         "promotional": (
-            "Meet the {c} {s} your shelf did not know it needed.",
-            "Odd, bold and totally {c}: the {s} drop is here.",
-            "Weird flex, but our {c} {s} is back in stock.",
+            "Meet the {n}{w}, the piece your shelf did not know it needed.",
+            "Odd, bold and totally {c}: meet the {n}{w}.",
+            "Weird flex, but our {n}{w} is back in stock.",
         ),
         "academic": (
-            "Field notes: one {c} {s} spotted in its natural habitat.",
-            "Curious specimen: {a} {c} {s} behaving exactly like a {s}.",
-            "Unusual sighting: {a} {c} {s} in a crowd of shapes.",
+            "Field notes: one {n} spotted{w}, in its natural habitat.",
+            "Curious specimen: {a} {n}{w} behaving exactly like a {s}.",
+            "Unusual sighting: {a} {n}{w} in a crowd of shapes.",
         ),
     },
     "serious": {
         "personal": (
-            "{A} {c} {s}, quietly holding its place.",
-            "Some days call for nothing more than a single {c} {s}.",
-            "One {c} {s} among others, and still the one I notice.",
+            "{A} {n}, quietly holding its place{w}.",
+            "Some days call for nothing more than a single {n}{w}.",
+            "One {n} among others{w}, and still the one I notice.",
         ),
         "promotional": (
-            "The {c} {s}: precise form, honest colour, built to last.",
-            "Introducing the {c} {s}. Clean lines for a focused space.",
-            "Designed with care: the {c} {s} and its companions.",
+            "The {n}{w}: precise form, honest colour, built to last.",
+            "Introducing the {n}. Clean lines{w} for a focused space.",
+            "Designed with care: the {n}{w} and its companions.",
         ),
         "academic": (
-            "{A} {c} {s}, presented as a study of form and contrast.",
-            "Observation of {a} {c} {s}: shape and colour remain clearly distinct.",
-            "Composition study: {a} {c} {s} as the dominant element.",
+            "{A} {n}{w}, presented as a study of form and contrast.",
+            "Observation of {a} {n}{w}: shape and colour remain clearly distinct.",
+            "Composition study: {a} {n}{w} as the dominant element.",
         ),
     },
     "inspirational": {
         "personal": (
-            "Be the {c} {s} in an ordinary world.",
-            "Stand out like {a} {c} {s}. Every day is a fresh canvas.",
-            "Even among many, the {c} {s} finds its place. So will you.",
+            "Be the {n}{w}, bright in an ordinary world.",
+            "Stand out like {a} {n}{w}. Every day is a fresh canvas.",
+            "Even among many, the {n} finds its place{w}. So will you.",
         ),
         "promotional": (
-            "Dream bold with the {c} {s}. Your space, your story.",
-            "Let the {c} {s} remind you to shine. Available today.",
-            "Start something bold with {a} {c} {s}. Yours today.",
+            "Dream bold with the {n}{w}. Your space, your story.",
+            "Let the {n}{w} remind you to shine. Available today.",
+            "Start something bold with {a} {n}{w}. Yours today.",
         ),
         "academic": (
-            "Every discovery starts with a simple {c} {s}. Keep asking questions.",
-            "From one {c} {s} to a world of ideas: curiosity builds knowledge.",
-            "Look closer at the {c} {s}: every question starts with noticing.",
+            "Every discovery starts with a simple {n}{w}. Keep asking questions.",
+            "From one {n}{w} to a world of ideas: curiosity builds knowledge.",
+            "Look closer at the {n}{w}: every question starts with noticing.",
         ),
     },
     "casual": {
         "personal": (
-            "Weekend vibes with {a} {c} {s}.",
-            "Nothing fancy, just {a} {c} {s} hanging out.",
-            "Hanging out with my {c} {s} and its crew.",
+            "Weekend vibes with {a} {n}{w}.",
+            "Nothing fancy, just {a} {n} hanging out{w}.",
+            "Hanging out with my {n}{w} and its crew.",
         ),
         "promotional": (
-            "New in: the {c} {s}. Easy pick for any room.",
-            "Say hi to our {c} {s}, fresh in the shop this week.",
-            "The {c} {s} just landed. Come take a look.",
+            "New in: the {n}{w}. Easy pick for any room.",
+            "Say hi to our {n}{w}, fresh in the shop this week.",
+            "The {n} just landed{w}. Come take a look.",
         ),
         "academic": (
-            "Quick look at {a} {c} {s} for today's geometry notes.",
-            "Today's example: {a} {c} {s}, simple and easy to spot.",
-            "Class notes: the {c} {s} and a few neighbours.",
+            "Quick look at {a} {n}{w} for today's geometry notes.",
+            "Today's example: {a} {n}{w}, simple and easy to spot.",
+            "Class notes: the {n}{w} and a few neighbours.",
         ),
     },
     "poetic": {
         "personal": (
-            "{A} {c} {s} drifts in quiet light, still and sure.",
-            "Soft silence, and one {c} {s} to hold it.",
-            "{A} {c} {s} among its kin, a small song of shapes.",
+            "{A} {n} drifts in quiet light{w}, still and sure.",
+            "Soft silence, and one {n}{w} to hold it.",
+            "{A} {n}{w} among its kin, a small song of shapes.",
         ),
         "promotional": (
-            "Where light meets {a} {c} {s}, beauty finds a home. Discover it.",
-            "{A} {c} {s}, shaped like a quiet promise. Now in store.",
-            "{A} {c} {s} to gather the light of your room.",
+            "Where light meets {a} {n}{w}, beauty finds a home. Discover it.",
+            "{A} {n}{w}, shaped like a quiet promise. Now in store.",
+            "{A} {n}{w} to gather the light of your room.",
         ),
         "academic": (
-            "In the grammar of shapes, the {c} {s} is a clear and steady word.",
-            "{A} {c} {s}: form and hue in gentle dialogue.",
-            "{A} {c} {s} leads the eye, the others follow.",
+            "In the grammar of shapes, the {n}{w} is a clear and steady word.",
+            "{A} {n}{w}: form and hue in gentle dialogue.",
+            "{A} {n}{w} leads the eye, the others follow.",
         ),
     },
 }
@@ -568,12 +572,19 @@ def hashtags(scene: Scene, num_hashtags: int) -> list[str]:
     return available_hashtags(scene)[:num_hashtags]
 
 
+# How a caption sizes the main object: a medium one gets no word.
+SIZE_WORDS = {"large": "big", "medium": "", "small": "little"}
+
+
+def _fill(template: str, obj: SceneObject) -> str:
+    noun = " ".join(w for w in (SIZE_WORDS[obj.size], obj.color, obj.shape) if w)
+    a = article(noun)
+    return template.format(n=noun, a=a, A=a.capitalize(), w=f" {obj.where}", c=obj.color, s=obj.shape)
+
+
 def caption(scene: Scene, tone: str, audience: str) -> str:
     templates = CAPTIONS[tone][audience]
-    c = scene.main.color
-    return templates[(len(scene.objects) - 1) % len(templates)].format(
-        c=c, s=scene.main.shape, a=article(c), A=article(c).capitalize()
-    )
+    return _fill(templates[(len(scene.objects) - 1) % len(templates)], scene.main)
 
 
 def target_text(scene: Scene, tone: str, audience: str, num_hashtags: int = MAX_TARGET_HASHTAGS) -> str:
@@ -608,12 +619,14 @@ def make_examples(n: int, seed: int) -> list[Example]:
 def corpus_lines() -> list[str]:
     """Every word the targets can use, for training the demo tokenizer."""
     lines = []
+    sizes, cells = tuple(SIZE_WORDS), [(r, c) for r in range(3) for c in range(3)]
     for by_aud in CAPTIONS.values():
         for templates in by_aud.values():
             for t in templates:
-                for c in COLORS:
-                    for s in SHAPES:
-                        lines.append(t.format(c=c, s=s, a=article(c), A=article(c).capitalize()))
+                for i, c in enumerate(COLORS):
+                    for j, s in enumerate(SHAPES):
+                        row, col = cells[(i + 3 * j) % len(cells)]
+                        lines.append(_fill(t, SceneObject(c, s, sizes[(i + j) % len(sizes)], row, col)))
     lines += list(STYLE_TAGS) + [f"#{s}art" for s in SHAPES]
     lines += [f"#{c} #{s} #{c}{s}" for c in COLORS for s in SHAPES]
     rng = random.Random(0)

@@ -19,6 +19,7 @@ from pathlib import Path
 from snap2caption_service.core.answer_agreement import reconcile
 from snap2caption_service.core.answer_grammar import AnswerConstraint, answer_token_bound
 from snap2caption_service.core.contracts import Candidate
+from snap2caption_service.core.plain_background import border_colour, drop_contradicted_background
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
 from snap2caption_service.core.scene_heads import SceneHeads, TokenSelection, drop_unsure_background
@@ -477,7 +478,7 @@ class Captioner:
             ntok += s_tok
             for (i, _), t, s in zip(rows, s_texts, s_scores):
                 per_job[i].append(self._candidate(t, s, jobs[i].num_hashtags))
-        self._check_answers(pixels, per_job)
+        self._check_answers(images, pixels, per_job)
         for cands in per_job:
             # An answer that agreed with itself beats a likelier one that had to be corrected.
             cands.sort(key=lambda c: (not c.corrections, c.score), reverse=True)
@@ -488,21 +489,23 @@ class Captioner:
             stats.seconds = time.perf_counter() - t0
         return per_job
 
-    def _check_answers(self, pixels, per_job: list[list[Candidate]]) -> None:
+    def _check_answers(self, images, pixels, per_job: list[list[Candidate]]) -> None:
         """How far to trust each answer, 0..1, and each answer made to name the same objects in
         caption, hashtags and alt text (core/answer_agreement.py), with what was corrected.
 
         With scene heads, confidence is the vision tower's own class probabilities for the
         picture (low for a picture with no object it knows, whatever the text says); the same
         reading settles which colour a contradicted object keeps, and the alt text loses a
-        background the tower is unsure of (scene_heads.drop_unsure_background). Without heads:
+        background the tower is unsure of (scene_heads.drop_unsure_background) or the picture's
+        border contradicts (plain_background.drop_contradicted_background). Without heads:
         the answer's mean token probability, exp(score), the one signal every checkpoint has
         (weaker: a model can be fluent and wrong)."""
         import math
 
-        readings = None
+        readings = borders = None
         if self.scene_heads is not None and pixels is not None:
             readings = self.scene_heads.read(vision_tower(self.model), pixels, TokenSelection.of(self.model.config))
+            borders = [border_colour(image) for image in images]
         # A model with heads names its objects from their labels, main object first (the demo
         # model): then the first object of caption and alt text must be the same one.
         labels = self.scene_heads.labels if self.scene_heads is not None else {}
@@ -514,6 +517,7 @@ class Captioner:
                 c.confidence = round(min(1.0, max(0.0, value)), 4)
                 if reading is not None:
                     c.alt_text = drop_unsure_background(c.alt_text, reading)
+                    c.alt_text = drop_contradicted_background(c.alt_text, borders[i])
                 c.caption, c.hashtags, c.alt_text, settled = reconcile(
                     c.caption,
                     c.hashtags,

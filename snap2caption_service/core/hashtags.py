@@ -47,7 +47,7 @@ a an and are as at be been but by for from has have in into is it its of on or s
 their this to was were what when where which while with without you your our my me we i
 just very one some any all not no nothing more most than then there here about over under
 today day days every like get got let new now out up off only also can will would could
-left right top bottom center middle background plain gradient large small medium photo
+left right top bottom center middle background plain gradient large small medium big little photo
 image picture caption hashtags alt text shows showing
 """.split()
 )

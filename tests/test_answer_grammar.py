@@ -112,7 +112,10 @@ def test_random_weights_still_answer_in_the_layout_within_the_bound():
     stats = BatchStats()
     for job, (cand,) in zip(jobs, constrained.caption_batch(jobs, stats)):
         assert cand.caption and cand.alt_text
-        assert len(cand.hashtags) == len(set(cand.hashtags)) == job.num_hashtags
+        # One to num_hashtags (the grammar's "at most": a model may stop early), never a repeat.
+        # Exactly num_hashtags held for these weights until the demo tokenizer (which the tiny
+        # checkpoint borrows) learnt generator 7's captions: random weights stop where they like.
+        assert 1 <= len(cand.hashtags) == len(set(cand.hashtags)) <= job.num_hashtags
     assert stats.generated_tokens <= sum(answer_token_bound(j.num_hashtags) for j in jobs)
 
     free = Captioner.load(folder, device="cpu", generation=GenerationSettings(max_new_tokens=48, constrained=False))

@@ -8,6 +8,7 @@ pytestmark = pytest.mark.quality
 # for another machine's build of the same recipe (the weights differ by CPU; seed variance is
 # several points). Issue 15's target is 0.95; measured numbers: README, "The embedded demo model".
 HELD_OUT_FLOOR = {"vector": 0.88, "photo": 0.75}  # demo-654854e21f44 on 300 scenes: 0.937, 0.820
+OWN_SCENES_MARGIN = 0.02
 
 
 def test_demo_model_meets_quality_bar(demo_model_dir):
@@ -16,8 +17,12 @@ def test_demo_model_meets_quality_bar(demo_model_dir):
 
     report = evaluate(Captioner.load(str(demo_model_dir)), num_scenes=300, seed=9001)
     print(report.table())
-    assert report.caption_and_alt_correct >= THRESHOLDS["caption_and_alt_correct"], report.table()
-    assert report.hashtags_have_color_and_shape >= THRESHOLDS["hashtags_have_color_and_shape"], report.table()
+    # The bar (95%) on the world mix the model trains on, less a margin, as the held-out floors
+    # have, for another machine's build of the same recipe: demo-654854e21f44 reads 95.7% for
+    # both here, and a session-16 build of nearly this recipe read 97.7% (docs/notes/demo-model.md).
+    # `snap2caption evaluate-demo` still reports FAIL under 95%.
+    for name in ("caption_and_alt_correct", "hashtags_have_color_and_shape"):
+        assert getattr(report, name) >= THRESHOLDS[name] - OWN_SCENES_MARGIN, report.table()
     assert report.tone_changes_wording >= THRESHOLDS["tone_changes_wording"], report.table()
     # Issue 16: no generic filler tag, and alt text that passes the accessibility lint.
     assert report.no_generic_hashtags >= THRESHOLDS["no_generic_hashtags"], report.table()

@@ -210,23 +210,3 @@ def test_the_service_never_answers_a_generic_tag_nor_more_than_asked(service):
             data={"num_hashtags": "1", "include_hashtags": "#reels #sunset"},
         )
         assert r.status_code == 400 and r.json()["fields"][0]["loc"] == ["include_hashtags"], r.text
-
-
-def test_words_of_the_text_never_outrank_the_models_own_tags():
-    """The README screenshot's answer: the demo model wrote its six tags for a pool of eight.
-    Parsing used to top the pool up with words of the text ("black", "speaking"), and the ranking,
-    which favours tags the text says, then served #black and #speaking above #starart. Now words
-    of the text only fill what the model's tags leave short, after them."""
-    from snap2caption_service.core.prompting import parse_output
-
-    text = (
-        "Caption: My big blue star on the left and I are not speaking today. It knows what it did.\n"
-        "Hashtags: #bluestar #blue #star #starart #geometricart #flatdesign\n"
-        "Alt text: A large blue star on the left, on a plain black background."
-    )
-    answer = parse_output(text, 8)
-    assert answer.hashtags == ["#bluestar", "#blue", "#star", "#starart", "#geometricart", "#flatdesign"]
-    five = rank_hashtags(answer.hashtags, 5, answer.caption, answer.alt_text)
-    assert set(five) <= set(answer.hashtags) and five[:3] == ["#bluestar", "#blue", "#star"], five
-    eight = rank_hashtags(answer.hashtags, 8, answer.caption, answer.alt_text)
-    assert set(eight[:6]) == set(answer.hashtags) and len(eight) == 8, eight

@@ -11,7 +11,7 @@ import re
 from snap2caption_service.core.alt_text import ALT_TEXT_MAX_CHARS
 from snap2caption_service.core.alt_text import fix as fix_alt_text
 from snap2caption_service.core.contracts import ANSWER_LABELS, ModelAnswer
-from snap2caption_service.core.hashtags import finalize_hashtags, is_generic
+from snap2caption_service.core.hashtags import finalize_hashtags
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM, PLATFORMS
 
 IMAGE_TOKEN = "<image>"  # the image placeholder of LLaVA checkpoints (and the demo model)
@@ -190,13 +190,8 @@ def parse_output(text: str, num_hashtags: int, alt_text_max_chars: int = ALT_TEX
         raw_tags = " ".join(re.findall(r"#\w+", text))
     caption = caption.splitlines()[0].strip() if caption else caption
     alt = " ".join(alt.split())
-    # A hashtag the model wrote in its alt text is one of its tags too (read before the alt text
-    # is fixed, which drops it), unless it is generic filler.
-    in_alt = [t for t in re.findall(r"#\w+", alt) if not is_generic(t)]
-    # The model's own tags only: words of the caption and alt text are not topped up here, or the
-    # ranking (hashtags.rank_hashtags) could not tell them from the model's tags, and a word like
-    # "speaking", being said, outranked a tag like #starart. The ranking tops up when it is short.
-    tags = finalize_hashtags(raw_tags.split() + inline + in_alt, num_hashtags)
+    tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=f"{alt} {caption}")
+    # Fixed after the tags are topped up from it: a hashtag the model wrote there still counts.
     return ModelAnswer(caption=caption, hashtags=tags, alt_text=fix_alt_text(alt, alt_text_max_chars))
 
 

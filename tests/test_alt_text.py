@@ -12,10 +12,12 @@ from snap2caption_service.core.alt_text import (
     ALT_TEXT_MAX_CHARS,
     ALT_TEXT_TARGET_CHARS,
     RULES,
+    background_clause,
     fix,
     lint,
     pass_rate,
     passes,
+    without_background,
 )
 from snap2caption_service.core.prompting import parse_output
 
@@ -211,3 +213,19 @@ def test_evaluation_reports_the_lint_pass_rate():
         PredictionRow("d", "A hen", "A hen", predicted_alt_text=""),
     ]
     assert evaluate(rows)["alt_text_lint_pass"] == 0.5
+
+
+def test_one_reader_finds_the_background_clause_in_every_wording():
+    """The heads' check, the border check and the hashtag top-up all cut the same clause."""
+    for alt, what in [
+        ("A large red circle in the center, on a plain gray background.", ("plain", "gray")),
+        ("A small blue star on the left on a photo background.", ("photo",)),
+        ("A medium white star, on a gradient background from black to teal.", ("gradient",)),
+    ]:
+        clause = background_clause(alt)
+        assert clause is not None and clause.what == what
+        assert without_background(alt) == alt[: clause.start] + "."
+    grad = background_clause("A star, on a gradient background from black to teal.")
+    assert {"black", "teal", "gradient"} <= grad.words
+    assert background_clause("A red circle in the center.") is None
+    assert without_background("A red circle in the center.") == "A red circle in the center."

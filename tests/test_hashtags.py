@@ -210,3 +210,32 @@ def test_the_service_never_answers_a_generic_tag_nor_more_than_asked(service):
             data={"num_hashtags": "1", "include_hashtags": "#reels #sunset"},
         )
         assert r.status_code == 400 and r.json()["fields"][0]["loc"] == ["include_hashtags"], r.text
+
+
+def test_words_of_the_text_never_outrank_the_models_own_tags():
+    """The README screenshot's answer (session 17): the demo model wrote five tags for a pool of
+    eight. Parsing topped the pool up with words of the caption and of the alt text's background
+    ("speaking", "black"), and the ranking, which favours tags the text says, served #black and
+    #speaking above #starart. Now only what the alt text describes fills up, and the caption only
+    an answer that has no alt text or no tag at all."""
+    from snap2caption_service.core.prompting import parse_output
+
+    text = (
+        "Caption: My big blue star on the left and I are not speaking today. It knows what it did.\n"
+        "Hashtags: #bluestar #blue #star #starart #geometricart\n"
+        "Alt text: A large blue star on the left and a small red circle, on a plain black background."
+    )
+    answer = parse_output(text, 8)
+    assert answer.hashtags == ["#bluestar", "#blue", "#star", "#starart", "#geometricart", "#red", "#circle"]
+    five = rank_hashtags(answer.hashtags, 5, answer.caption, answer.alt_text)
+    assert five == ["#bluestar", "#blue", "#star", "#red", "#circle"], five
+    assert "#black" not in rank_hashtags(answer.hashtags[:5], 5, answer.caption, answer.alt_text)
+    # No alt text: the caption is all the model said about the picture. Nothing usable in the
+    # alt text and no tags: the caption still gives some, as before.
+    assert parse_output("Sunny day at the beach #Beach\nMore text", 3).hashtags == ["#beach", "#sunny"]
+    assert parse_output(
+        "Caption: Sunny beach.\nHashtags:\nAlt text: A photo, on a plain black background.", 3
+    ).hashtags == [
+        "#sunny",
+        "#beach",
+    ]

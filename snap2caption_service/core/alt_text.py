@@ -68,6 +68,41 @@ _TRAILING_PUNCT = " ,;:!?.…-–—"
 _CLOSERS = "\"'”’)]"
 
 
+# ", on a plain gray background" / " on a gradient background from white to teal" / " on a photo
+# background": where an alt text says what the picture's background is (the demo model's wording).
+_BACKGROUND_CLAUSE = re.compile(
+    r",?\s+on\s+an?\s+(?P<what>[^,.]*?)\s*\bbackground(?:\s+from\s+\w+\s+to\s+\w+)?", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class BackgroundClause:
+    """Where an alt text names its background, and the words it uses ("plain gray": ``what``)."""
+
+    start: int
+    end: int
+    what: tuple[str, ...]  # the words before "background", lower case
+    words: frozenset[str]  # every word of the clause, a gradient's two ends included
+
+
+def background_clause(alt_text: str) -> BackgroundClause | None:
+    """The alt text's background clause, or None when it names none. The one reader of it: the
+    checks that drop a background the picture contradicts, and the hashtag top-up that skips it."""
+    match = _BACKGROUND_CLAUSE.search(alt_text)
+    if match is None:
+        return None
+    what = tuple(w.lower() for w in re.findall(r"[A-Za-z]+", match.group("what")))
+    return BackgroundClause(match.start(), match.end(), what, frozenset(re.findall(r"[a-z]+", match.group(0).lower())))
+
+
+def without_background(alt_text: str, clause: BackgroundClause | None = None) -> str:
+    """The alt text with its background clause cut out (``clause``: one already found)."""
+    clause = clause or background_clause(alt_text)
+    if clause is None:
+        return alt_text
+    return (alt_text[: clause.start] + alt_text[clause.end :]).strip()
+
+
 @dataclass(frozen=True)
 class Violation:
     rule: str

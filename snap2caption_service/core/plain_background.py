@@ -10,10 +10,10 @@ a guess, so it can veto a claim the tower cannot check.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from PIL import Image
+
+from snap2caption_service.core.alt_text import background_clause, without_background
 
 # The plain background colours the demo model names, as it draws them (training/synthetic.py
 # renders from this table). Named by nearest neighbour in CIELAB, where a light gray is nearer
@@ -80,20 +80,20 @@ def border_colour(image: Image.Image) -> str | None:
     return nearest_colour_name(median)
 
 
-# ", on a plain gray background" / ", on a photo background" (the demo model's alt text wording)
-_CLAIM = re.compile(r",?\s+on\s+an?\s+(plain\s+(?P<colour>\w+)|(?P<kind>photo|textured))\s+background", re.IGNORECASE)
-
-
 def drop_contradicted_background(alt_text: str, border: str | None) -> str:
     """The alt text without a background clause the border contradicts: a plain colour the border
     is not (another colour, or not plain at all), or a photo or texture where the border is one
     flat colour. A clause this does not read (a gradient, a real checkpoint's own words) stays."""
-    match = _CLAIM.search(alt_text)
-    if match is None:
+    clause = background_clause(alt_text)
+    if clause is None:
         return alt_text
-    colour = (match.group("colour") or "").lower()
-    if colour and colour not in BACKGROUND_COLOURS:
+    if len(clause.what) == 2 and clause.what[0] == "plain":
+        colour = clause.what[1]
+        if colour not in BACKGROUND_COLOURS or colour == border:
+            return alt_text
+    elif clause.what in (("photo",), ("textured",)):
+        if border is None:
+            return alt_text
+    else:
         return alt_text
-    if (colour and colour == border) or (not colour and border is None):
-        return alt_text
-    return (alt_text[: match.start()] + alt_text[match.end() :]).strip()
+    return without_background(alt_text, clause)

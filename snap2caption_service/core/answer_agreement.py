@@ -48,6 +48,11 @@ class Disagreement:
     kept: str
 
     def sentence(self) -> str:
+        if self.caption_said == self.alt_text_said:  # both agreed, and the tower read otherwise
+            return (
+                f'Caption and alt text said "{self.caption_said}", but the vision tower reads '
+                f'"{self.kept}"; both now say "{self.kept}".'
+            )
         return (
             f'The caption said "{self.caption_said}" and the alt text "{self.alt_text_said}"; '
             f'both now say "{self.kept}".'
@@ -155,6 +160,27 @@ def _settle(caption, hashtags, alt_text, said, described, reading, colors, count
     return caption, hashtags, alt_text, Disagreement(" ".join(said), " ".join(described), " ".join(kept))
 
 
+def _overrule(caption, hashtags, alt_text, sure, colors, things):
+    """The main object as the tower surely reads it, where caption and alt text (already agreeing)
+    name it otherwise. ``sure``: (colour, thing), each None where the tower is not sure of it."""
+    main_said, together = _main_object(caption, colors, things)
+    main_described = next((p for p in _pairs(alt_text, colors) if p[1] in things), None)
+    named = main_described or main_said
+    if named is None:
+        return caption, hashtags, alt_text, None
+    read = (sure[0] or named[0], sure[1] or named[1])
+    if read == named and main_said in (None, read):
+        return caption, hashtags, alt_text, None
+    if main_said and main_said != read:
+        caption = _rename(caption, main_said, read, 1) if together else _rename_apart(caption, main_said, read)
+    if main_described and main_described != read:
+        alt_text = _rename(alt_text, main_described, read, 1)
+    still = {w for pair in _pairs(caption + " . " + alt_text, colors) for w in pair}
+    hashtags = _retag(hashtags, named, read, still)
+    said = " ".join(main_said or named)
+    return caption, hashtags, alt_text, Disagreement(said, " ".join(main_described or named), " ".join(read))
+
+
 def reconcile(
     caption: str,
     hashtags: list[str],
@@ -162,13 +188,16 @@ def reconcile(
     reading: tuple[str, str] | None = None,
     extra_colors: frozenset[str] = frozenset(),
     things: frozenset[str] = frozenset(),
+    sure: tuple[str | None, str | None] = (None, None),
 ) -> tuple[str, list[str], str, list[Disagreement]]:
     """Caption, hashtags and alt text made to name the same objects, and what changed.
 
     ``reading`` is the picture's main object as the vision tower reads it, (colour, thing); it
     settles a disagreement when it is one of the two namings. ``things``: the closed list of
     objects the model names, main object first (the demo model's shapes); with it, the first
-    object each field names must be the same one."""
+    object each field names must be the same one. ``sure``: the parts of the reading the tower is
+    sure of (scene_heads.SceneReading.sure_parts), None for the others; with ``things``, a sure
+    part is the main object's even where caption and alt text agree on another."""
     colors = COLOR_WORDS | extra_colors
     settled: list[Disagreement] = []
     if things:
@@ -179,6 +208,10 @@ def reconcile(
                 caption, hashtags, alt_text, main_said, main_described, reading, colors, count=1, apart=not together
             )
             settled.append(d)
+        if any(sure):
+            caption, hashtags, alt_text, d = _overrule(caption, hashtags, alt_text, sure, colors, things)
+            if d is not None:
+                settled.append(d)
     in_caption, in_alt = named_colors(caption, colors), named_colors(alt_text, colors)
     for thing in sorted(in_caption.keys() & in_alt.keys()):
         said, described = in_caption[thing], in_alt[thing]

@@ -22,7 +22,7 @@ from snap2caption_service.core.contracts import Candidate
 from snap2caption_service.core.plain_background import border_colour, drop_contradicted_background
 from snap2caption_service.core.platforms import DEFAULT_PLATFORM
 from snap2caption_service.core.prompting import ChatFormat, MissingChatTemplate, parse_output
-from snap2caption_service.core.scene_heads import SceneHeads, TokenSelection, drop_unsure_background
+from snap2caption_service.core.scene_heads import SURE_OF_OBJECT, SceneHeads, TokenSelection, drop_unsure_background
 from snap2caption_service.core.settings import GenerationSettings
 from snap2caption_service.core.versions import ADAPTER_META, demo_version, model_version
 
@@ -368,10 +368,14 @@ class Captioner:
         demo = self.version.startswith(demo_version("")) or self.scene_heads is not None
         if demo and self.scene_heads is not None:
             labels = self.scene_heads.labels
+            # Models built before generator version 7 knew plain and gradient backgrounds only.
+            on = (
+                ", on plain, gradient, textured or photo backgrounds" if "photo" in labels.get("background", ()) else ""
+            )
             knows = (
                 f"Only pictures of simple coloured shapes ({', '.join(labels['shape'])}s in "
-                f"{', '.join(labels['color'])}): it is a small model trained here, so that everything runs "
-                "offline. Photos of anything else come back flagged."
+                f"{', '.join(labels['color'])}{on}): it is a small model trained here, so that everything "
+                "runs offline. Photos of anything else come back flagged."
             )
         elif demo:
             knows = "Only pictures of simple coloured shapes: it is a small model trained here, for trying things out."
@@ -495,7 +499,8 @@ class Captioner:
 
         With scene heads, confidence is the vision tower's own class probabilities for the
         picture (low for a picture with no object it knows, whatever the text says); the same
-        reading settles which colour a contradicted object keeps, and the alt text loses a
+        reading settles which colour a contradicted object keeps, overrules the main object's
+        colour or shape where the tower is sure of it (SURE_OF_OBJECT), and the alt text loses a
         background the tower is unsure of (scene_heads.drop_unsure_background) or the picture's
         border contradicts (plain_background.drop_contradicted_background). Without heads:
         the answer's mean token probability, exp(score), the one signal every checkpoint has
@@ -525,6 +530,7 @@ class Captioner:
                     (reading.color, reading.shape) if reading is not None else None,
                     palette,
                     things,
+                    reading.sure_parts(SURE_OF_OBJECT) if reading is not None else (None, None),
                 )
                 c.corrections = [d.sentence() for d in settled]
 

@@ -10,9 +10,10 @@ photograph, for a model of coloured shapes) scores low there, whatever its capti
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from snap2caption_service.core.alt_text import background_clause, without_background
 
 HEADS_FILE = "scene_heads.safetensors"
 LABELS_FILE = "scene_heads.json"
@@ -68,6 +69,16 @@ class SceneReading:
         """As sure as its least sure part: an object of some kind, its colour, its shape."""
         return min(self.p_object, self.p_color, self.p_shape)
 
+    def sure_parts(self, at_least: float) -> tuple[str | None, str | None]:
+        """The main object's colour and shape where the heads are at least this sure of each (and
+        that a known object is there at all), else None: what an answer may not contradict."""
+        if self.p_object < at_least:
+            return None, None
+        return (
+            self.color if self.p_color >= at_least else None,
+            self.shape if self.p_shape >= at_least else None,
+        )
+
 
 class SceneHeads:
     """The heads' weights and label names, loaded from a model folder."""
@@ -117,20 +128,21 @@ class SceneHeads:
         return out
 
 
-# ", on a plain gray background" / " on a gradient background from white to teal" / " on a photo background"
-_BACKGROUND_CLAUSE = re.compile(r",?\s+on\s+an?\s+[^,.]*?\bbackground(?:\s+from\s+\w+\s+to\s+\w+)?", re.IGNORECASE)
 # Below this the heads' own reading of the background is a guess, and an answer should not state a guess.
 SURE_OF_BACKGROUND = 0.9
+# At or above this the heads' reading of the main object's colour (or shape) overrules the
+# decoder's words for it (answer_agreement.reconcile's ``sure``).
+SURE_OF_OBJECT = 0.9
 
 
 def drop_unsure_background(alt_text: str, reading: SceneReading) -> str:
     """The alt text without its background clause when the tower is not sure what the background
     is, read another one than the text names, or the text says more than the tower reads (a
     gradient's two ends; the heads read one name): better unnamed than named wrong (issue 15)."""
-    match = _BACKGROUND_CLAUSE.search(alt_text)
-    if match is None:
+    clause = background_clause(alt_text)
+    if clause is None:
         return alt_text
-    words = set(re.findall(r"[a-z]+", match.group(0).lower()))
-    if reading.p_background >= SURE_OF_BACKGROUND and reading.background in words and "gradient" not in words:
+    sure = reading.p_background >= SURE_OF_BACKGROUND and reading.background in clause.words
+    if sure and "gradient" not in clause.words:
         return alt_text
-    return (alt_text[: match.start()] + alt_text[match.end() :]).strip()
+    return without_background(alt_text, clause)

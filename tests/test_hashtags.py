@@ -230,12 +230,8 @@ def test_words_of_the_text_never_outrank_the_models_own_tags():
     five = rank_hashtags(answer.hashtags, 5, answer.caption, answer.alt_text)
     assert five == ["#bluestar", "#blue", "#star", "#red", "#circle"], five
     assert "#black" not in rank_hashtags(answer.hashtags[:5], 5, answer.caption, answer.alt_text)
-    # No alt text: the caption is all the model said about the picture. Nothing usable in the
-    # alt text and no tags: the caption still gives some, as before.
+    # No alt text: the caption is all the model said about the picture. No tags and nothing the
+    # alt text describes: every word it said may fill up, as before, since a result needs a tag.
     assert parse_output("Sunny day at the beach #Beach\nMore text", 3).hashtags == ["#beach", "#sunny"]
-    assert parse_output(
-        "Caption: Sunny beach.\nHashtags:\nAlt text: A photo, on a plain black background.", 3
-    ).hashtags == [
-        "#sunny",
-        "#beach",
-    ]
+    alt_only_background = "Caption: Sunny beach.\nHashtags:\nAlt text: A photo, on a plain black background."
+    assert parse_output(alt_only_background, 3).hashtags == ["#black", "#sunny", "#beach"]

@@ -194,11 +194,12 @@ def parse_output(text: str, num_hashtags: int, alt_text_max_chars: int = ALT_TEX
     # plain black background" is no #black for a blue star) nor of the caption, a creator's voice
     # ("not speaking today"): the ranking favours tags the text says, so a top-up of those words
     # served #black #speaking above the model's own #starart (the README screenshot, session 17).
-    # The caption fills up only an answer with no alt text, or no tag at all otherwise.
+    # The caption fills up only an answer with no alt text; an answer left with no tag at all gets
+    # words of all it said, as before (a result needs one).
     described = without_background(alt)
     tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=described or caption)
     if not tags:
-        tags = finalize_hashtags([], num_hashtags, fallback_text=caption)
+        tags = finalize_hashtags([], num_hashtags, fallback_text=f"{alt} {caption}")
     # Fixed after the tags are topped up from it: a hashtag the model wrote there still counts.
     return ModelAnswer(caption=caption, hashtags=tags, alt_text=fix_alt_text(alt, alt_text_max_chars))
 

@@ -7,7 +7,9 @@ pytestmark = pytest.mark.quality
 # What the current demo model reaches on the first 150 scenes of each held-out set, less a margin
 # for another machine's build of the same recipe (the weights differ by CPU; seed variance is
 # several points). Issue 15's target is 0.95; measured numbers: README, "The embedded demo model".
-HELD_OUT_FLOOR = {"vector": 0.88, "photo": 0.75}  # demo-654854e21f44 on 300 scenes: 0.937, 0.820
+# demo-654854e21f44 on 300 scenes: 0.937 / 0.820 (session 17's build), 0.960 / 0.820 (session 18's
+# fresh build of the same recipe, with the heads' overrule).
+HELD_OUT_FLOOR = {"vector": 0.88, "photo": 0.75}
 OWN_SCENES_MARGIN = 0.02
 
 
@@ -18,8 +20,8 @@ def test_demo_model_meets_quality_bar(demo_model_dir):
     report = evaluate(Captioner.load(str(demo_model_dir)), num_scenes=300, seed=9001)
     print(report.table())
     # The bar (95%) on the world mix the model trains on, less a margin, as the held-out floors
-    # have, for another machine's build of the same recipe: demo-654854e21f44 reads 95.7% and
-    # 96.0% here, and a session-16 build of nearly this recipe read 97.7% (docs/notes/demo-model.md).
+    # have, for another machine's build of the same recipe: demo-654854e21f44 read 95.7% and 96.0%
+    # here in session 17's build, 96.7% and 97.7% in session 18's (docs/notes/demo-model.md).
     # `snap2caption evaluate-demo` still reports FAIL under 95%.
     for name in ("caption_and_alt_correct", "hashtags_have_color_and_shape"):
         assert getattr(report, name) >= THRESHOLDS[name] - OWN_SCENES_MARGIN, report.table()

@@ -373,7 +373,7 @@ class Captioner:
                 ", on plain, gradient, textured or photo backgrounds" if "photo" in labels.get("background", ()) else ""
             )
             knows = (
-                f"Only pictures of simple coloured shapes ({', '.join(labels['shape'])}s in "
+                f"Only pictures of simple coloured shapes ({', '.join(s + 's' for s in labels['shape'])} in "
                 f"{', '.join(labels['color'])}{on}): it is a small model trained here, so that everything "
                 "runs offline. Photos of anything else come back flagged."
             )

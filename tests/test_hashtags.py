@@ -28,7 +28,7 @@ def test_every_tag_is_hash_plus_lowercase_alnum():
 
 
 def test_fill_from_keywords_when_model_gives_too_few():
-    tags = finalize_hashtags(["#red"], 6, fallback_text="A large red circle on a plain teal background. Sunset walk")
+    tags = finalize_hashtags(["#red"], 6, caption="A large red circle on a plain teal background. Sunset walk")
     assert tags[0] == "#red"
     assert "#circle" in tags and "#teal" in tags and "#sunset" in tags
     assert len(tags) == 5  # red, circle, teal, sunset, walk — no filler beyond real keywords
@@ -36,7 +36,7 @@ def test_fill_from_keywords_when_model_gives_too_few():
 
 
 def test_never_pads_with_filler():
-    assert finalize_hashtags([], 8, fallback_text="a the of") == []
+    assert finalize_hashtags([], 8, caption="a the of") == []
 
 
 def test_keywords_skip_stopwords_and_short_words():
@@ -115,8 +115,9 @@ def test_relevant_first_and_specific_above_its_words():
 
 
 def test_never_more_than_n_and_topped_up_only_from_keywords():
-    assert len(rank_hashtags(POOL, 5, CAPTION, ALT)) == 5
-    assert rank_hashtags(POOL, 5, CAPTION, ALT) == ["#redcircle", "#red", "#circle", "#shapes", "#gray"]
+    assert len(rank_hashtags(POOL, 3, CAPTION, ALT)) == 3
+    # Fewer than asked rather than the background's colour (#gray, for a red circle) or filler.
+    assert rank_hashtags(POOL, 5, CAPTION, ALT) == ["#redcircle", "#red", "#circle", "#shapes"]
     assert rank_hashtags(["#reels", "#fyp"], 5, "", "") == []  # never filler
 
 
@@ -210,6 +211,20 @@ def test_the_service_never_answers_a_generic_tag_nor_more_than_asked(service):
             data={"num_hashtags": "1", "include_hashtags": "#reels #sunset"},
         )
         assert r.status_code == 400 and r.json()["fields"][0]["loc"] == ["include_hashtags"], r.text
+
+
+def test_the_ranking_tops_up_from_what_the_alt_text_describes_too():
+    """The ranker's own top-up (rule 4: a pool left short after generic and creator-removed tags are
+    dropped) filled from every word of the alt text and caption, so the background and the
+    creator's voice came back there (#black, #speaking for a blue star on black) after parsing had
+    stopped adding them. Both now fill from one place (hashtags.top_up)."""
+    caption = "My big blue star on the left and I are not speaking today."
+    alt = "A large blue star on the left, on a plain black background."
+    assert rank_hashtags(["#bluestar", "#fyp"], 5, caption, alt) == ["#bluestar", "#blue", "#star"]
+    assert rank_hashtags(["#bluestar"], 5, caption, alt, learned={"#star": -0.9}) == ["#bluestar", "#blue"]
+    # No alt text: the caption is all there is; no tag at all: every word may fill up.
+    assert rank_hashtags([], 2, "Sunny beach walk") == ["#sunny", "#beach"]
+    assert rank_hashtags([], 2, "", "A photo, on a plain black background.") == ["#black"]
 
 
 def test_words_of_the_text_never_outrank_the_models_own_tags():

@@ -108,7 +108,7 @@ def read_instacities(root: str | Path, tone: str = "casual", audience: str = "pe
                 continue
             caption, tags = split_inline_hashtags(txt.read_text(encoding="utf-8", errors="replace"))
             city_tag = normalize_hashtag(city.name)
-            tags = finalize_hashtags(tags + ([city_tag] if city_tag else []), 10, fallback_text=caption)
+            tags = finalize_hashtags(tags + ([city_tag] if city_tag else []), 10, caption=caption)
             if not caption:
                 log.warning("skipping %s: caption is only hashtags", img)
                 continue

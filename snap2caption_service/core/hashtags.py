@@ -14,7 +14,8 @@ for a few more than wanted: serving/pipeline.py). Its rules, in order:
    creators keep, remove and add on similar images (``learned``, -1..1, core/tag_stats.py). A tag
    creators clearly add for similar images (``LEARNED_VERDICT``) joins the candidates even when the
    model did not write it; one they clearly remove is dropped. Ties keep the model's order.
-4. When fewer than n are left, keywords of the alt text and caption fill up; never filler.
+4. When fewer than n are left, keywords of what the alt text describes fill up (``top_up``: not
+   its background, nor the caption's voice); never filler.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import importlib.resources
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snap2caption_service.core.alt_text import without_background
 from snap2caption_service.core.contracts import (
     MAX_HASHTAG_BODY_CHARS,
     MAX_HASHTAGS,
@@ -109,22 +111,40 @@ GENERIC_HASHTAGS: frozenset[str] = _load_generic(GENERIC_FILE)
 _GENERIC_WORDS = frozenset(t[1:] for t in GENERIC_HASHTAGS) | STOPWORDS
 
 
-def finalize_hashtags(candidates: list[str], n: int, fallback_text: str = "") -> list[str]:
-    """The first n valid, unique hashtags; top up from keywords of fallback_text if short.
+def finalize_hashtags(candidates: list[str], n: int, caption: str = "", alt_text: str = "") -> list[str]:
+    """The first n valid, unique hashtags, topped up (``top_up``) if short.
 
     Returns fewer than n rather than inventing generic filler tags. (parse_output's rule; the
     creator's n is chosen from these by rank_hashtags.)
     """
-    tags = normalize_all(candidates)[:n]
-    for word in keywords(fallback_text):
-        if len(tags) >= n:
-            break
-        tag = normalize_hashtag(word)
-        # One word ("vibes" in "Weekend vibes with...") can be a listed generic tag; a keyword
-        # never joins words, so the list is the whole check (no segmenter in the model worker).
-        if tag and tag not in tags and tag not in GENERIC_HASHTAGS:
-            tags.append(tag)
-    return tags
+    # One word ("vibes" in "Weekend vibes with...") can be a listed generic tag; a keyword never
+    # joins words, so the list is the whole check (no segmenter in the model worker).
+    return top_up(normalize_all(candidates)[:n], n, caption, alt_text, lambda tag: tag not in GENERIC_HASHTAGS)
+
+
+def described_text(caption: str, alt_text: str) -> str:
+    """What a short answer's hashtags are topped up from: the objects its alt text describes, not
+    its background ("on a plain black background" is no #black for a blue star) nor the caption, a
+    creator's voice ("not speaking today"); the caption only when there is no alt text. The
+    ranking favours tags the text says, so a top-up of all its words once served #black #speaking
+    above the model's own #starart (the README screenshot, session 17)."""
+    return without_background(alt_text) or caption
+
+
+def top_up(tags: list[str], n: int, caption: str, alt_text: str, allowed: Callable[[str], bool]) -> list[str]:
+    """``tags``, then keywords of ``described_text`` as tags (each one ``allowed``) until there are n.
+    An answer left with no tag at all takes words of all it said: a result needs one."""
+
+    def fill(out: list[str], text: str) -> list[str]:
+        for word in keywords(text):
+            if len(out) >= n:
+                break
+            tag = normalize_hashtag(word)
+            if tag and tag not in out and allowed(tag):
+                out.append(tag)
+        return out
+
+    return fill(list(tags), described_text(caption, alt_text)) or fill([], f"{alt_text} {caption}")
 
 
 # --- Word segmentation: which words a multi-word tag joins ------------------------------------
@@ -236,13 +256,9 @@ def rank_hashtags(
         score = RELEVANT * relevance + SPECIFIC * specific + LEARNED * learned.get(tag, 0.0)
         scored.append((-score, order, tag))
     chosen += [tag for _, _, tag in sorted(scored)][: n - len(chosen)]
-    for word in keywords(f"{alt_text} {caption}"):
-        if len(chosen) >= n:
-            break
-        tag = normalize_hashtag(word)
-        if tag and tag not in chosen and not is_generic(tag) and learned.get(tag, 0.0) > -LEARNED_VERDICT:
-            chosen.append(tag)
-    return chosen
+    return top_up(
+        chosen, n, caption, alt_text, lambda tag: not is_generic(tag) and learned.get(tag, 0.0) > -LEARNED_VERDICT
+    )
 
 
 def hashtag_pool(options: CaptionOptions) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from snap2caption_service.core.alt_text import ALT_TEXT_MAX_CHARS, without_background
+from snap2caption_service.core.alt_text import ALT_TEXT_MAX_CHARS
 from snap2caption_service.core.alt_text import fix as fix_alt_text
 from snap2caption_service.core.contracts import ANSWER_LABELS, ModelAnswer
 from snap2caption_service.core.hashtags import finalize_hashtags
@@ -190,16 +190,8 @@ def parse_output(text: str, num_hashtags: int, alt_text_max_chars: int = ALT_TEX
         raw_tags = " ".join(re.findall(r"#\w+", text))
     caption = caption.splitlines()[0].strip() if caption else caption
     alt = " ".join(alt.split())
-    # Short of tags, words of what the alt text describes fill up, not of its background ("on a
-    # plain black background" is no #black for a blue star) nor of the caption, a creator's voice
-    # ("not speaking today"): the ranking favours tags the text says, so a top-up of those words
-    # served #black #speaking above the model's own #starart (the README screenshot, session 17).
-    # The caption fills up only an answer with no alt text; an answer left with no tag at all gets
-    # words of all it said, as before (a result needs one).
-    described = without_background(alt)
-    tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, fallback_text=described or caption)
-    if not tags:
-        tags = finalize_hashtags([], num_hashtags, fallback_text=f"{alt} {caption}")
+    # Short of tags, words of what the alt text describes fill up (hashtags.top_up).
+    tags = finalize_hashtags(raw_tags.split() + inline, num_hashtags, caption, alt)
     # Fixed after the tags are topped up from it: a hashtag the model wrote there still counts.
     return ModelAnswer(caption=caption, hashtags=tags, alt_text=fix_alt_text(alt, alt_text_max_chars))
 

@@ -144,19 +144,25 @@ def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_na
     return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))]
 
 
+def _name_as(caption, hashtags, alt_text, said, described, kept, colors, count, apart=False):
+    """Caption and alt text with their naming (``said``, ``described``; None where a field names
+    none) replaced by ``kept``, and the hashtags that carried a lost naming retagged. ``apart``: the
+    caption names ``said`` in two places; ``count``: how many occurrences are renamed (0: all)."""
+    if said and said != kept:
+        caption = _rename_apart(caption, said, kept) if apart else _rename(caption, said, kept, count)
+    if described and described != kept:
+        alt_text = _rename(alt_text, described, kept, count)
+    still = {w for pair in _pairs(caption + " . " + alt_text, colors) for w in pair}
+    for lost in dict.fromkeys(p for p in (said, described) if p and p != kept):
+        hashtags = _retag(hashtags, lost, kept, still)
+    return caption, hashtags, alt_text
+
+
 def _settle(caption, hashtags, alt_text, said, described, reading, colors, count, apart=False):
     """The caption's ``said`` and the alt text's ``described`` made one: the reading's, where it
-    is one of them, else the alt text's. ``apart``: the caption names ``said`` in two places."""
+    is one of them, else the alt text's."""
     kept = said if reading == said else described
-    if kept == said:
-        alt_text = _rename(alt_text, described, said, count)
-    elif apart:
-        caption = _rename_apart(caption, said, described)
-    else:
-        caption = _rename(caption, said, described, count)
-    lost = described if kept == said else said
-    still = {w for pair in _pairs(caption + " . " + alt_text, colors) for w in pair}
-    hashtags = _retag(hashtags, lost, kept, still)
+    caption, hashtags, alt_text = _name_as(caption, hashtags, alt_text, said, described, kept, colors, count, apart)
     return caption, hashtags, alt_text, Disagreement(" ".join(said), " ".join(described), " ".join(kept))
 
 
@@ -171,12 +177,9 @@ def _overrule(caption, hashtags, alt_text, sure, colors, things):
     read = (sure[0] or named[0], sure[1] or named[1])
     if read == named and main_said in (None, read):
         return caption, hashtags, alt_text, None
-    if main_said and main_said != read:
-        caption = _rename(caption, main_said, read, 1) if together else _rename_apart(caption, main_said, read)
-    if main_described and main_described != read:
-        alt_text = _rename(alt_text, main_described, read, 1)
-    still = {w for pair in _pairs(caption + " . " + alt_text, colors) for w in pair}
-    hashtags = _retag(hashtags, named, read, still)
+    caption, hashtags, alt_text = _name_as(
+        caption, hashtags, alt_text, main_said, main_described, read, colors, 1, apart=not together
+    )
     said = " ".join(main_said or named)
     return caption, hashtags, alt_text, Disagreement(said, " ".join(main_described or named), " ".join(read))
 

@@ -26,7 +26,7 @@ from snap2caption_service.core.prompting import format_target
 # 2: white/black/gray, photo and textured backgrounds; rotation, outlines, blur, JPEG, lighting;
 #    hashtags without generic filler, as many as the prompt asks for; alt text within 125 characters.
 # 3: the mix below (photo and textured backgrounds only in empty scenes; milder rotation and camera).
-GENERATOR_VERSION = "7"  # 7: the world mix by default, captions name size and place  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
+GENERATOR_VERSION = "8"  # 8: captions name the second object  # 7: the world mix by default, captions name size and place  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -423,111 +423,113 @@ def render_scene(scene: Scene, size: int = CANVAS) -> Image.Image:
 # --- target texts -------------------------------------------------------------------------
 
 # {n} the main object as a person names it ("big red circle": size word, colour, shape), {a}/{A}
-# its article, {w} where it is (" in the top left"), {c} its colour, {s} its shape. Three
-# variants per tone and audience, picked by how many objects the picture has; with size and
-# place in the sentence, twenty pictures in one tone get twenty captions (issue 15), from
-# things the model can see. No variant names the background: the alt text does.
+# its article, {w} where it is (" in the top left"), {c} its colour, {s} its shape, {o} the second
+# object by colour and shape ("a white star"). Three variants per tone and audience, picked by how
+# many objects the picture has; the second and third name the second object. With size, place and
+# the second object in the sentence, twenty pictures in one tone get twenty captions (issue 15),
+# from things the model can see: two big red triangles at the top differ in what stands beside
+# them. No variant names the background: the alt text does.
 CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
     "funny": {
         "personal": (
             "My {n}{w} and I are not speaking today. It knows what it did.",
-            "Told everyone I am into geometry now. Exhibit A: one very {n}{w}.",
-            "Me: I will keep it simple. Also me: {a} {n}{w} and friends.",
+            "Told everyone I am into geometry now. Exhibit A: one very {n}{w}, plus {o}.",
+            "Me: I will keep it simple. Also me: {a} {n}{w}, {o} and friends.",
         ),
         "promotional": (
             "Our {n}{w} sold out faster than my weekend plans. Grab yours!",
-            "Warning: this {n}{w} may cause extreme good taste. Shop now.",
-            "Buy one {n}{w}, get compliments free. Limited stock!",
+            "Warning: this {n}{w} and {o} may cause extreme good taste. Shop now.",
+            "Buy one {n}{w}, get {o} and compliments free. Limited stock!",
         ),
         "academic": (
             "Peer reviewed by my cat: the {n}{w} is statistically adorable.",
-            "Hypothesis: {a} {n}{w} improves any slide. Results: strongly positive.",
-            "Sample size of one {n}{w}, confidence level: extremely high.",
+            "Hypothesis: {a} {n}{w} next to {o} improves any slide. Results: strongly positive.",
+            "Sample size of one {n}{w} and {o}, confidence level: extremely high.",
         ),
     },
     "quirky": {
         "personal": (
             "Just {a} {n} living its best little life{w}.",
-            "Plot twist: the {n}{w} was the main character all along.",
-            "The {n}{w} brought friends and did not tell anyone.",
+            "Plot twist: the {n}{w} was the main character all along, not {o}.",
+            "The {n}{w} brought {o} and did not tell anyone.",
         ),
         "promotional": (
             "Meet the {n}{w}, the piece your shelf did not know it needed.",
-            "Odd, bold and totally {c}: meet the {n}{w}.",
-            "Weird flex, but our {n}{w} is back in stock.",
+            "Odd, bold and totally {c}: meet the {n}{w} and {o}.",
+            "Weird flex, but our {n}{w} is back in stock, with {o}.",
         ),
         "academic": (
             "Field notes: one {n} spotted{w}, in its natural habitat.",
-            "Curious specimen: {a} {n}{w} behaving exactly like a {s}.",
-            "Unusual sighting: {a} {n}{w} in a crowd of shapes.",
+            "Curious specimen: {a} {n}{w} behaving exactly like a {s}, beside {o}.",
+            "Unusual sighting: {a} {n}{w}, {o} and a crowd of shapes.",
         ),
     },
     "serious": {
         "personal": (
             "{A} {n}, quietly holding its place{w}.",
-            "Some days call for nothing more than a single {n}{w}.",
-            "One {n} among others{w}, and still the one I notice.",
+            "Some days call for nothing more than a single {n}{w} and {o}.",
+            "One {n} among others{w}, {o} too, and still the one I notice.",
         ),
         "promotional": (
             "The {n}{w}: precise form, honest colour, built to last.",
-            "Introducing the {n}. Clean lines{w} for a focused space.",
-            "Designed with care: the {n}{w} and its companions.",
+            "Introducing the {n}, with {o}. Clean lines{w} for a focused space.",
+            "Designed with care: the {n}{w}, {o} and their companions.",
         ),
         "academic": (
             "{A} {n}{w}, presented as a study of form and contrast.",
-            "Observation of {a} {n}{w}: shape and colour remain clearly distinct.",
-            "Composition study: {a} {n}{w} as the dominant element.",
+            "Observation of {a} {n}{w} and {o}: shape and colour remain clearly distinct.",
+            "Composition study: {a} {n}{w} as the dominant element, {o} beside it.",
         ),
     },
     "inspirational": {
         "personal": (
             "Be the {n}{w}, bright in an ordinary world.",
-            "Stand out like {a} {n}{w}. Every day is a fresh canvas.",
-            "Even among many, the {n} finds its place{w}. So will you.",
+            "Stand out like {a} {n}{w} beside {o}. Every day is a fresh canvas.",
+            "Even among many, the {n} finds its place{w}, and so does {o}. So will you.",
         ),
         "promotional": (
             "Dream bold with the {n}{w}. Your space, your story.",
-            "Let the {n}{w} remind you to shine. Available today.",
-            "Start something bold with {a} {n}{w}. Yours today.",
+            "Let the {n}{w} and {o} remind you to shine. Available today.",
+            "Start something bold with {a} {n}{w} and {o}. Yours today.",
         ),
         "academic": (
             "Every discovery starts with a simple {n}{w}. Keep asking questions.",
-            "From one {n}{w} to a world of ideas: curiosity builds knowledge.",
-            "Look closer at the {n}{w}: every question starts with noticing.",
+            "From one {n}{w} and {o} to a world of ideas: curiosity builds knowledge.",
+            "Look closer at the {n}{w} and {o}: every question starts with noticing.",
         ),
     },
     "casual": {
         "personal": (
             "Weekend vibes with {a} {n}{w}.",
-            "Nothing fancy, just {a} {n} hanging out{w}.",
-            "Hanging out with my {n}{w} and its crew.",
+            "Nothing fancy, just {a} {n} hanging out{w} with {o}.",
+            "Hanging out with my {n}{w}, {o} and the rest of the crew.",
         ),
         "promotional": (
             "New in: the {n}{w}. Easy pick for any room.",
-            "Say hi to our {n}{w}, fresh in the shop this week.",
-            "The {n} just landed{w}. Come take a look.",
+            "Say hi to our {n}{w} and {o}, fresh in the shop this week.",
+            "The {n} just landed{w}, with {o}. Come take a look.",
         ),
         "academic": (
             "Quick look at {a} {n}{w} for today's geometry notes.",
-            "Today's example: {a} {n}{w}, simple and easy to spot.",
-            "Class notes: the {n}{w} and a few neighbours.",
+            "Today's example: {a} {n}{w} and {o}, simple and easy to spot.",
+            "Class notes: the {n}{w}, {o} and a few neighbours.",
         ),
     },
     "poetic": {
         "personal": (
             "{A} {n} drifts in quiet light{w}, still and sure.",
-            "Soft silence, and one {n}{w} to hold it.",
-            "{A} {n}{w} among its kin, a small song of shapes.",
+            "Soft silence, and one {n}{w} beside {o} to hold it.",
+            "{A} {n}{w} among its kin, {o} among them, a small song of shapes.",
         ),
         "promotional": (
             "Where light meets {a} {n}{w}, beauty finds a home. Discover it.",
-            "{A} {n}{w}, shaped like a quiet promise. Now in store.",
-            "{A} {n}{w} to gather the light of your room.",
+            "{A} {n}{w} and {o}, shaped like a quiet promise. Now in store.",
+            "{A} {n}{w} and {o} to gather the light of your room.",
         ),
         "academic": (
             "In the grammar of shapes, the {n}{w} is a clear and steady word.",
-            "{A} {n}{w}: form and hue in gentle dialogue.",
-            "{A} {n}{w} leads the eye, the others follow.",
+            "{A} {n}{w} and {o}: form and hue in gentle dialogue.",
+            "{A} {n}{w} leads the eye, {o} and the others follow.",
         ),
     },
 }
@@ -576,15 +578,17 @@ def hashtags(scene: Scene, num_hashtags: int) -> list[str]:
 SIZE_WORDS = {"large": "big", "medium": "", "small": "little"}
 
 
-def _fill(template: str, obj: SceneObject) -> str:
+def _fill(template: str, obj: SceneObject, other: SceneObject | None = None) -> str:
     noun = " ".join(w for w in (SIZE_WORDS[obj.size], obj.color, obj.shape) if w)
     a = article(noun)
-    return template.format(n=noun, a=a, A=a.capitalize(), w=f" {obj.where}", c=obj.color, s=obj.shape)
+    o = _object_words(other) if other else ""
+    return template.format(n=noun, a=a, A=a.capitalize(), w=f" {obj.where}", c=obj.color, s=obj.shape, o=o)
 
 
 def caption(scene: Scene, tone: str, audience: str) -> str:
     templates = CAPTIONS[tone][audience]
-    return _fill(templates[(len(scene.objects) - 1) % len(templates)], scene.main)
+    second = scene.objects[1] if len(scene.objects) > 1 else None
+    return _fill(templates[(len(scene.objects) - 1) % len(templates)], scene.main, second)
 
 
 def target_text(scene: Scene, tone: str, audience: str, num_hashtags: int = MAX_TARGET_HASHTAGS) -> str:
@@ -626,7 +630,8 @@ def corpus_lines() -> list[str]:
                 for i, c in enumerate(COLORS):
                     for j, s in enumerate(SHAPES):
                         row, col = cells[(i + 3 * j) % len(cells)]
-                        lines.append(_fill(t, SceneObject(c, s, sizes[(i + j) % len(sizes)], row, col)))
+                        other = SceneObject(list(COLORS)[-1 - i], SHAPES[-1 - j], "small", 2 - row, 2 - col)
+                        lines.append(_fill(t, SceneObject(c, s, sizes[(i + j) % len(sizes)], row, col), other))
     lines += list(STYLE_TAGS) + [f"#{s}art" for s in SHAPES]
     lines += [f"#{c} #{s} #{c}{s}" for c in COLORS for s in SHAPES]
     rng = random.Random(0)

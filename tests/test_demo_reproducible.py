@@ -10,8 +10,6 @@ def _train_compiled_decoder(deterministic: bool) -> str:
     them; the digest of its weights after."""
     import random
 
-    import torch
-
     from training import synthetic
     from training.build_demo import deterministic_kernels
     from training.demo_model import DemoArchitecture, build_untrained

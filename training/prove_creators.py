@@ -65,8 +65,8 @@ class Style:
 
 STYLES = {
     "creator-keep": Style(prefix="Keep it simple: "),
-    "creator-bold": Style(suffix=" Every day, friends."),
-    "creator-weekend": Style(prefix="Weekend notes: "),
+    "creator-bold": Style(suffix=" Every day, everyone."),
+    "creator-weekend": Style(prefix="My notes: "),
 }
 QUIET = ("creator-quiet-1", "creator-quiet-2")  # give no feedback at all
 FEEDBACK_SEED, HELD_OUT_SEED = 7100, 42424

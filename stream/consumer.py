@@ -75,7 +75,7 @@ from snap2caption_service.core.fetch import ImageFetcher
 from stream import kafka_compat
 from stream.service_client import ServiceClient
 from stream.settings import StreamSettings
-from stream.topics import ensure_topics
+from stream.topics import ensure_topics, subscribe_when_visible
 
 log = logging.getLogger("snap2caption.consumer")
 EXIT_STALLED = 70  # EX_SOFTWARE: events wait, none can be consumed; restart me
@@ -385,6 +385,7 @@ class Consumer(ConsumerRebalanceListener):
         self.last_stall_check = 0.0
         self.committed_next: dict[TopicPartition, int] = {}
         self.outcome_unknown = False  # a transaction got no answer; check offsets before producing
+        self.rebalancing = False  # partitions revoked, the new assignment not yet given
         self.totals = {"captioned": 0, "dead_lettered": 0}
 
     # -- setup --------------------------------------------------------------------------
@@ -393,7 +394,8 @@ class Consumer(ConsumerRebalanceListener):
         ensure_topics(s, [s.topic_uploaded, s.topic_captioned, s.topic_dlq])
         # Fences any earlier incarnation of this instance and aborts its open transaction.
         self.producer = self.new_producer()
-        kafka_compat.install()  # a header key that is not UTF-8 reaches us (and the DLQ), not poll()
+        # A header key that is not UTF-8 reaches us (and the DLQ), not poll(); a rebalance completes.
+        kafka_compat.install()
         self.consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap,
             client_id=f"snap2caption-{s.instance_id}",
@@ -405,7 +407,7 @@ class Consumer(ConsumerRebalanceListener):
             max_poll_records=s.max_in_flight,
             session_timeout_ms=s.session_timeout_ms,
         )
-        self.consumer.subscribe([s.topic_uploaded], listener=self)
+        subscribe_when_visible(self.consumer, s.topic_uploaded, self)
         log.info(
             "consuming %s as %s (group %s, transactional id %s) -> %s / %s; service %s; %d in flight",
             s.topic_uploaded,
@@ -423,8 +425,10 @@ class Consumer(ConsumerRebalanceListener):
         self.start()
         while not self.stopping.is_set():
             room = self.throttle()  # backpressure: pause when full / retry-waiting
-            if room:
-                polled = self.consumer.poll(timeout_ms=self.idle_ms(), max_records=room)
+            if room or self.rebalancing:
+                # A rebalance completes only inside poll(): kafka-python starts a new JoinGroup
+                # instead of finishing one that completed between two poll(timeout_ms=0) calls.
+                polled = self.consumer.poll(timeout_ms=self.idle_ms(), max_records=max(1, room))
             else:
                 # Nothing may be polled now: wait for a worker to finish (or a commit to fall
                 # due) instead of blocking in poll(), so a freed slot is refilled at once.
@@ -815,15 +819,18 @@ class Consumer(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked) -> None:
         # Still the owner: commit what is finished, then forget the rest (the next owner
         # consumes it again from the committed offset; nothing of it was produced).
+        self.rebalancing = True
         if self.producer is not None and self.window.finished_prefixes():
             self.collect()
             self.commit()
         self.forget(revoked)
 
     def on_partitions_lost(self, lost) -> None:
+        self.rebalancing = True
         self.forget(lost)  # no longer the owner: a commit would be fenced anyway
 
     def on_partitions_assigned(self, assigned) -> None:
+        self.rebalancing = False
         self.last_progress = time.monotonic()  # the stall clock starts with the assignment
         log.info("assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
 

@@ -1,24 +1,35 @@
-"""A compatibility shim for kafka-python (3.0.x): header keys that are not UTF-8.
+"""Compatibility shims for kafka-python (3.0.x), installed together by ``install()`` (called once,
+before a consumer is created; idempotent; process-wide: every KafkaConsumer of the process gets
+them).
 
-kafka-python decodes every record header key with ``bytes.decode("utf-8")`` while it parses a
-fetched batch (``DefaultRecordBatch._read_msg``). A key that is not UTF-8 (``kcat -H
-$'\\xff\\xfe=1'``; the broker does not check) raises there, inside ``KafkaConsumer.poll()``, as
-``CorruptRecordError``: the record never reaches the consumer, which cannot dead-letter it or
-move past it, and every restart (and every peer given the partition) fails on it again.
+**Header keys that are not UTF-8.** kafka-python decodes every record header key with
+``bytes.decode("utf-8")`` while it parses a fetched batch (``DefaultRecordBatch._read_msg``). A
+key that is not UTF-8 (``kcat -H $'\\xff\\xfe=1'``; the broker does not check) raises there, inside
+``KafkaConsumer.poll()``, as ``CorruptRecordError``: the record never reaches the consumer, which
+cannot dead-letter it or move past it, and every restart (and every peer given the partition)
+fails on it again. The shim wraps ``_read_msg``: when it fails with UnicodeDecodeError, the record
+is parsed again with such keys decoded as :class:`UndecodableHeaderKey` (``surrogateescape``: the
+key's lone surrogates stand for its bytes). Records with UTF-8 keys take kafka-python's own path
+unchanged. The consumer then sees the record and dead-letters it (``cloudevents.from_kafka``:
+``undecodable_header``).
 
-``install()`` (called once, before the consumer is created) wraps ``_read_msg``: when it fails
-with UnicodeDecodeError, the record is parsed again with such keys decoded as
-:class:`UndecodableHeaderKey` (``surrogateescape``: the key's lone surrogates stand for its
-bytes). Records with UTF-8 keys take kafka-python's own path unchanged. The consumer then sees
-the record and dead-letters it (``cloudevents.from_kafka``: ``undecodable_header``).
-
-Process-wide: every KafkaConsumer of the process gets such keys instead of the exception.
+**A rebalance the metadata started must finish.** When the topic's partitions change (or the
+group formed before the consumer's metadata named the topic), the group leader's
+``ConsumerCoordinator.need_rejoin()`` answers True from a snapshot comparison without setting
+``rejoin_needed``. The JoinGroup/SyncGroup task updates that snapshot as it assigns, so when the
+task finishes between two ``poll()`` calls (our loop polls with ``timeout_ms=0`` while every
+partition is paused) the next ``need_rejoin()`` answers False and the finished join is never
+completed: the partitions were revoked, the new assignment is never applied, and the consumer
+sits on its old positions with its uncommitted records dropped. The Java client fixed the same
+hole by requesting a rejoin there (KAFKA-9815, apache/kafka#8420); the shim does the same, so
+``rejoin_needed`` stays set until the join completes.
 """
 
 from __future__ import annotations
 
 import functools
 
+from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.record.default_records import DefaultRecordBatch
 
 
@@ -69,8 +80,23 @@ def _lenient(read_msg):
     return _read_msg
 
 
+def _sticky(need_rejoin):
+    @functools.wraps(need_rejoin)
+    def _need_rejoin(self):
+        needed = need_rejoin(self)
+        if needed:
+            self.rejoin_needed = True  # cleared by kafka-python once the join completes
+        return needed
+
+    _need_rejoin.snap2caption_sticky = True
+    return _need_rejoin
+
+
 def install() -> None:
-    """Let kafka-python hand over records whose header keys are not UTF-8 (idempotent)."""
+    """Install both shims (idempotent)."""
     read_msg = DefaultRecordBatch._read_msg
     if not getattr(read_msg, "snap2caption_lenient", False):
         DefaultRecordBatch._read_msg = _lenient(read_msg)
+    need_rejoin = ConsumerCoordinator.need_rejoin
+    if not getattr(need_rejoin, "snap2caption_sticky", False):
+        ConsumerCoordinator.need_rejoin = _sticky(need_rejoin)

@@ -31,7 +31,7 @@ from snap2caption_service.core.hashtags import context_words, hashtag_edit, norm
 from snap2caption_service.core.settings import KafkaSettings
 from snap2caption_service.core.tag_stats import Batch, Edit, TagStats
 from stream import kafka_compat
-from stream.topics import ensure_topics
+from stream.topics import ensure_topics, subscribe_when_visible
 
 log = logging.getLogger("snap2caption.tag_stats")
 
@@ -123,7 +123,8 @@ class TagStatsConsumer(ConsumerRebalanceListener):
         is read to its end; returns the table's running totals."""
         s = self.s
         ensure_topics(s, [s.topic_feedback])
-        kafka_compat.install()  # a header key that is not UTF-8 is skipped here, not raised in poll()
+        # A header key that is not UTF-8 is skipped here, not raised in poll(); a rebalance completes.
+        kafka_compat.install()
         self.consumer = KafkaConsumer(
             bootstrap_servers=s.bootstrap,
             client_id="snap2caption-tag-stats",
@@ -133,7 +134,7 @@ class TagStatsConsumer(ConsumerRebalanceListener):
             auto_offset_reset="earliest",
             max_poll_records=s.tag_stats_batch_records,
         )
-        self.consumer.subscribe([s.topic_feedback], listener=self)
+        subscribe_when_visible(self.consumer, s.topic_feedback, self)
         log.info(
             "counting hashtag edits from %s (group %s) into %s", s.topic_feedback, s.tag_stats_group, self.table.path
         )

@@ -43,3 +43,21 @@ def ensure_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 
             time.sleep(0.2)
     finally:
         admin.close()
+
+
+def subscribe_when_visible(consumer, topic: str, listener, timeout_s: float = 60.0) -> None:
+    """Subscribe ``consumer`` to ``topic``, then fetch metadata until it lists the topic's
+    partitions, so that the group forms (at the first ``poll()``) on metadata that names them.
+
+    kafka-python's group leader assigns from whatever metadata it holds when the group forms, and
+    rebalances again when its metadata snapshot, taken after subscribing, differs from the one it
+    assigned from. Joining before that snapshot names the topic gives an empty assignment and
+    then a second rebalance, which once left a consumer with none at all (CI; see
+    ``kafka_compat``); fetching first, as librdkafka does before a join, makes one rebalance the
+    rule. The fetch must follow ``subscribe()``: the snapshot is built from the subscription."""
+    consumer.subscribe([topic], listener=listener)
+    deadline = time.monotonic() + timeout_s
+    while topic not in consumer.topics() or not consumer.partitions_for_topic(topic):  # topics() always fetches
+        if time.monotonic() > deadline:
+            raise KafkaError(f"no partitions of {topic} visible to the consumer after {timeout_s:.0f}s")
+        time.sleep(0.2)

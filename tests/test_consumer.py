@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 import threading
 from collections import namedtuple
+from concurrent.futures import Future
 
 import pytest
+from kafka import TopicPartition
 
 from snap2caption_service.core import cloudevents
 from snap2caption_service.core.contracts import CaptionResult
 from snap2caption_service.core.errors import Transient
 from snap2caption_service.core.fetch import ImageFetcher
-from stream.consumer import Captioned, DeadLetter, Handler, RetryLater
+from stream.consumer import Captioned, Consumer, DeadLetter, Handler, RetryLater
 from stream_support import inline, settings, upload_event
 
 # --- the per-record handler --------------------------------------------------------------
@@ -541,3 +543,56 @@ def test_a_captioned_event_too_large_to_produce_is_dead_lettered():
     ((topic, key, value, headers),) = c.producer.out
     assert topic == c.s.topic_dlq and dict(headers)["dlq_reason"] == b"result_too_large"
     assert c.totals == {"captioned": 0, "dead_lettered": 1}
+
+
+# --- the loop's poll while a rebalance is pending ------------------------------------------
+
+
+class BusyKafka:
+    """A KafkaConsumer with one assigned partition; records each poll's timeout."""
+
+    def __init__(self, consumer: Consumer, polls: int):
+        self.owner, self.polls, self.timeouts, self._paused = consumer, polls, [], set()
+
+    def assignment(self):
+        return {TopicPartition("t", 0)}
+
+    def paused(self):
+        return set(self._paused)
+
+    def pause(self, *tps):
+        self._paused |= set(tps)
+
+    def resume(self, *tps):
+        self._paused -= set(tps)
+
+    def highwater(self, tp):
+        return None
+
+    def poll(self, timeout_ms=0, max_records=None):
+        self.timeouts.append(timeout_ms)
+        if len(self.timeouts) >= self.polls:
+            self.owner.stopping.set()
+        return {}
+
+
+@pytest.mark.parametrize("rebalancing", [False, True])
+def test_every_worker_busy_polls_at_once_unless_a_rebalance_is_pending(monkeypatch, rebalancing):
+    """kafka-python completes a rebalance only inside poll(), and with timeout_ms=0 a JoinGroup
+    answered between two calls is sent again instead of completed: from a revocation to the next
+    assignment the loop polls with a timeout even when nothing may be polled."""
+    c = Consumer(settings(max_in_flight=2))
+    kafka = BusyKafka(c, polls=3)
+    monkeypatch.setattr(c, "start", lambda: setattr(c, "consumer", kafka))
+    monkeypatch.setattr(c, "shutdown", lambda: 0)
+    c.active = {Future(), Future()}  # both workers busy: room 0, every partition paused
+    if rebalancing:
+        c.on_partitions_revoked({TopicPartition("t", 0)})
+    try:
+        assert c.run() == 0
+    finally:
+        c.pool.shutdown()
+    assert kafka.paused() == kafka.assignment()
+    assert all(t > 0 for t in kafka.timeouts) if rebalancing else kafka.timeouts == [0, 0, 0]
+    c.on_partitions_assigned({TopicPartition("t", 0)})
+    assert not c.rebalancing

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import uuid
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from stream.settings import StreamSettings
 from stream.topics import ensure_topics
 from stream_support import bootstrap, moto_s3, produce  # noqa: F401  (fixtures)
 from training.datasets import load_image
-from training.feedback_snapshot import build_snapshot, load_latest, pending_events, read_snapshot, records_from_feedback
+from training.feedback_snapshot import (
+    build_snapshot,
+    load_latest,
+    pending_events,
+    read_feedback_range,
+    read_snapshot,
+    records_from_feedback,
+)
 
 
 def png(color) -> bytes:
@@ -228,3 +236,19 @@ def test_snapshot_to_s3(tmp_path, bootstrap, moto_s3, monkeypatch):
     recs = read_snapshot(snap.location)
     assert sorted(r.caption for r in recs) == [f"Edit {i}" for i in range(4)]
     assert load_image(recs[0].image).size == (32, 24)
+
+
+@pytest.mark.kafka
+def test_a_feedback_topic_created_a_moment_later_is_waited_for(bootstrap):
+    topic = f"snap-{uuid.uuid4().hex[:8]}.feedback"
+    timer = threading.Timer(
+        2.0, ensure_topics, (StreamSettings(kafka_bootstrap_servers=bootstrap, topic_partitions=2), [topic])
+    )
+    timer.start()
+    try:
+        records, ranges, bad = read_feedback_range(bootstrap, topic, None, timeout_s=30)
+    finally:
+        timer.join()
+    assert (records, bad) == ([], 0) and sorted(ranges) == ["0", "1"]
+    with pytest.raises(RuntimeError, match="does not exist"):
+        read_feedback_range(bootstrap, f"snap-{uuid.uuid4().hex[:8]}.absent", None, timeout_s=1)

@@ -1,11 +1,18 @@
-"""Unit tests for stream/kafka_compat.py: a record whose header key is not UTF-8 reaches the
-consumer (and is dead-lettered as undecodable_header) instead of failing kafka-python's poll()."""
+"""stream/kafka_compat.py: a record whose header key is not UTF-8 reaches the consumer (and is
+dead-lettered as undecodable_header) instead of failing kafka-python's poll() (unit tests); and a
+rebalance started by new partitions completes for a consumer that polls with timeout 0 between
+longer polls, as stream/consumer.py does (on the real broker)."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
-from kafka import TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewPartitions
 from kafka.consumer.fetcher import Fetcher
+from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
@@ -13,6 +20,9 @@ from kafka.record.memory_records import MemoryRecords
 from snap2caption_service.core import cloudevents
 from stream import kafka_compat
 from stream.consumer import _original_headers
+from stream.settings import StreamSettings
+from stream.topics import ensure_topics, subscribe_when_visible
+from stream_support import bootstrap  # noqa: F401  (fixture)
 
 BAD_KEY = kafka_compat.UndecodableHeaderKey(b"\xff\xfe".decode("utf-8", "surrogateescape"))
 
@@ -22,6 +32,8 @@ def unpatched(monkeypatch):
     """kafka-python as installed; whatever install() patches is undone after the test."""
     read_msg = DefaultRecordBatch._read_msg
     monkeypatch.setattr(DefaultRecordBatch, "_read_msg", getattr(read_msg, "__wrapped__", read_msg))
+    need_rejoin = ConsumerCoordinator.need_rejoin
+    monkeypatch.setattr(ConsumerCoordinator, "need_rejoin", getattr(need_rejoin, "__wrapped__", need_rejoin))
 
 
 def _batch() -> bytes:
@@ -79,3 +91,64 @@ def test_the_record_is_dead_lettered_as_undecodable_header_with_its_key_escaped(
     assert headers == [("ce_id", b"b"), ("\\xff\\xfe", b"1")]
     assert all(type(k) is str for k, _ in headers)
     assert _original_headers(type("R", (), {"headers": [("\ud800", b"")]})) == [("\\ud800", b"")]
+
+
+# --- a rebalance the metadata started completes (real broker) ------------------------------
+
+
+class Rebalances(ConsumerRebalanceListener):
+    def __init__(self):
+        self.log: list[tuple[str, list[int]]] = []
+
+    def on_partitions_revoked(self, revoked):
+        self.log.append(("revoked", sorted(tp.partition for tp in revoked)))
+
+    def on_partitions_assigned(self, assigned):
+        self.log.append(("assigned", sorted(tp.partition for tp in assigned)))
+
+
+def _partitions_added_while_polling(bootstrap: str) -> list[tuple[str, list[int]]]:
+    """One consumer on a 1-partition topic; the topic grows to 3 partitions. Between rebalances
+    the consumer polls with timeout 0 (stream/consumer.py does while every partition is paused);
+    from a revocation to the next assignment it polls with 100 ms, as stream/consumer.py does."""
+    topic = f"compat-{uuid.uuid4().hex[:8]}.uploaded"
+    ensure_topics(StreamSettings(_env_file=None, kafka_bootstrap_servers=bootstrap, topic_partitions=1), [topic])
+    rebalances = Rebalances()
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=topic, enable_auto_commit=False, metadata_max_age_ms=300
+    )
+    try:
+        subscribe_when_visible(consumer, topic, rebalances)
+        deadline = time.monotonic() + 30
+        while not consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100)
+        assert rebalances.log[-1] == ("assigned", [0])
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=3)})
+        finally:
+            admin.close()
+        deadline = time.monotonic() + 10
+        while rebalances.log[-1] != ("assigned", [0, 1, 2]) and time.monotonic() < deadline:
+            rebalancing = rebalances.log[-1][0] == "revoked"
+            consumer.poll(timeout_ms=100 if rebalancing else 0)
+            if not rebalancing:
+                time.sleep(0.05)
+        return list(rebalances.log)  # before close() revokes
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_without_the_shim_the_new_assignment_is_never_given(bootstrap, unpatched):
+    """The hole the shim closes (kafka-python 3.0.12): should this start passing after an
+    upgrade, the shim may go."""
+    log = _partitions_added_while_polling(bootstrap)
+    assert log[-1] == ("revoked", [0])
+
+
+@pytest.mark.kafka
+def test_with_the_shim_the_rebalance_completes_with_the_new_partitions(bootstrap, unpatched):
+    kafka_compat.install()
+    log = _partitions_added_while_polling(bootstrap)
+    assert log[-2:] == [("revoked", [0]), ("assigned", [0, 1, 2])], log

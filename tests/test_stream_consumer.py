@@ -196,7 +196,7 @@ def test_transient_failures_are_retried_then_paused_never_dead_lettered(bootstra
     try:
         produce(bootstrap, topics["SNAP2CAPTION_TOPIC_UPLOADED"], events)
         out = read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_CAPTIONED"], len(events), timeout=120, settle=1)
-        assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events)
+        assert sorted(r.key.decode() for r in out) == sorted(k.decode() for k, _, _ in events), consumer.log()[-3000:]
         assert read_topic(bootstrap, topics["SNAP2CAPTION_TOPIC_DLQ"], 0, timeout=3, settle=1) == []
         assert "pausing the partition" in consumer.log()
         assert (

@@ -174,9 +174,9 @@ def read_feedback_range(
         consumer_timeout_ms=1000,
     )
     try:
-        parts = consumer.partitions_for_topic(topic)
+        parts = consumer.partitions_for_topic(topic)  # an empty set, never None, while unknown
         deadline = time.monotonic() + timeout_s
-        while parts is None and time.monotonic() < deadline:
+        while not parts and time.monotonic() < deadline:
             time.sleep(0.5)
             parts = consumer.partitions_for_topic(topic)
         if not parts:

@@ -40,6 +40,7 @@ _.media_type  # service.py: CaptionModel.apis["caption"].output_spec.media_type
 _.on_partitions_revoked
 _.on_partitions_lost
 _.on_partitions_assigned
+_.rejoin_needed  # stream/kafka_compat.py sets kafka-python's flag; its coordinator reads it
 
 # Attributes of library objects that the library reads: the tokenizer's padding side
 # (core/captioner.py); the `tokenizers` pipeline stages of the demo tokenizer (training/demo_model.py).

@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 
 
-def _train_compiled_decoder(deterministic: bool) -> str:
+def _train_compiled_decoder() -> str:
     """A few stage-2 steps of a small demo-architecture model, compiled as the demo build compiles
-    them; the digest of its weights after."""
-    import random
-
+    them, under the build's deterministic_kernels; the digest of its weights after."""
     from training import synthetic
     from training.build_demo import deterministic_kernels
     from training.demo_model import DemoArchitecture, build_untrained
@@ -25,11 +23,7 @@ def _train_compiled_decoder(deterministic: bool) -> str:
     ]
     data = EncodedDataset(processor, examples, progress=False)
     cfg = TrainConfig(steps=8, batch_size=32, lr=2e-3, warmup_steps=2, seed=1, compile=True, log_every=10**9)
-    random.seed(0)
-    if deterministic:
-        with deterministic_kernels():
-            train(model, data, cfg, progress=False)
-    else:
+    with deterministic_kernels():
         train(model, data, cfg, progress=False)
     return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
 
@@ -41,5 +35,5 @@ def test_the_compiled_decoder_trains_to_the_same_weights_every_time():
     deterministic_kernels the same steps give the same weights, and the setting is put back after."""
     import torch
 
-    assert _train_compiled_decoder(True) == _train_compiled_decoder(True)
+    assert _train_compiled_decoder() == _train_compiled_decoder()
     assert not torch.are_deterministic_algorithms_enabled()

@@ -54,7 +54,8 @@ class DemoRecipe:
     warmup_steps: int = 30
     compile_decoder: bool = True  # see TrainConfig.compile; the short test builds turn it off
     # A safety net on a slow or busy machine, not the schedule: the recipe is step-based so
-    # the same recipe gives the same model (on one CPU kind: deterministic_kernels). On 2 idle cores it takes ~35 minutes.
+    # the same recipe gives the same model (on one CPU kind: deterministic_kernels). On 2 idle
+    # cores a build takes about 28 minutes.
     time_budget_s: float = 60 * 60
 
 

@@ -144,6 +144,8 @@ def top_up(tags: list[str], n: int, caption: str, alt_text: str, allowed: Callab
                 out.append(tag)
         return out
 
+    if tags and len(tags) >= n:
+        return list(tags)  # full already: no need to read the text
     return fill(list(tags), described_text(caption, alt_text)) or fill([], f"{alt_text} {caption}")
 
 

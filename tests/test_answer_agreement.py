@@ -221,9 +221,23 @@ def test_the_scene_heads_reading_decides_in_the_captioner(captioner, monkeypatch
     assert answer.alt_text.startswith("A large black circle") and answer.confidence == 0.9
 
 
-@pytest.mark.parametrize("p, expected", [(0.95, "A large black circle"), (0.4, "A large blue circle")])
-def test_the_captioner_overrules_an_agreeing_answer_only_where_the_heads_are_sure(captioner, monkeypatch, p, expected):
+@pytest.mark.parametrize(
+    "sure, p, expected",
+    [
+        (0.5, 0.95, "A large black circle"),
+        (0.5, 0.4, "A large blue circle"),
+        (None, 0.4, "A large black circle"),  # the shipped threshold: the heads always name it
+    ],
+)
+def test_the_captioner_overrules_an_agreeing_answer_only_where_the_heads_are_sure(
+    captioner, monkeypatch, sure, p, expected
+):
+    import snap2caption_service.core.captioner as captioner_module
     from snap2caption_service.core.captioner import CaptionJob
+
+    if sure is not None:
+        monkeypatch.setattr(captioner_module, "SURE_OF_OBJECT", sure)
+    sure = captioner_module.SURE_OF_OBJECT
 
     class Heads:
         labels = {"color": ["black", "blue"], "shape": ["circle"]}
@@ -240,6 +254,6 @@ def test_the_captioner_overrules_an_agreeing_answer_only_where_the_heads_are_sur
     monkeypatch.setattr(captioner, "_generate", generate)
     [[answer]] = captioner.caption_batch([CaptionJob(Image.new("RGB", (32, 32)), num_hashtags=4)])
     assert answer.alt_text.startswith(expected) and (expected.split()[2] in answer.caption)
-    assert bool(answer.corrections) == (p > 0.5)
-    if p > 0.5:
+    assert bool(answer.corrections) == (p >= sure)
+    if p >= sure:
         assert answer.hashtags[:2] == ["#blackcircle", "#black"]

@@ -178,3 +178,50 @@ def test_the_demo_recipe_names_its_scene_mix_and_the_key_covers_it(tmp_path):
     with pytest.raises(ValueError, match="unknown scene mix 'wrold'; known: flat, world"):
         build_demo_model(tmp_path / "out", replace(recipe, mix="wrold"), HYBRID_ARCHITECTURE, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+class _AsymmetricTower:
+    """A stand-in vision tower whose tokens depend on where things are in the picture, so a
+    picture and its mirror image give different tokens."""
+
+    def __init__(self):
+        import torch
+
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(3 * 8 * 8, 5 * 6)
+
+    def parameters(self):
+        return self.proj.parameters()
+
+    def __call__(self, pixel_values, output_hidden_states=True):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(hidden_states=(self.proj(pixel_values.flatten(1)).view(len(pixel_values), 5, 6),))
+
+
+def test_the_heads_read_a_picture_and_its_mirror_image_alike():
+    """Colour, shape, objects and background are the same in the mirror image, so the heads
+    read both and average (benchmarks/heads_mirror.py): a picture and its mirror image get one
+    reading; from the picture alone they would not."""
+    import torch
+
+    from snap2caption_service.core.scene_heads import TokenSelection
+
+    torch.manual_seed(1)
+    labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
+    sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2}
+    weights = {}
+    for head, n in sizes.items():
+        weights[f"{head}.weight"], weights[f"{head}.bias"] = torch.randn(n, 6) * 3, torch.randn(n)
+    heads, tower, selection = SceneHeads(weights, labels), _AsymmetricTower(), TokenSelection()
+    pixels = torch.randn(4, 3, 8, 8)
+    mirrored = pixels.flip(-1)
+
+    def probs(readings):
+        return [p for r in readings for p in (r.p_color, r.p_shape, r.p_object, r.p_background)]
+
+    alone, alone_mirrored = heads.read(tower, pixels, selection, False), heads.read(tower, mirrored, selection, False)
+    assert probs(alone) != pytest.approx(probs(alone_mirrored), abs=1e-3)
+    both, both_mirrored = heads.read(tower, pixels, selection), heads.read(tower, mirrored, selection)
+    assert [(r.color, r.shape, r.background) for r in both] == [(r.color, r.shape, r.background) for r in both_mirrored]
+    assert probs(both) == pytest.approx(probs(both_mirrored), abs=1e-6)

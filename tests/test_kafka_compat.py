@@ -141,8 +141,8 @@ def _partitions_added_while_polling(bootstrap: str) -> list[tuple[str, list[int]
 
 @pytest.mark.kafka
 def test_without_the_shim_the_new_assignment_is_never_given(bootstrap, unpatched):
-    """The hole the shim closes (kafka-python 3.0.12): should this start passing after an
-    upgrade, the shim may go."""
+    """The hole the shim closes (kafka-python 3.0.12). Should this fail after an upgrade (the
+    new assignment given without the shim), the shim may go."""
     log = _partitions_added_while_polling(bootstrap)
     assert log[-1] == ("revoked", [0])
 

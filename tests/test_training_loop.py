@@ -243,3 +243,53 @@ def test_scene_heads_follow_the_configs_feature_layer(feature_layer):
                 vision_feature_select_strategy=model.config.vision_feature_select_strategy,
             ).pooler_output[0]
             assert torch.allclose(model.model.multi_modal_projector(tokens), projected, atol=1e-5)
+
+
+def test_batches_grouped_by_length_hold_every_example_once_and_pad_less():
+    import random
+    import statistics
+
+    from training.loop import grouped_by_length
+
+    rng = random.Random(0)
+    lengths = [rng.randint(100, 220) for _ in range(1000)]
+    order = list(range(1000))
+    rng.shuffle(order)
+    grouped = grouped_by_length(order, lengths, 32, random.Random(1))
+    assert sorted(grouped) == list(range(1000))
+
+    def spread(o):
+        return statistics.mean(
+            max(lengths[i] for i in o[b : b + 32]) - min(lengths[i] for i in o[b : b + 32]) for b in range(0, 992, 32)
+        )
+
+    assert spread(grouped) < spread(order) / 4
+    # 1000 = 31 batches of 32 and 8 left: the short batch comes last, so batches cut every 32
+    # examples from the front are the grouped ones.
+    assert all(len(set(grouped[b : b + 32])) == 32 for b in range(0, 992, 32))
+    tail = set(grouped[-8:])
+    assert all(not tail & set(grouped[b : b + 32]) for b in range(0, 992, 32))
+
+
+def test_training_grouped_by_length_sees_every_example_each_epoch(tiny):
+    """The loop's batches under group_by_length: each epoch every example once, also when the
+    dataset is no multiple of the batch size (the last epoch's leftover is grouped in)."""
+    _, _, data = tiny  # 16 examples
+
+    seen: list[int] = []
+
+    class Recording:
+        input_ids = data.input_ids
+
+        def __len__(self):
+            return 10  # batches of 4: two full, then 2 left over into the next epoch
+
+        def batch(self, idx):
+            seen.extend(idx)
+            return data.batch(idx)
+
+    model, _ = build_untrained(SMALL)
+    cfg = TrainConfig(steps=5, batch_size=4, lr=1e-4, warmup_steps=1, seed=1, group_by_length=True, log_every=10**9)
+    train(model, Recording(), cfg, progress=False)
+    assert len(seen) == 20
+    assert sorted(seen) == sorted(list(range(10)) * 2)

@@ -106,6 +106,9 @@ class TrainConfig:
     # compiling up front; worth it for the demo decoder's long run, where fusing the many small
     # elementwise ops (norms, rotary, casts) that dominate a small model's step saves the most.
     compile: bool = False
+    # Batches of examples of about the same length (as transformers' group_by_length): a batch pads
+    # to its longest example, and the demo decoder's random batches were 11% padding.
+    group_by_length: bool = False
     # Weight of KL(adapter || base) on the answer tokens a creator kept, each against the base's
     # prediction of it after the answer as shown (kl_to_base; the base is the model with its LoRA
     # switched off, the reference of RLHF's KL penalty). Without it, creator adapters trained on 80
@@ -264,6 +267,25 @@ class EncodedDataset:
         return {"input_ids": ids, "attention_mask": mask}, anchors
 
 
+GROUP_BATCHES = 50  # batches per length group: enough to sort, few enough to stay a shuffle
+
+
+def grouped_by_length(order: list[int], lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[int]:
+    """``order`` (already shuffled) cut into groups of GROUP_BATCHES batches, each group sorted by
+    length into batches whose order is shuffled again: every example once, each batch of
+    neighbours in length. A short last batch goes last, so the batches a caller cuts from the
+    front every batch_size examples are these ones."""
+    out: list[int] = []
+    size = batch_size * GROUP_BATCHES
+    for start in range(0, len(order), size):
+        group = sorted(order[start : start + size], key=lambda i: lengths[i])
+        batches = [group[b : b + batch_size] for b in range(0, len(group), batch_size)]
+        short = batches.pop() if len(batches[-1]) < batch_size else []
+        rng.shuffle(batches)
+        out.extend(i for batch in [*batches, short] for i in batch)
+    return out
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio * lr."""
     if step < cfg.warmup_steps:
@@ -360,6 +382,10 @@ def train(
             if len(order) < cfg.batch_size:
                 fresh = list(range(len(data)))
                 rng.shuffle(fresh)
+                if cfg.group_by_length:
+                    # The last epoch's leftover goes into the grouping, so batches stay aligned.
+                    lengths = [len(ids) for ids in data.input_ids]
+                    fresh, order = grouped_by_length(order + fresh, lengths, cfg.batch_size, rng), []
                 order.extend(fresh)
             idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
             local = idx[ddp.rank :: ddp.world_size]

@@ -8,7 +8,7 @@ import pytest
 
 from training import synthetic
 from training.demo_model import HYBRID_ARCHITECTURE, DemoArchitecture, build_untrained
-from training.frozen_tower import precompute_tower_outputs, tower_replayed
+from training.frozen_tower import precompute_tower_outputs, tower_replayed, tower_stored_if_possible
 from training.loop import EncodedDataset, TrainConfig, TrainExample, train
 
 SMALL = dict(vision_hidden=32, vision_layers=2, text_hidden=64, text_layers=1, vocab_size=600)
@@ -98,3 +98,29 @@ def test_a_tower_still_training_or_with_dropout_is_refused():
     data = EncodedDataset(processor, _examples(4), progress=False)
     with pytest.raises(ValueError, match="depends on train mode"):
         precompute_tower_outputs(model, data, progress=False)
+
+
+def test_a_tower_whose_outputs_cannot_be_stored_runs_at_every_step_instead():
+    """The demo build's FocalNet tower has stochastic depth: in training mode each forward differs,
+    so stored outputs would not be what stage 2 trained on before. The build then trains on the
+    tower itself, with the examples as they were."""
+    import torch
+
+    model, processor = _frozen(DemoArchitecture(**SMALL))
+    for module in model.model.vision_tower.modules():
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = 0.5
+    data = EncodedDataset(processor, _examples(4), progress=False)
+    before = data.images[0]["pixel_values"].clone()
+    with tower_stored_if_possible(model, data, progress=False) as stored:
+        assert stored is False
+        train(model, data, TrainConfig(steps=1, batch_size=2, log_every=10**9), progress=False)
+    assert torch.equal(data.images[0]["pixel_values"], before)
+
+    model, processor = _frozen(DemoArchitecture(**SMALL))
+    data = EncodedDataset(processor, _examples(4), progress=False)
+    real = model.model.vision_tower
+    with tower_stored_if_possible(model, data, progress=False) as stored:
+        assert stored is True
+        assert model.model.vision_tower is not real
+    assert model.model.vision_tower is real

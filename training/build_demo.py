@@ -166,7 +166,7 @@ def _build(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, progress: 
 
     import torch
 
-    from training.frozen_tower import precompute_tower_outputs, tower_replayed
+    from training.frozen_tower import tower_stored_if_possible
     from training.vision_pretrain import (
         SceneLabelDataset,
         held_out_accuracy,
@@ -230,9 +230,6 @@ def _build(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, progress: 
         for e in synthetic.make_examples(recipe.train_examples, recipe.train_seed)
     ]
     data = EncodedDataset(processor, examples, progress=progress)
-    # The tower is frozen from here on: its output for each picture is computed once, not at
-    # each of the ~3 epochs' steps (benchmarks/decoder_stage.py).
-    stored = precompute_tower_outputs(model, data, progress)
     cfg = TrainConfig(
         steps=recipe.steps,
         batch_size=recipe.batch_size,
@@ -244,7 +241,9 @@ def _build(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, progress: 
         compile=recipe.compile_decoder,
         group_by_length=recipe.group_by_length,
     )
-    with tower_replayed(model, stored):
+    # The tower is frozen from here on: its output for each picture is computed once, not at
+    # each of the ~3 epochs' steps (benchmarks/decoder_stage.py), where that is exact.
+    with tower_stored_if_possible(model, data, progress):
         result = train(model, data, cfg, progress=progress)
     for p in tower.parameters():
         p.requires_grad = True

@@ -45,20 +45,13 @@ def padding_share(data, batch_size: int, steps: int, grouped: bool) -> float:
     """The share of batch positions that are padding, over the batches ``train`` would draw."""
     import random
 
-    from training.loop import grouped_by_length
+    from training.loop import batch_order
 
     lengths = [len(ids) for ids in data.input_ids]
-    rng = random.Random(1)
-    order: list[int] = []
+    batches = batch_order(len(data), batch_size, random.Random(1), lengths if grouped else None)
     real = padded = 0
     for _ in range(steps):
-        if len(order) < batch_size:
-            fresh = list(range(len(data)))
-            rng.shuffle(fresh)
-            if grouped:
-                fresh, order = grouped_by_length(order + fresh, lengths, batch_size, rng), []
-            order.extend(fresh)
-        idx, order = order[:batch_size], order[batch_size:]
+        idx = next(batches)
         real += sum(lengths[i] for i in idx)
         padded += max(lengths[i] for i in idx) * len(idx)
     return 1 - real / padded

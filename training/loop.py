@@ -14,7 +14,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +286,24 @@ def grouped_by_length(order: list[int], lengths: Sequence[int], batch_size: int,
     return out
 
 
+def batch_order(
+    n_examples: int, batch_size: int, rng: random.Random, lengths: Sequence[int] | None = None
+) -> Iterator[list[int]]:
+    """The batches ``train`` draws, without end: each epoch a fresh shuffle (grouped by length
+    when ``lengths`` are given), a short remainder carried into the next epoch."""
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(n_examples))
+            rng.shuffle(fresh)
+            if lengths is not None:
+                # The last epoch's leftover goes into the grouping, so batches stay aligned.
+                fresh, order = grouped_by_length(order + fresh, lengths, batch_size, rng), []
+            order.extend(fresh)
+        idx, order = order[:batch_size], order[batch_size:]
+        yield idx
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr_ratio * lr."""
     if step < cfg.warmup_steps:
@@ -346,7 +364,8 @@ def train(
 
     ddp = dist_info or Distributed()
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    lengths = [len(ids) for ids in data.input_ids] if cfg.group_by_length else None
+    batches = batch_order(len(data), cfg.batch_size, random.Random(cfg.seed), lengths)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -367,7 +386,6 @@ def train(
     if cfg.compile:
         forward = torch.compile(forward, dynamic=True)
 
-    order: list[int] = []
     losses: list[float] = []
     t0 = time.perf_counter()
     seen = 0
@@ -379,15 +397,7 @@ def train(
             group["lr"] = lr_at(step, cfg)
         step_loss = 0.0
         for _ in range(cfg.grad_accum):
-            if len(order) < cfg.batch_size:
-                fresh = list(range(len(data)))
-                rng.shuffle(fresh)
-                if cfg.group_by_length:
-                    # The last epoch's leftover goes into the grouping, so batches stay aligned.
-                    lengths = [len(ids) for ids in data.input_ids]
-                    fresh, order = grouped_by_length(order + fresh, lengths, cfg.batch_size, rng), []
-                order.extend(fresh)
-            idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            idx = next(batches)
             local = idx[ddp.rank :: ddp.world_size]
             batch = {k: v.to(device) for k, v in data.batch(local).items()}
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

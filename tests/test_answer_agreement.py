@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from snap2caption_service.core.answer_agreement import named_colors, reconcile
+from snap2caption_service.core.answer_agreement import named_colors, objects_agree, reconcile
 from snap2caption_service.core.contracts import Candidate, CaptionOptions
 from snap2caption_service.core.scene_heads import SceneReading
 from snap2caption_service.serving.pipeline import LOW_CONFIDENCE_NOTICE, ModelOutput, build_result
@@ -20,10 +20,12 @@ SCENE_24 = (
 
 
 def test_named_colors_reads_colour_noun_pairs_and_nothing_else():
-    assert named_colors("A large blue circle and two red squares.") == {"circle": {"blue"}, "square": {"red"}}
-    assert named_colors("A red and white bus on a gray road.") == {"bus": {"red", "white"}, "road": {"gray"}}
-    assert named_colors("Feeling blue today.") == {"today": {"blue"}}
-    assert named_colors("Three black circles.") == {"circle": {"black"}}
+    assert named_colors("A large blue circle and two red squares.") == {"circle": ["blue"], "square": ["red"]}
+    assert named_colors("A red and white bus on a gray road.") == {"bus": ["red", "white"], "road": ["gray"]}
+    assert named_colors("Feeling blue today.") == {"today": ["blue"]}
+    assert named_colors("Three black circles.") == {"circle": ["black"]}
+    # In the order named, each colour once: the first naming is what a disagreement keeps.
+    assert named_colors("A green shape, a blue shape and a green shape.") == {"shape": ["green", "blue"]}
     assert named_colors("Odd, bold and totally purple: the star drop is here.") == {}
     assert named_colors("No colour here.") == {}
 
@@ -77,6 +79,38 @@ def test_a_lone_colour_tag_stays_while_another_object_is_still_that_colour():
     assert tags == ["#black", "#bluecircle", "#blacksquare"]
     # Rewriting must not leave the same tag twice.
     assert reconcile("A black star.", ["#black", "#blue", "#blackstar"], "A blue star.")[1] == ["#blue", "#bluestar"]
+
+
+def test_an_other_object_takes_the_alt_texts_first_naming():
+    """A caption's one other object that the alt text names in other colours takes the alt
+    text's first naming, not whichever colour sorts first."""
+    caption, tags, alt, [d] = reconcile(
+        "Nothing fancy, just a big red star hanging out at the top with a yellow shape.",
+        ["#redstar", "#red", "#star"],
+        "A large red star at the top, a green shape and a blue shape, on a plain white background.",
+        things=SHAPES,
+    )
+    assert caption == "Nothing fancy, just a big red star hanging out at the top with a green shape."
+    assert (d.caption_said, d.alt_text_said, d.kept) == ("yellow shape", "green shape", "green shape")
+    assert tags == ["#redstar", "#red", "#star"]
+    assert objects_agree(caption, tags, alt)
+    # A hashtag of an object neither field names is a disagreement too (reported, not settled).
+    assert not objects_agree(caption, ["#whitestar", *tags], alt, things=SHAPES)
+
+
+def test_objects_agree_when_caption_and_hashtags_name_only_what_the_alt_text_names():
+    alt = "A large red star at the top and a green shape, on a plain white background."
+    assert objects_agree("Weekend vibes with a big red star at the top.", ["#redstar", "#geometricart"], alt)
+    assert objects_agree("A red star with a green shape.", ["#red", "#star", "#green"], alt)
+    assert not objects_agree("A red star with a blue shape.", [], alt)  # another second object
+    assert not objects_agree("A red star with a green square.", [], alt)  # a shape the alt text does not give
+    assert not objects_agree("A red star.", ["#bluestars"], alt)
+    # A tag of an object nobody names: with the closed list of things it is one.
+    assert objects_agree("A red star.", ["#redstar", "#greensquare"], alt)
+    assert not objects_agree("A red star.", ["#redstar", "#greensquare"], alt, things=SHAPES)
+    assert objects_agree("A red star.", ["#redhead"], alt, things=SHAPES)
+    assert objects_agree("A red star.", ["#starart", "#stars"], alt, things=SHAPES)
+    assert not objects_agree("A red star.", ["#squareart"], alt, things=SHAPES)
 
 
 SHAPES = frozenset({"circle", "square", "triangle", "star"})

@@ -59,6 +59,25 @@ class Disagreement:
         )
 
 
+# What a hashtag may add to a thing and still be a claim about it: #circle, #circles, #circleart
+# (the demo model's tag for its main object's shape).
+_THING_TAG_SUFFIXES = ("", "s", "art")
+
+
+def _object_tag(tag: str, colors: frozenset[str], things: frozenset[str]) -> tuple[str | None, str, str] | None:
+    """(colour or None, thing, suffix) where the hashtag names a thing: #bluecircle, #circleart."""
+    body = tag.lstrip("#").lower()
+    for color in sorted(colors, key=len, reverse=True):
+        if body.startswith(color) and body[len(color) :] in things:
+            return color, body[len(color) :], ""
+        if body.startswith(color) and _singular(body[len(color) :]) in things:
+            return color, _singular(body[len(color) :]), ""
+    for thing in sorted(things, key=len, reverse=True):
+        if body.startswith(thing) and body[len(thing) :] in _THING_TAG_SUFFIXES:
+            return None, thing, body[len(thing) :]
+    return None
+
+
 def _singular(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
@@ -78,11 +97,13 @@ def _pairs(text: str, colors: frozenset[str]) -> list[tuple[str, str]]:
     return out
 
 
-def named_colors(text: str, colors: frozenset[str] = COLOR_WORDS) -> dict[str, set[str]]:
-    """Each noun the text names with a colour directly before it, and those colours."""
-    out: dict[str, set[str]] = {}
+def named_colors(text: str, colors: frozenset[str] = COLOR_WORDS) -> dict[str, list[str]]:
+    """Each noun the text names with a colour directly before it, and those colours in the order
+    the text names them."""
+    out: dict[str, list[str]] = {}
     for color, thing in _pairs(text, colors):
-        out.setdefault(thing, set()).add(color)
+        if color not in out.setdefault(thing, []):
+            out[thing].append(color)
     return out
 
 
@@ -218,17 +239,40 @@ def reconcile(
     in_caption, in_alt = named_colors(caption, colors), named_colors(alt_text, colors)
     for thing in sorted(in_caption.keys() & in_alt.keys()):
         said, described = in_caption[thing], in_alt[thing]
-        if said & described:
+        if set(said) & set(described):
             continue  # one colour in common: different objects, or one object in two colours
+        # The first naming of each: "a yellow shape" against "a green shape and a blue shape" is
+        # the caption's one other object against the alt text's first, the green one.
         caption, hashtags, alt_text, d = _settle(
-            caption,
-            hashtags,
-            alt_text,
-            (sorted(said)[0], thing),
-            (sorted(described)[0], thing),
-            reading,
-            colors,
-            count=0,
+            caption, hashtags, alt_text, (said[0], thing), (described[0], thing), reading, colors, count=0
         )
         settled.append(d)
     return caption, hashtags, alt_text, settled
+
+
+def objects_agree(
+    caption: str,
+    hashtags: list[str],
+    alt_text: str,
+    extra_colors: frozenset[str] = frozenset(),
+    things: frozenset[str] = frozenset(),
+) -> bool:
+    """Whether caption and hashtags name only objects the alt text names: each "colour thing" of
+    the caption is one of the alt text's, and so is each hashtag that joins a colour to a thing
+    (#greensquare), a thing the answer names or one of ``things`` (reconcile's closed list). The
+    alt text is the full description, so it may name more. Issue 15 §3's "the same objects", as
+    evaluate-demo reports it (``reconcile`` settles the main object only)."""
+    colors = COLOR_WORDS | extra_colors
+    described = set(_pairs(alt_text, colors))
+    said = _pairs(caption, colors)
+    if not set(said) <= described:
+        return False
+    named = {thing for _, thing in described}
+    for tag in hashtags:
+        claim = _object_tag(tag, colors, things | named | {thing for _, thing in said})
+        if claim is None:
+            continue
+        color, thing, _ = claim
+        if (color, thing) not in described if color else (thing in things and thing not in named):
+            return False
+    return True

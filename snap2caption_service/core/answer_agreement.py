@@ -64,17 +64,16 @@ class Disagreement:
 _THING_TAG_SUFFIXES = ("", "s", "art")
 
 
-def _object_tag(tag: str, colors: frozenset[str], things: frozenset[str]) -> tuple[str | None, str, str] | None:
-    """(colour or None, thing, suffix) where the hashtag names a thing: #bluecircle, #circleart."""
+def _object_tag(tag: str, colors: frozenset[str], things: frozenset[str]) -> tuple[str | None, str] | None:
+    """(colour or None, thing) where the hashtag names a thing: #bluecircle(s), #circleart."""
     body = tag.lstrip("#").lower()
     for color in sorted(colors, key=len, reverse=True):
-        if body.startswith(color) and body[len(color) :] in things:
-            return color, body[len(color) :], ""
-        if body.startswith(color) and _singular(body[len(color) :]) in things:
-            return color, _singular(body[len(color) :]), ""
+        rest = _singular(body[len(color) :]) if body.startswith(color) else ""
+        if rest in things:
+            return color, rest
     for thing in sorted(things, key=len, reverse=True):
         if body.startswith(thing) and body[len(thing) :] in _THING_TAG_SUFFIXES:
-            return None, thing, body[len(thing) :]
+            return None, thing
     return None
 
 
@@ -267,12 +266,12 @@ def objects_agree(
     said = _pairs(caption, colors)
     if not set(said) <= described:
         return False
-    named = {thing for _, thing in described}
+    named = {thing for _, thing in described}  # the caption's things among them (checked above)
     for tag in hashtags:
-        claim = _object_tag(tag, colors, things | named | {thing for _, thing in said})
+        claim = _object_tag(tag, colors, things | named)
         if claim is None:
             continue
-        color, thing, _ = claim
+        color, thing = claim
         if (color, thing) not in described if color else (thing in things and thing not in named):
             return False
     return True

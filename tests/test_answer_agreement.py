@@ -166,6 +166,10 @@ def test_what_the_tower_is_sure_of_overrules_an_answer_that_agrees_with_itself()
     assert d.sentence() == (
         'Caption and alt text said "black star", but the vision tower reads "blue star"; both now say "blue star".'
     )
+    # The shape's own tags follow it: #starart and #stars named the star the answer no longer has.
+    shaped = (answer[0], ["#blackstar", "#starart", "#stars", "#flatdesign"], answer[2])
+    _, tags, _, _ = reconcile(*shaped, things=SHAPES, sure=(None, "triangle"))
+    assert tags == ["#blacktriangle", "#triangleart", "#triangles", "#flatdesign"], tags
     # Only the part the tower is sure of changes; an answer that says what it reads is left alone.
     caption, _, alt, _ = reconcile(*answer, things=SHAPES, sure=(None, "triangle"))
     assert "black triangle" in caption and alt.startswith("A large black triangle") and "red circle" in alt
@@ -291,3 +295,26 @@ def test_the_captioner_overrules_an_agreeing_answer_only_where_the_heads_are_sur
     assert bool(answer.corrections) == (p >= sure)
     if p >= sure:
         assert answer.hashtags[:2] == ["#blackcircle", "#black"]
+
+
+def test_a_stray_tag_of_the_main_thing_takes_its_colour():
+    """Generator 9's model names other objects by colour alone, so a #whitetriangle above a caption
+    and alt text that say "yellow triangle" can only mean the main object, in a colour nobody
+    gave it (2 of 300 photo-set answers, docs/notes/demo-model.md, session 23). It takes the main
+    object's colour, and the answer says so. Where the alt text names two things of the list, a
+    tag may mean either, and is left alone."""
+    alt = "A large yellow triangle in the top right and a white shape, on a photo background."
+    caption, tags, _, settled = reconcile(
+        "Weekend vibes with a big yellow triangle in the top right.",
+        ["#whitetriangle", "#yellow", "#triangle", "#yellowtriangle", "#white"],
+        alt,
+        things=SHAPES,
+    )
+    assert tags == ["#yellowtriangle", "#yellow", "#triangle", "#white"], tags
+    assert [d.sentence() for d in settled] == [
+        "The hashtag #whitetriangle named an object caption and alt text do not; it is now #yellowtriangle."
+    ]
+    assert objects_agree(caption, tags, alt, things=SHAPES)
+    two = "A large yellow triangle and a small white triangle."
+    assert reconcile("A yellow triangle.", ["#whitetriangle"], two, things=SHAPES)[1] == ["#whitetriangle"]
+    assert reconcile("A yellow triangle.", ["#whitetriangle"], alt)[1] == ["#whitetriangle"]

@@ -284,3 +284,37 @@ def test_proof_styles_are_spelt_from_whole_words_the_demo_model_knows():
         for phrase in filter(None, (style.prefix, style.suffix)):
             assert not fragments(phrase), f"{creator}: {phrase!r} is spelt from fragments: {fragments(phrase)}"
     assert fragments(" Stay bold, friends.")  # the check can fail
+
+
+@pytest.mark.quality
+def test_the_creator_gate_scores_through_the_scene_heads_as_serving_does(demo_model_dir):
+    """The creator gate scored the decoder alone, while the champion's gate (Captioner.load) and
+    the service answer through the demo model's scene heads: on generator 9's model that scored
+    a champion 2.5 points below what it serves (docs/notes/demo-model.md, session 22). Champion and
+    candidate (peft-wrapped, as it trains) now answer as serving answers."""
+    from snap2caption_service.core.captioner import Captioner, CaptionJob
+    from training import synthetic
+    from training.config import load_config
+    from training.creator_retrain import SharedBase
+    from training.finetune import attach_lora
+
+    cfg = load_config("training/configs/demo-creator.yaml")
+    base = SharedBase(cfg, None).load()
+    assert base.base_ref == str(demo_model_dir)
+    scenes = synthetic.make_examples(4, 9001)
+    jobs = [CaptionJob(synthetic.render_scene(e.scene), e.tone, e.audience, 5, 1) for e in scenes]
+
+    def answers(captioner):
+        return [(c[0].caption, c[0].hashtags, c[0].alt_text, c[0].corrections) for c in captioner.caption_batch(jobs)]
+
+    served = answers(Captioner.load(str(demo_model_dir)))
+
+    champion = base.captioner(base.model, "champion")
+    assert champion.scene_heads is not None
+    assert answers(champion) == served
+    model = attach_lora(base.model, cfg, None, base.base_ref, base.identity, base.device)
+    try:
+        candidate = base.captioner(model, "candidate")  # a fresh LoRA: the champion's answers
+        assert answers(candidate) == served
+    finally:
+        base.model = model.unload()

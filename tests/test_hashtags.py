@@ -41,6 +41,8 @@ def test_never_pads_with_filler():
 
 def test_keywords_skip_stopwords_and_short_words():
     assert keywords("The red circle is in the top left of the image") == ["red", "circle"]
+    # The demo names other objects "a green shape" (generator 9): #shape would be filler.
+    assert keywords("A red circle, a green shape, two things and objects") == ["red", "circle", "green", "two"]
     # The demo's captions size their object ("a big red circle"): a size word is no hashtag.
     assert keywords("Weekend vibes with a big red circle, a little star") == [
         "weekend",

@@ -182,9 +182,17 @@ class SharedBase:
         return self
 
     def captioner(self, model, label: str):
+        """The champion or a candidate as serving answers with it: with the base's scene heads where
+        it ships them (the demo model), as ``Captioner.load`` gives them to the champion's gate
+        (train_job) and the service. Without them the gate scored a decoder nobody is served."""
         from snap2caption_service.core.captioner import Captioner, GenerationSettings
+        from snap2caption_service.core.scene_heads import SceneHeads
 
-        return Captioner(model, self.processor, label, GenerationSettings(max_new_tokens=self.cfg.eval.max_new_tokens))
+        captioner = Captioner(
+            model, self.processor, label, GenerationSettings(max_new_tokens=self.cfg.eval.max_new_tokens)
+        )
+        captioner.scene_heads = SceneHeads.load(self.base_ref) if Path(self.base_ref).is_dir() else None
+        return captioner
 
 
 RunOne = Callable[[CreatorPlan, Path], CreatorOutcome]

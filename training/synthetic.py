@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -26,7 +27,7 @@ from snap2caption_service.core.prompting import format_target
 # 2: white/black/gray, photo and textured backgrounds; rotation, outlines, blur, JPEG, lighting;
 #    hashtags without generic filler, as many as the prompt asks for; alt text within 125 characters.
 # 3: the mix below (photo and textured backgrounds only in empty scenes; milder rotation and camera).
-GENERATOR_VERSION = "8"  # 8: captions name the second object  # 7: the world mix by default, captions name size and place  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
+GENERATOR_VERSION = "9"  # 9: other objects by colour alone ("a green shape"), no tags of theirs  # 8: captions name the second object  # 7: the world mix by default, captions name size and place  # 6: one object in half the scenes  # 5: milder mix (SceneMix); 4: on a gradient, alt text names two objects at most
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -495,7 +496,7 @@ CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "academic": (
             "Every discovery starts with a simple {n}{w}. Keep asking questions.",
             "From one {n}{w} and {o} to a world of ideas: curiosity builds knowledge.",
-            "Look closer at the {n}{w} and {o}: every question starts with noticing.",
+            "Look closer: the {n}{w} and {o}. Every question starts with noticing.",
         ),
     },
     "casual": {
@@ -510,7 +511,7 @@ CAPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
             "The {n} just landed{w}, with {o}. Come take a look.",
         ),
         "academic": (
-            "Quick look at {a} {n}{w} for today's geometry notes.",
+            "Quick look: {a} {n}{w} for today's geometry notes.",
             "Today's example: {a} {n}{w} and {o}, simple and easy to spot.",
             "Class notes: the {n}{w}, {o} and a few neighbours.",
         ),
@@ -543,17 +544,31 @@ MAX_TARGET_HASHTAGS = 8
 ALT_TEXT_TARGET_CHARS = 125
 
 
-def _object_words(obj: SceneObject) -> str:
-    return f"{article(obj.color)} {obj.color} {obj.shape}"
+def _other_words(color: str) -> str:
+    """An object other than the main one, by its colour alone: the tower reads the others'
+    colours well and their shapes poorly (docs/notes/demo-model.md, sessions 21-22), and a target
+    naming a shape the model cannot see teaches it to write a shape the picture does not hold,
+    which caption and alt text then name differently."""
+    return f"{article(color)} {color} shape"
+
+
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+def _others_words(others: list[SceneObject]) -> list[str]:
+    """The other objects, those of one colour counted together ("two black shapes"), not listed
+    as one phrase twice over, which a screen reader would read out as if it were a stutter."""
+    counts = Counter(o.color for o in others)  # in order of first appearance
+    return [_other_words(c) if n == 1 else f"{_COUNT_WORDS[n]} {c} shapes" for c, n in counts.items()]
 
 
 def alt_text(scene: Scene) -> str:
-    """The main object first, with size and place; the others by colour and shape; then the
+    """The main object first, with size and place; the others by colour; then the
     background. At most ALT_TEXT_TARGET_CHARS: on a gradient (the longest background phrase) a
     third object is left out, a rule the model can see, rather than a character count it cannot."""
     most = 2 if len(scene.background) == 2 else 3
     for count in range(min(len(scene.objects), most), 0, -1):
-        parts = [scene.main.phrase()] + [_object_words(o) for o in scene.objects[1:count]]
+        parts = [scene.main.phrase()] + _others_words(scene.objects[1:count])
         listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         text = f"{listed[0].upper()}{listed[1:]}, on {scene.background_phrase()}."
         if len(text) <= ALT_TEXT_TARGET_CHARS:
@@ -562,10 +577,11 @@ def alt_text(scene: Scene) -> str:
 
 
 def available_hashtags(scene: Scene) -> list[str]:
-    """Every tag true of the scene, most specific first: the main object's, the others', the style's."""
+    """Every tag true of the scene, most specific first: the main object's, then the style's. The
+    others get none: their shapes are not named (``_other_words``), and a tag of one would name an
+    object the caption and alt text leave unnamed."""
     m = scene.main
     tags = [f"#{m.color}{m.shape}", f"#{m.color}", f"#{m.shape}"]
-    tags += [f"#{o.color}{o.shape}" for o in scene.objects[1:]]
     tags += [f"#{m.shape}art", *STYLE_TAGS]
     return list(dict.fromkeys(tags))[:MAX_TARGET_HASHTAGS]
 
@@ -581,7 +597,7 @@ SIZE_WORDS = {"large": "big", "medium": "", "small": "little"}
 def _fill(template: str, obj: SceneObject, other: SceneObject | None = None) -> str:
     noun = " ".join(w for w in (SIZE_WORDS[obj.size], obj.color, obj.shape) if w)
     a = article(noun)
-    o = _object_words(other) if other else ""
+    o = _other_words(other.color) if other else ""
     return template.format(n=noun, a=a, A=a.capitalize(), w=f" {obj.where}", c=obj.color, s=obj.shape, o=o)
 
 

@@ -59,6 +59,17 @@ class Disagreement:
         )
 
 
+@dataclass(frozen=True)
+class StrayTag:
+    """A hashtag that named the main thing in a colour neither caption nor alt text gives it."""
+
+    tag: str  # "#whitetriangle"
+    now: str  # "#yellowtriangle"
+
+    def sentence(self) -> str:
+        return f"The hashtag {self.tag} named an object caption and alt text do not; it is now {self.now}."
+
+
 # What a hashtag may add to a thing and still be a claim about it: #circle, #circles, #circleart
 # (the demo model's tag for its main object's shape).
 _THING_TAG_SUFFIXES = ("", "s", "art")
@@ -148,8 +159,8 @@ def _rename_apart(text: str, old: tuple[str, str], new: tuple[str, str]) -> str:
 
 
 def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_named: set[str]) -> list[str]:
-    """#blackcircle -> #bluesquare; a lone #black or #circle only when no other object in the
-    answer is still called that."""
+    """#blackcircle -> #bluesquare; a lone #black, or #circle(s) and #circleart, only when no
+    other object in the answer is still called that."""
     out = []
     for tag in tags:
         body = tag.lstrip("#").lower()
@@ -157,8 +168,8 @@ def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_na
             tag = "#" + new[0] + new[1] + body[len(old[0] + old[1]) :]
         elif body == old[0] and old[0] not in still_named:
             tag = "#" + new[0]
-        elif body == old[1] and old[1] not in still_named:
-            tag = "#" + new[1]
+        elif old[1] not in still_named and any(body == old[1] + end for end in _THING_TAG_SUFFIXES):
+            tag = "#" + new[1] + body[len(old[1]) :]
         out.append(tag)
     seen: set[str] = set()
     return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))]
@@ -204,6 +215,30 @@ def _overrule(caption, hashtags, alt_text, sure, colors, things):
     return caption, hashtags, alt_text, Disagreement(said, " ".join(main_described or named), " ".join(read))
 
 
+def _main_tags(
+    hashtags: list[str], alt_text: str, colors: frozenset[str], things: frozenset[str]
+) -> tuple[list[str], list[StrayTag]]:
+    """A tag joining a colour to the main thing that the alt text does not name (#whitetriangle
+    above "a yellow triangle") renamed to the main object's colour. Only where the alt text names
+    that thing once: a model of closed-list things whose other objects go by colour alone (the
+    demo's generator 9), so the tag can only mean the main object."""
+    described = [p for p in _pairs(alt_text, colors) if p[1] in things]
+    if len(described) != 1:
+        return hashtags, []
+    main = described[0]
+    out, strays = [], []
+    for tag in hashtags:
+        claim = _object_tag(tag, colors, things)
+        if claim is not None and claim[0] and claim[1] == main[1] and claim[0] != main[0]:
+            body = tag.lstrip("#").lower()
+            renamed = "#" + main[0] + body[len(claim[0]) :]
+            strays.append(StrayTag(tag, renamed))
+            tag = renamed
+        out.append(tag)
+    seen: set[str] = set()
+    return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))], strays
+
+
 def reconcile(
     caption: str,
     hashtags: list[str],
@@ -212,7 +247,7 @@ def reconcile(
     extra_colors: frozenset[str] = frozenset(),
     things: frozenset[str] = frozenset(),
     sure: tuple[str | None, str | None] = (None, None),
-) -> tuple[str, list[str], str, list[Disagreement]]:
+) -> tuple[str, list[str], str, list[Disagreement | StrayTag]]:
     """Caption, hashtags and alt text made to name the same objects, and what changed.
 
     ``reading`` is the picture's main object as the vision tower reads it, (colour, thing); it
@@ -222,7 +257,7 @@ def reconcile(
     sure of (scene_heads.SceneReading.sure_parts), None for the others; with ``things``, a sure
     part is the main object's even where caption and alt text agree on another."""
     colors = COLOR_WORDS | extra_colors
-    settled: list[Disagreement] = []
+    settled: list[Disagreement | StrayTag] = []
     if things:
         main_said, together = _main_object(caption, colors, things)
         main_described = next((p for p in _pairs(alt_text, colors) if p[1] in things), None)
@@ -235,6 +270,8 @@ def reconcile(
             caption, hashtags, alt_text, d = _overrule(caption, hashtags, alt_text, sure, colors, things)
             if d is not None:
                 settled.append(d)
+        hashtags, strays = _main_tags(hashtags, alt_text, colors, things)
+        settled += strays
     in_caption, in_alt = named_colors(caption, colors), named_colors(alt_text, colors)
     for thing in sorted(in_caption.keys() & in_alt.keys()):
         said, described = in_caption[thing], in_alt[thing]

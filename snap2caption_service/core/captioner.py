@@ -540,6 +540,9 @@ class Captioner:
 
 
 def vision_tower(model):
-    """The vision tower inside a LLaVA model (transformers 4.x and 5.x layouts)."""
+    """The vision tower inside a LLaVA model (transformers 4.x and 5.x layouts), peft's wrapper
+    (a creator adapter in training) unwrapped."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     inner = getattr(model, "model", model)
     return getattr(inner, "vision_tower", None) or model.vision_tower

@@ -50,7 +50,7 @@ their this to was were what when where which while with without you your our my 
 just very one some any all not no nothing more most than then there here about over under
 today day days every like get got let new now out up off only also can will would could
 left right top bottom center middle background plain gradient large small medium big little photo
-image picture caption hashtags alt text shows showing
+image picture caption hashtags alt text shows showing shape shapes thing things object objects
 """.split()
 )
 

@@ -7,7 +7,7 @@ caption's and alt text's), and prints colour+shape accuracy in caption and alt t
 The threshold is chosen on the training generator's own scenes (unseen seed); the held-out sets
 (training/heldout_scenes.py) only report what it gives there.
 
-    python benchmarks/heads_overrule.py [--scenes 300] [--thresholds 0 0.3 0.5 0.7 0.9] [--no-mirror]
+    python benchmarks/heads_overrule.py [--scenes 300] [--thresholds 0 0.3 0.5 0.7 0.9] [--views turns]
 
 About 5 minutes a set on 2 CPU cores, with the demo model built.
 """
@@ -22,16 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def caption_without_overrule(captioner, images, batch_size: int = 50, mirror: bool = True):
+def caption_without_overrule(captioner, images, batch_size: int = 50, views: str | None = None):
     """(answers, readings) for the images: the decoder's own words, the heads' reading of each
-    (from the picture and its mirror image, or with ``mirror=False`` the picture alone)."""
+    (from the served views of it, scene_heads.DEFAULT_VIEWS, or those named)."""
     import snap2caption_service.core.captioner as captioner_module
     from snap2caption_service.core.captioner import CaptionJob
 
     readings, read = [], captioner.scene_heads.read
 
     def recording_read(*args, **kwargs):
-        out = read(*args, **kwargs, mirror=mirror)
+        out = read(*args, **kwargs) if views is None else read(*args, **kwargs, views=views)
         readings.extend(out)
         return out
 
@@ -84,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=300, help="scenes per set")
     parser.add_argument("--sets", nargs="+", default=["own", "vector", "photo"])
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0, 0.3, 0.5, 0.7, 0.9])
-    parser.add_argument(
-        "--no-mirror", dest="mirror", action="store_false", help="the heads read the picture alone, not with its mirror"
-    )
+    parser.add_argument("--views", help="the views the heads read (scene_heads.VIEWS); default: the served ones")
     args = parser.parse_args(argv)
 
     from snap2caption_service.core.model_loading import load_captioner
+    from snap2caption_service.core.scene_heads import DEFAULT_VIEWS
     from snap2caption_service.core.settings import get_settings
     from training.build_demo import cpu_name, ensure_demo_model
 
@@ -97,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name in args.sets:
         images, truths = scenes(name, args.scenes)
-        answers, readings = caption_without_overrule(captioner, images, mirror=args.mirror)
+        answers, readings = caption_without_overrule(captioner, images, views=args.views)
         rows[name] = {t: accuracy(truths, answers, readings, t) for t in [2.0, *args.thresholds]}
         print(f"{name}: {len(truths)} scenes", flush=True)
-    how = "the picture and its mirror" if args.mirror else "the picture alone"
-    print(f"\n{captioner.version}, {cpu_name()}; heads read {how}; colour+shape right in caption and alt text")
+    how = args.views or DEFAULT_VIEWS
+    print(f"\n{captioner.version}, {cpu_name()}; heads read views {how!r}; colour+shape right in caption and alt text")
     print("(overruled share)\n")
     print("| threshold | " + " | ".join(args.sets) + " |\n|---|" + "---:|" * len(args.sets))
     print("| heads alone | " + " | ".join(f"{rows[s][2.0]['heads_right']:.1%}" for s in args.sets) + " |")

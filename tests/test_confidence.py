@@ -199,14 +199,17 @@ class _AsymmetricTower:
         return SimpleNamespace(hidden_states=(self.proj(pixel_values.flatten(1)).view(len(pixel_values), 5, 6),))
 
 
-def test_the_heads_read_a_picture_and_its_mirror_image_alike():
-    """Colour, shape, objects and background are the same in the mirror image, so the heads
-    read both and average (benchmarks/heads_mirror.py): a picture and its mirror image get one
-    reading; from the picture alone they would not."""
+def test_the_heads_read_a_picture_turned_or_mirrored_alike():
+    """Colour, shape, objects and background are the same in a picture turned by quarter turns
+    or mirrored, so the heads read the views scene_heads.VIEWS names and average them
+    (benchmarks/heads_views.py): a picture and its turned copies get one reading with the served
+    views, and so do a picture and its mirror image with "mirror"; from the picture alone they
+    would not. A picture that is not square is read from its half turn only."""
     import torch
 
-    from snap2caption_service.core.scene_heads import TokenSelection
+    from snap2caption_service.core.scene_heads import DEFAULT_VIEWS, TokenSelection
 
+    assert DEFAULT_VIEWS == "turns"
     torch.manual_seed(1)
     labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
     sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2}
@@ -215,13 +218,26 @@ def test_the_heads_read_a_picture_and_its_mirror_image_alike():
         weights[f"{head}.weight"], weights[f"{head}.bias"] = torch.randn(n, 6) * 3, torch.randn(n)
     heads, tower, selection = SceneHeads(weights, labels), _AsymmetricTower(), TokenSelection()
     pixels = torch.randn(4, 3, 8, 8)
-    mirrored = pixels.flip(-1)
 
     def probs(readings):
         return [p for r in readings for p in (r.p_color, r.p_shape, r.p_object, r.p_background)]
 
-    alone, alone_mirrored = heads.read(tower, pixels, selection, False), heads.read(tower, mirrored, selection, False)
-    assert probs(alone) != pytest.approx(probs(alone_mirrored), abs=1e-3)
-    both, both_mirrored = heads.read(tower, pixels, selection), heads.read(tower, mirrored, selection)
-    assert [(r.color, r.shape, r.background) for r in both] == [(r.color, r.shape, r.background) for r in both_mirrored]
-    assert probs(both) == pytest.approx(probs(both_mirrored), abs=1e-6)
+    def same(a, b):
+        return [(r.color, r.shape, r.background) for r in a] == [(r.color, r.shape, r.background) for r in b] and (
+            probs(a) == pytest.approx(probs(b), abs=1e-6)
+        )
+
+    for other, views in [
+        (pixels.rot90(1, (-2, -1)), "turns"),
+        (pixels.rot90(3, (-2, -1)), "turns"),
+        (pixels.flip(-1), "mirror"),
+    ]:
+        alone, alone_other = (
+            heads.read(tower, pixels, selection, "picture"),
+            heads.read(tower, other, selection, "picture"),
+        )
+        assert probs(alone) != pytest.approx(probs(alone_other), abs=1e-3)
+        assert same(heads.read(tower, pixels, selection, views), heads.read(tower, other, selection, views))
+    wide = torch.randn(2, 3, 6, 8)
+    tower.proj = torch.nn.Linear(3 * 6 * 8, 30)
+    assert same(heads.read(tower, wide, selection), heads.read(tower, wide.rot90(2, (-2, -1)), selection))

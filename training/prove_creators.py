@@ -65,7 +65,7 @@ class Style:
 
 STYLES = {
     "creator-keep": Style(prefix="Keep it simple: "),
-    "creator-bold": Style(suffix=" Every day, everyone."),
+    "creator-bold": Style(suffix=" Every day, for you."),
     "creator-weekend": Style(prefix="My notes: "),
 }
 QUIET = ("creator-quiet-1", "creator-quiet-2")  # give no feedback at all

@@ -19,6 +19,25 @@ HEADS_FILE = "scene_heads.safetensors"
 LABELS_FILE = "scene_heads.json"
 
 
+# The views of a picture the heads read and average, as (quarter turns, mirrored). Every label
+# they read (colours, shapes, which objects, the background) is the same in each, and the demo
+# trains on any rotation. Chosen on 2,000 of the generator's own scenes, not the held-out sets
+# (benchmarks/heads_views.py, demo-41a7bf38d499): docs/notes/demo-model.md, session 23. Quarter
+# turns need a square picture (the demo's 128x128); on another, only the half turn is used.
+VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "picture": ((0, False),),
+    "mirror": ((0, False), (0, True)),
+    "turns": ((0, False), (1, False), (2, False), (3, False)),
+    "turns_and_mirror": tuple((turns, mirrored) for turns in range(4) for mirrored in (False, True)),
+}
+DEFAULT_VIEWS = "turns"
+
+
+def _view(pixel_values, turns: int, mirrored: bool):
+    out = pixel_values.flip(-1) if mirrored else pixel_values
+    return out.rot90(turns, (-2, -1)) if turns else out
+
+
 @dataclass(frozen=True)
 class TokenSelection:
     """Which of the tower's hidden states LLaVA projects: ``vision_feature_layer`` (one layer, or
@@ -101,24 +120,24 @@ class SceneHeads:
         w, b = self.weights[f"{head}.weight"], self.weights[f"{head}.bias"]
         return pooled.float() @ w.T.float() + b.float()
 
-    def read(self, vision_tower, pixel_values, selection: TokenSelection, mirror: bool = True) -> list[SceneReading]:
-        """The heads' reading of each picture, by default from the picture and its mirror image
-        together; ``selection`` is the LLaVA config's (TokenSelection.of).
-
-        Every label the heads read (colours, shapes, which objects, the background) is the same
-        in the mirror image, so each probability is the mean of the two readings. Chosen on the
-        generator's own scenes (benchmarks/heads_mirror.py): 2,000 of them read 97.4% against
-        96.5% from the picture alone; held out, 97.3% / 87.0% against 96.7% / 85.7% (vector /
-        photo, 300 each). It costs one more tower forward per picture, for the demo model only."""
+    def read(
+        self, vision_tower, pixel_values, selection: TokenSelection, views: str = DEFAULT_VIEWS
+    ) -> list[SceneReading]:
+        """The heads' reading of each picture, from the ``views`` of it (``VIEWS``) together: each
+        probability is the mean of the views' readings. ``selection`` is the LLaVA config's
+        (TokenSelection.of). Each extra view costs one more tower forward per picture, for the
+        demo model only."""
         import torch
 
         n = len(pixel_values)
-        views = torch.cat([pixel_values, pixel_values.flip(-1)]) if mirror else pixel_values
+        square = pixel_values.shape[-1] == pixel_values.shape[-2]
+        chosen = [(turns, mirrored) for turns, mirrored in VIEWS[views] if square or turns % 2 == 0]
+        batch = torch.cat([_view(pixel_values, turns, mirrored) for turns, mirrored in chosen])
         with torch.inference_mode():
-            pooled = pooled_patches(vision_tower, views.to(next(vision_tower.parameters()).dtype), selection)
+            pooled = pooled_patches(vision_tower, batch.to(next(vision_tower.parameters()).dtype), selection)
 
             def mean(probs):
-                return (probs[:n] + probs[n:]) / 2 if mirror else probs
+                return probs.view(len(chosen), n, *probs.shape[1:]).mean(0)
 
             p_color = mean(self._logits(pooled, "color").softmax(-1))
             p_shape = mean(self._logits(pooled, "shape").softmax(-1))
@@ -144,8 +163,9 @@ class SceneHeads:
 # Below this the heads' own reading of the background is a guess, and an answer should not state a guess.
 SURE_OF_BACKGROUND = 0.9
 # At or above this the heads' reading of the main object's colour (or shape) overrules the
-# decoder's words for it (answer_agreement.reconcile's ``sure``). 0: the heads' reading (from the
-# picture and its mirror image) always names the main object. Chosen on 2,000 of the generator's
+# decoder's words for it (answer_agreement.reconcile's ``sure``). 0: the heads' reading always
+# names the main object. Chosen when the heads read the picture and its mirror image (their
+# quarter turns read better still, so it stands), on 2,000 of the generator's
 # own scenes, not the held-out sets (benchmarks/heads_overrule.py, demo-32664b726542): 97.4% at
 # 0 against 96.2% at 0.5 and 95.9% with no overrule. Read from the picture alone, the heads gave
 # 96.5% at 0 and 96.1% at 0.5, and 0.5 was the choice then (on 1,000 scenes over three builds).

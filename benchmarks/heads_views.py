@@ -1,14 +1,15 @@
-"""Whether the demo model's scene heads read better from a picture and its mirror image together
-(scene_heads.SceneHeads.read's ``mirror``) than from the picture alone.
+"""Which views of a picture the demo model's scene heads should read together
+(scene_heads.VIEWS, averaged by SceneHeads.read): the picture alone, with its mirror image, its
+four quarter turns, or the turns and their mirror images.
 
-Reads the same scenes both ways and prints how often the main object's colour and shape (and
+Reads the same scenes every way and prints how often the main object's colour and shape (and
 the shape alone) come out right. The choice is made on the training generator's own scenes
 (unseen seed, as benchmarks/heads_overrule.py); the held-out sets (training/heldout_scenes.py)
 only report what it gives there.
 
-    python benchmarks/heads_mirror.py [--own 2000] [--heldout 300]
+    python benchmarks/heads_views.py [--own 2000] [--heldout 300]
 
-About 2 minutes on 2 CPU cores, with the demo model built.
+About 6 minutes on 2 CPU cores, with the demo model built.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.heads_overrule import scenes  # noqa: E402
 
 
-def readings(captioner, images, mirror: bool, batch_size: int = 50):
+def readings(captioner, images, views: str, batch_size: int = 50):
     from snap2caption_service.core.captioner import vision_tower
     from snap2caption_service.core.scene_heads import TokenSelection
 
@@ -31,7 +32,7 @@ def readings(captioner, images, mirror: bool, batch_size: int = 50):
     out = []
     for start in range(0, len(images), batch_size):
         pixels = captioner.processor.image_processor(images[start : start + batch_size], return_tensors="pt")
-        out += captioner.scene_heads.read(tower, pixels["pixel_values"], selection, mirror=mirror)
+        out += captioner.scene_heads.read(tower, pixels["pixel_values"], selection, views=views)
     return out
 
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from snap2caption_service.core.model_loading import load_captioner
+    from snap2caption_service.core.scene_heads import DEFAULT_VIEWS, VIEWS
     from snap2caption_service.core.settings import get_settings
     from training.build_demo import cpu_name, ensure_demo_model
 
@@ -50,15 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in [("own", args.own), ("vector", args.heldout), ("photo", args.heldout)]:
         images, truths = scenes(name, n)
         cells = []
-        for mirror in (False, True):
-            read = readings(captioner, images, mirror)
+        for views in VIEWS:
+            read = readings(captioner, images, views)
             both = sum((r.color, r.shape) == t for r, t in zip(read, truths)) / n
             shape = sum(r.shape == t[1] for r, t in zip(read, truths)) / n
             cells.append(f"{both:.1%} ({shape:.1%})")
         rows.append(f"| {name} ({n}) | " + " | ".join(cells) + " |")
         print(f"{name}: {n} scenes", flush=True)
-    print(f"\n{captioner.version}, {cpu_name()}; heads right on colour and shape (shape alone)\n")
-    print("| set | the picture alone | with its mirror image |\n|---|---:|---:|")
+    print(
+        f"\n{captioner.version}, {cpu_name()}; heads right on colour and shape (shape alone); served: {DEFAULT_VIEWS}\n"
+    )
+    print("| set | " + " | ".join(f"{v} ({len(VIEWS[v])})" for v in VIEWS) + " |")
+    print("|---|" + "---:|" * len(VIEWS))
     print("\n".join(rows))
     return 0
 

@@ -155,7 +155,7 @@ class SharedBase:
 
     def __init__(self, cfg, champion_adapter: str | None):
         self.cfg, self.champion_adapter = cfg, champion_adapter
-        self.model = self.processor = self.identity = self.device = None
+        self.model = self.processor = self.identity = self.device = self.scene_heads = None
         self.base_ref = ""
 
     def load(self) -> SharedBase:
@@ -163,6 +163,7 @@ class SharedBase:
             return self
         from snap2caption_service.core.captioner import base_identity, load_merged, resolve_device
         from snap2caption_service.core.model_loading import resolve_base
+        from snap2caption_service.core.scene_heads import SceneHeads
         from snap2caption_service.core.settings import get_settings
         from training.build_demo import ensure_demo_model
         from training.finetune import train_dtype
@@ -177,6 +178,7 @@ class SharedBase:
         # embeddings it fingerprints untouched, so merged or not it is the base's. Which champion
         # the adapter sits on is the version tag's job, not this one's.
         self.identity = base_identity(self.model)
+        self.scene_heads = SceneHeads.load(self.base_ref) if Path(self.base_ref).is_dir() else None
         self.model.to(self.device)
         log.info("base + champion loaded once for the creators in %.1fs", time.perf_counter() - t0)
         return self
@@ -186,12 +188,11 @@ class SharedBase:
         it ships them (the demo model), as ``Captioner.load`` gives them to the champion's gate
         (train_job) and the service. Without them the gate scored a decoder nobody is served."""
         from snap2caption_service.core.captioner import Captioner, GenerationSettings
-        from snap2caption_service.core.scene_heads import SceneHeads
 
         captioner = Captioner(
             model, self.processor, label, GenerationSettings(max_new_tokens=self.cfg.eval.max_new_tokens)
         )
-        captioner.scene_heads = SceneHeads.load(self.base_ref) if Path(self.base_ref).is_dir() else None
+        captioner.scene_heads = self.scene_heads  # loaded once with the base
         return captioner
 
 

@@ -158,6 +158,12 @@ def _rename_apart(text: str, old: tuple[str, str], new: tuple[str, str]) -> str:
     return text
 
 
+def _unique(tags: list[str]) -> list[str]:
+    """Each tag once, whatever its case: a rename can make two tags one."""
+    seen: set[str] = set()
+    return [t for t in tags if not (t.lower() in seen or seen.add(t.lower()))]
+
+
 def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_named: set[str]) -> list[str]:
     """#blackcircle -> #bluesquare; a lone #black, or #circle(s) and #circleart, only when no
     other object in the answer is still called that."""
@@ -171,8 +177,7 @@ def _retag(tags: list[str], old: tuple[str, str], new: tuple[str, str], still_na
         elif old[1] not in still_named and any(body == old[1] + end for end in _THING_TAG_SUFFIXES):
             tag = "#" + new[1] + body[len(old[1]) :]
         out.append(tag)
-    seen: set[str] = set()
-    return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))]
+    return _unique(out)
 
 
 def _name_as(caption, hashtags, alt_text, said, described, kept, colors, count, apart=False):
@@ -235,8 +240,7 @@ def _main_tags(
             strays.append(StrayTag(tag, renamed))
             tag = renamed
         out.append(tag)
-    seen: set[str] = set()
-    return [t for t in out if not (t.lower() in seen or seen.add(t.lower()))], strays
+    return _unique(out), strays
 
 
 def reconcile(

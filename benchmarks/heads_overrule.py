@@ -4,8 +4,9 @@ words for the main object (scene_heads.SURE_OF_OBJECT, answer_agreement.reconcil
 Captions the same scenes once with the overrule off, reads the heads beside each answer, then
 applies each threshold to the answers as reconcile does (a sure colour or shape replaces the
 caption's and alt text's), and prints colour+shape accuracy in caption and alt text per threshold.
-The threshold is chosen on the training generator's own scenes (unseen seed); the held-out sets
-(training/heldout_scenes.py) only report what it gives there.
+The threshold is chosen on the training generator's own scenes (unseen seed) and the validation
+scenes (training/validation_scenes.py, drawn by matplotlib on pictures no other set uses); the
+held-out sets (training/heldout_scenes.py) are the test and only report what it gives there.
 
     python benchmarks/heads_overrule.py [--scenes 300] [--thresholds 0 0.3 0.5 0.7 0.9] [--views turns]
 
@@ -64,8 +65,13 @@ def accuracy(truths, answers, readings, threshold: float) -> dict:
 
 
 def scenes(set_name: str, n: int):
-    """(images, truths): the generator's own world-mix scenes (seed 9001, as evaluate-demo), or a
-    held-out set."""
+    """(images, truths): the generator's own world-mix scenes (seed 9001, as evaluate-demo), the
+    validation scenes (training/validation_scenes.py), or a held-out set."""
+    if set_name == "validation":
+        from training.validation_scenes import validation_set
+
+        val = validation_set(n)
+        return [s.image for s in val], [(s.color, s.shape) for s in val]
     if set_name == "own":
         from training import synthetic
 
@@ -82,7 +88,7 @@ def scenes(set_name: str, n: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=300, help="scenes per set")
-    parser.add_argument("--sets", nargs="+", default=["own", "vector", "photo"])
+    parser.add_argument("--sets", nargs="+", default=["own", "validation", "vector", "photo"])
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0, 0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--views", help="the views the heads read (scene_heads.VIEWS); default: the served ones")
     args = parser.parse_args(argv)

@@ -4,10 +4,11 @@ four quarter turns, or the turns and their mirror images.
 
 Reads the same scenes every way and prints how often the main object's colour and shape (and
 the shape alone) come out right. The choice is made on the training generator's own scenes
-(unseen seed, as benchmarks/heads_overrule.py); the held-out sets (training/heldout_scenes.py)
-only report what it gives there.
+(unseen seed, as benchmarks/heads_overrule.py) and the validation scenes
+(training/validation_scenes.py); the held-out sets (training/heldout_scenes.py), the test, only
+report what it gives there.
 
-    python benchmarks/heads_views.py [--own 2000] [--heldout 300]
+    python benchmarks/heads_views.py [--own 2000] [--validation 600] [--heldout 300]
 
 About 6 minutes on 2 CPU cores, with the demo model built.
 """
@@ -39,6 +40,7 @@ def readings(captioner, images, views: str, batch_size: int = 50):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--own", type=int, default=2000, help="the generator's own scenes")
+    parser.add_argument("--validation", type=int, default=600, help="validation scenes (training/validation_scenes.py)")
     parser.add_argument("--heldout", type=int, default=300, help="scenes per held-out set")
     args = parser.parse_args(argv)
 
@@ -49,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     captioner = load_captioner(get_settings(), ensure_demo_model)
     rows = []
-    for name, n in [("own", args.own), ("vector", args.heldout), ("photo", args.heldout)]:
+    for name, n in [
+        ("own", args.own),
+        ("validation", args.validation),
+        ("vector", args.heldout),
+        ("photo", args.heldout),
+    ]:
         images, truths = scenes(name, n)
         cells = []
         for views in VIEWS:

@@ -5,11 +5,11 @@ an answer that gets the picture wrong."""
 from __future__ import annotations
 
 import colorsys
-import hashlib
 
 import numpy as np
 import pytest
 
+from scene_checks import digest, object_family
 from snap2caption_service.core.contracts import Candidate
 from training.evaluate_heldout import background_ok, evaluate_set
 from training.heldout_scenes import HELDOUT_SETS, heldout_set, real_photos
@@ -20,29 +20,7 @@ def sets():
     return {name: heldout_set(name, n=300) for name in HELDOUT_SETS}
 
 
-def _digest(scenes) -> str:
-    h = hashlib.sha256()
-    for s in scenes:
-        h.update(s.image.tobytes())
-        h.update(f"{s.image.size}{s.color}{s.shape}{s.background}".encode())
-    return h.hexdigest()
-
-
-# Colour families read from pixels by hue, saturation and value: a judge written apart from the
-# generator's palette, so a shade that a person would not call by its name fails the test.
-def _object_family(rgb) -> str:
-    h, s, v = colorsys.rgb_to_hsv(*(float(c) / 255 for c in rgb))
-    h *= 360
-    if v < 0.22:
-        return "black"
-    if s < 0.18:
-        return "white" if v > 0.75 else "gray"
-    for name, upper in (("red", 12), ("orange", 40), ("yellow", 70), ("green", 170), ("cyan", 195), ("blue", 255)):
-        if h < upper:
-            return name
-    return "red" if h >= 335 else "purple"
-
-
+# The background judge, written apart from the generator's palette as the object judge is (scene_checks.py).
 def _background_family(rgb) -> str:
     h, s, v = colorsys.rgb_to_hsv(*(float(c) / 255 for c in rgb))
     h *= 360
@@ -70,8 +48,8 @@ def test_sets_are_deterministic_and_sized(sets):
     for name, scenes in sets.items():
         assert len(scenes) == 300
         again = heldout_set(name, n=20)
-        assert _digest(again) == _digest(scenes[:20]), name  # same seed, same scenes; a prefix is a prefix
-        assert _digest(heldout_set(name, n=20, seed=1)) != _digest(again), name
+        assert digest(again) == digest(scenes[:20]), name  # same seed, same scenes; a prefix is a prefix
+        assert digest(heldout_set(name, n=20, seed=1)) != digest(again), name
 
 
 def test_scenes_are_not_the_training_canvas(sets):
@@ -90,9 +68,9 @@ def test_scenes_are_not_the_training_canvas(sets):
 def test_truth_matches_pixels(sets, name):
     scenes = sets[name]
     wrong = [
-        (i, s.color, _object_family(np.median(np.asarray(s.image)[s.main_mask], axis=0)))
+        (i, s.color, object_family(np.median(np.asarray(s.image)[s.main_mask], axis=0)))
         for i, s in enumerate(scenes)
-        if _object_family(np.median(np.asarray(s.image)[s.main_mask], axis=0)) != s.color
+        if object_family(np.median(np.asarray(s.image)[s.main_mask], axis=0)) != s.color
     ]
     assert len(wrong) / len(scenes) < 0.01, wrong[:10]
     # Every colour and shape is a main object often enough for a per-colour row to mean something.

@@ -58,3 +58,4 @@ _.events_per_creator  # training/prove_creators.py ProofReport -> --json-out
 _.WORLD_MIX  # training/synthetic.py <- benchmarks/vision_towers.py (the tower comparison's scene mix)
 _.scene_mix  # training/synthetic.py <- benchmarks/vision_towers.py, tests/test_synthetic.py
 _.HYBRID_ARCHITECTURE  # training/demo_model.py <- benchmarks/vision_towers.py, tests (the tower that reads held-out shapes)
+_.center  # training/validation_scenes.py ValidationScene <- tests/test_validation_scenes.py (the truth is where it was drawn)

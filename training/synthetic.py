@@ -433,13 +433,13 @@ class _Mark:
     box: tuple[float, float, float, float] | None = None  # a circle's bounding box
     points: tuple[tuple[float, float], ...] = ()  # a polygon's corners
 
-    def draw(self, draw: ImageDraw.ImageDraw, fill=None, outline=None, width: int | None = None) -> None:
-        fill, width = fill or self.fill, self.width if width is None else width
-        outline = outline or self.outline
+    def draw(self, draw: ImageDraw.ImageDraw, ink: int | None = None) -> None:
+        """Draw it in its colours, or all in one ``ink`` (a mask of where it lies)."""
+        fill, outline = (self.fill, self.outline) if ink is None else (ink, ink)
         if self.box is not None:
-            draw.ellipse(self.box, fill=fill, outline=outline, width=width)
+            draw.ellipse(self.box, fill=fill, outline=outline, width=self.width)
         else:
-            draw.polygon(list(self.points), fill=fill, outline=outline, width=width)
+            draw.polygon(list(self.points), fill=fill, outline=outline, width=self.width)
 
 
 def _mark(obj: SceneObject, rng: random.Random, big: int) -> _Mark:
@@ -497,8 +497,8 @@ def _mark_contrast(img: Image.Image, mark: _Mark) -> float:
     x0, y0 = max(0, int(min(xs)) - 6), max(0, int(min(ys)) - 6)
     x1, y1 = min(img.width, int(max(xs)) + 7), min(img.height, int(max(ys)) + 7)
     shape_mask, grown = Image.new("L", img.size, 0), Image.new("L", img.size, 0)
-    mark.draw(ImageDraw.Draw(shape_mask), fill=255, outline=255)
-    _grown(mark, 4.0).draw(ImageDraw.Draw(grown), fill=255, outline=255)
+    mark.draw(ImageDraw.Draw(shape_mask), ink=255)
+    _grown(mark, 4.0).draw(ImageDraw.Draw(grown), ink=255)
     box = (x0, y0, x1, y1)
     ring = (np.asarray(grown.crop(box)) > 0) & (np.asarray(shape_mask.crop(box)) == 0)
     around = np.asarray(img.crop(box))[ring]

@@ -199,24 +199,33 @@ class _AsymmetricTower:
         return SimpleNamespace(hidden_states=(self.proj(pixel_values.flatten(1)).view(len(pixel_values), 5, 6),))
 
 
+def _random_heads():
+    """Scene heads of random weights over the stand-in tower's 6-wide tokens, a position head included."""
+    import torch
+
+    labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
+    sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2, "position": 9}
+    weights = {}
+    for head, n in sizes.items():
+        weights[f"{head}.weight"], weights[f"{head}.bias"] = torch.randn(n, 6) * 3, torch.randn(n)
+    return SceneHeads(weights, labels)
+
+
 def test_the_heads_read_a_picture_turned_or_mirrored_alike():
     """Colour, shape, objects and background are the same in a picture turned by quarter turns
     or mirrored, so the heads read the views scene_heads.VIEWS names and average them
     (benchmarks/heads_views.py): a picture and its turned copies get one reading with the served
     views, and so do a picture and its mirror image with "mirror"; from the picture alone they
-    would not. A picture that is not square is read from its half turn only."""
+    would not. A picture that is not square is read from its half turn only. The zoom (a crop
+    around where the position head places the main object) keeps this: the place is read in the
+    picture's frame, so a turned picture's crop is the turned crop."""
     import torch
 
     from snap2caption_service.core.scene_heads import DEFAULT_VIEWS, TokenSelection
 
     assert DEFAULT_VIEWS == "turns"
     torch.manual_seed(1)
-    labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
-    sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2}
-    weights = {}
-    for head, n in sizes.items():
-        weights[f"{head}.weight"], weights[f"{head}.bias"] = torch.randn(n, 6) * 3, torch.randn(n)
-    heads, tower, selection = SceneHeads(weights, labels), _AsymmetricTower(), TokenSelection()
+    heads, tower, selection = _random_heads(), _AsymmetricTower(), TokenSelection()
     pixels = torch.randn(4, 3, 8, 8)
 
     def probs(readings):
@@ -241,3 +250,54 @@ def test_the_heads_read_a_picture_turned_or_mirrored_alike():
     wide = torch.randn(2, 3, 6, 8)
     tower.proj = torch.nn.Linear(3 * 6 * 8, 30)
     assert same(heads.read(tower, wide, selection), heads.read(tower, wide.rot90(2, (-2, -1)), selection))
+
+
+def test_each_view_of_the_grid_of_places_turns_back_to_the_picture():
+    import torch
+
+    from snap2caption_service.core.scene_heads import VIEWS, _unview, _view
+
+    grid = torch.arange(9.0).view(1, 3, 3)
+    for turns, mirrored in VIEWS["turns_and_mirror"]:
+        assert torch.equal(_unview(_view(grid, turns, mirrored), turns, mirrored), grid)
+    # The top-left cell of a picture turned a quarter (counter-clockwise) is its top-right cell.
+    assert _view(grid, 1, False)[0, 2, 0] == grid[0, 0, 0]
+
+
+def test_the_zoom_crops_around_the_cell_inside_the_picture():
+    """A crop of 3/4 of the side around a cell's centre, moved inside the picture and resized
+    back: the top-left cell's crop starts at the corner, the centre's is centred."""
+    import torch
+
+    from snap2caption_service.core.scene_heads import _zoomed
+
+    pictures = torch.arange(64.0).view(1, 1, 8, 8).repeat(3, 1, 1, 1)
+    out = _zoomed(pictures, torch.tensor([0, 4, 8]), 0.75)
+    assert out.shape == pictures.shape
+    # Resizing a 6x6 crop to 8x8 keeps its corners' neighbourhood: compare with the crop itself.
+    corners = {0: (0, 0), 4: (1, 1), 8: (2, 2)}
+    for i, (top, left) in enumerate(corners.values()):
+        crop = pictures[i, 0, top : top + 6, left : left + 6]
+        assert out[i, 0].min() >= crop.min() - 1e-5 and out[i, 0].max() <= crop.max() + 1e-5
+        assert out[i, 0].mean() == pytest.approx(crop.mean(), abs=0.5)
+
+
+def test_the_zoom_changes_colour_and_shape_only_and_needs_a_position_head():
+    """The zoom averages a crop's colour and shape into the reading; the objects and background
+    stay the whole picture's. Heads saved without a position head are read without it."""
+    import torch
+
+    from snap2caption_service.core.scene_heads import TokenSelection
+
+    torch.manual_seed(2)
+    heads, tower, selection = _random_heads(), _AsymmetricTower(), TokenSelection()
+    pixels = torch.randn(4, 3, 8, 8)
+    closer, whole = heads.read(tower, pixels, selection, zoom=0.75), heads.read(tower, pixels, selection, zoom=None)
+    assert [p for r in closer for p in (r.p_color, r.p_shape)] != pytest.approx(
+        [p for r in whole for p in (r.p_color, r.p_shape)], abs=1e-3
+    )
+    assert [(r.p_object, r.p_background, r.background) for r in closer] == [
+        (r.p_object, r.p_background, r.background) for r in whole
+    ]
+    older = SceneHeads({k: v for k, v in heads.weights.items() if not k.startswith("position.")}, heads.labels)
+    assert older.read(tower, pixels, selection, zoom=0.75) == older.read(tower, pixels, selection, zoom=None)

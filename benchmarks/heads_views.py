@@ -1,7 +1,8 @@
 """Which views of a picture the demo model's scene heads should read together
 (scene_heads.VIEWS, averaged by SceneHeads.read): the picture alone, with its mirror image, its
-four quarter turns, or the turns and their mirror images; and how close a crop around the main
-object they read besides (scene_heads.ZOOM, with the served views).
+four quarter turns, or the turns and their mirror images; and whether a crop around the main
+object, read besides (scene_heads.ZOOM), helps (the service reads none since the main head,
+session 27).
 
 Reads the same scenes every way and prints how often the main object's colour and shape (and
 the shape alone) come out right. The choice is made on the training generator's own scenes
@@ -39,17 +40,19 @@ def readings(captioner, images, views: str, zoom: float | None, batch_size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from snap2caption_service.core.scene_heads import ZOOM
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--own", type=int, default=2000, help="the generator's own scenes")
     parser.add_argument("--validation", type=int, default=600, help="validation scenes (training/validation_scenes.py)")
     parser.add_argument("--heldout", type=int, default=300, help="scenes per held-out set")
     parser.add_argument(
-        "--zooms", nargs="*", type=float, default=[0.6, 0.7, 0.75, 0.8, 0.9], help="crop sides to try besides none"
+        "--zooms", nargs="*", type=float, default=[0.6, ZOOM, 0.8], help="crop sides to try besides none"
     )
     args = parser.parse_args(argv)
 
     from snap2caption_service.core.model_loading import load_captioner
-    from snap2caption_service.core.scene_heads import DEFAULT_VIEWS, VIEWS, ZOOM
+    from snap2caption_service.core.scene_heads import DEFAULT_VIEWS, VIEWS
     from snap2caption_service.core.settings import get_settings
     from training.build_demo import cpu_name, ensure_demo_model
 
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {n} scenes", flush=True)
     print(
         f"\n{captioner.version}, {cpu_name()}; heads right on colour and shape (shape alone); "
-        f"served: {DEFAULT_VIEWS}, zoom {ZOOM}\n"
+        f"served: {DEFAULT_VIEWS}, no zoom\n"
     )
     heads = [f"{v} ({len(VIEWS[v])})" if z is None else f"{v} + zoom {z}" for v, z in ways]
     print("| set | " + " | ".join(heads) + " |")

@@ -43,20 +43,18 @@ def draw_scenes(processor, n: int, seed: int, mix):
 
 
 def read_heldout(pretrainer, processor, set_name: str) -> dict:
-    import torch
-
-    from snap2caption_service.core.scene_heads import pooled_patches
+    from snap2caption_service.core.scene_heads import SceneHeads
     from training.heldout_scenes import heldout_set
-    from training.vision_pretrain import COLORS, SHAPES
+    from training.vision_pretrain import SHAPES, head_labels, head_weights
 
     scenes = heldout_set(set_name, 300)
     pixels = processor.image_processor(images=[s.image for s in scenes], return_tensors="pt")["pixel_values"]
+    heads = SceneHeads(head_weights(pretrainer), head_labels())
     pretrainer.eval()
-    with torch.inference_mode():
-        pooled = pooled_patches(pretrainer.tower, pixels, pretrainer.selection)
-        colors = [COLORS[i] for i in pretrainer.heads["color"](pooled).argmax(-1).tolist()]
-        shapes = [SHAPES[i] for i in pretrainer.heads["shape"](pooled).argmax(-1).tolist()]
+    # The picture alone, as this benchmark has always compared towers (the service reads more views).
+    readings = heads.read(pretrainer.tower, pixels, pretrainer.selection, views="picture", zoom=None)
     pretrainer.train()
+    colors, shapes = [r.color for r in readings], [r.shape for r in readings]
     color_ok = [c == s.color for c, s in zip(colors, scenes)]
     shape_ok = [p == s.shape for p, s in zip(shapes, scenes)]
     per_shape = {

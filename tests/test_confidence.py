@@ -74,6 +74,8 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path, vision_kind):
 
     cap = Captioner.load(str(tmp_path))
     assert cap.scene_heads is not None
+    # Where the main object lies, one logit per token: colour and shape read the tokens by it.
+    assert cap.scene_heads.weights["main.weight"].shape == (1, arch.vision_hidden)
     scene = synthetic.sample_scene(random.Random(3))
     [cands] = cap.caption_batch([CaptionJob(synthetic.render_scene(scene), num_hashtags=3, num_candidates=2)])
     assert len({c.confidence for c in cands}) == 1 and 0.0 <= cands[0].confidence <= 1.0
@@ -199,12 +201,13 @@ class _AsymmetricTower:
         return SimpleNamespace(hidden_states=(self.proj(pixel_values.flatten(1)).view(len(pixel_values), 5, 6),))
 
 
-def _random_heads():
-    """Scene heads of random weights over the stand-in tower's 6-wide tokens, a position head included."""
+def _random_heads(main: bool = False):
+    """Scene heads of random weights over the stand-in tower's 6-wide tokens, a position head
+    included, and with ``main`` a main-object head over each token."""
     import torch
 
     labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
-    sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2, "position": 9}
+    sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2, "position": 9} | ({"main": 1} if main else {})
     weights = {}
     for head, n in sizes.items():
         weights[f"{head}.weight"], weights[f"{head}.bias"] = torch.randn(n, 6) * 3, torch.randn(n)
@@ -225,8 +228,15 @@ def test_the_heads_read_a_picture_turned_or_mirrored_alike():
 
     assert DEFAULT_VIEWS == "turns"
     torch.manual_seed(1)
-    heads, tower, selection = _random_heads(), _AsymmetricTower(), TokenSelection()
+    tower, selection = _AsymmetricTower(), TokenSelection()
     pixels = torch.randn(4, 3, 8, 8)
+    for heads in (_random_heads(), _random_heads(main=True)):
+        for zoom in (None, 0.75):
+            _check_turned_alike(heads, tower, selection, pixels, zoom)
+
+
+def _check_turned_alike(heads, tower, selection, pixels, zoom):
+    import torch
 
     def probs(readings):
         return [p for r in readings for p in (r.p_color, r.p_shape, r.p_object, r.p_background)]
@@ -242,14 +252,42 @@ def test_the_heads_read_a_picture_turned_or_mirrored_alike():
         (pixels.flip(-1), "mirror"),
     ]:
         alone, alone_other = (
-            heads.read(tower, pixels, selection, "picture"),
-            heads.read(tower, other, selection, "picture"),
+            heads.read(tower, pixels, selection, "picture", zoom),
+            heads.read(tower, other, selection, "picture", zoom),
         )
         assert probs(alone) != pytest.approx(probs(alone_other), abs=1e-3)
-        assert same(heads.read(tower, pixels, selection, views), heads.read(tower, other, selection, views))
+        assert same(heads.read(tower, pixels, selection, views, zoom), heads.read(tower, other, selection, views, zoom))
     wide = torch.randn(2, 3, 6, 8)
-    tower.proj = torch.nn.Linear(3 * 6 * 8, 30)
-    assert same(heads.read(tower, wide, selection), heads.read(tower, wide.rot90(2, (-2, -1)), selection))
+    square, tower.proj = tower.proj, torch.nn.Linear(3 * 6 * 8, 30)
+    assert same(
+        heads.read(tower, wide, selection, zoom=zoom), heads.read(tower, wide.rot90(2, (-2, -1)), selection, zoom=zoom)
+    )
+    tower.proj = square
+
+
+def test_with_a_main_head_colour_and_shape_read_the_tokens_where_the_main_object_is():
+    """A model whose main head says which tokens hold the main object has its colour and shape read
+    from those tokens (scene_heads.focused_patches), and its objects and background from all of
+    them; without a main head every token weighs alike."""
+    import torch
+
+    from snap2caption_service.core.scene_heads import TokenSelection, focused_patches
+
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 3.0]]])
+    assert torch.allclose(focused_patches(tokens, torch.tensor([[30.0, -30.0, -30.0]])), torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(focused_patches(tokens, torch.zeros(1, 3)), tokens.mean(1))
+
+    torch.manual_seed(3)
+    tower, selection, pixels = _AsymmetricTower(), TokenSelection(), torch.randn(4, 3, 8, 8)
+    focused = _random_heads(main=True)
+    plain = SceneHeads({k: v for k, v in focused.weights.items() if not k.startswith("main.")}, focused.labels)
+    a, b = focused.read(tower, pixels, selection, zoom=None), plain.read(tower, pixels, selection, zoom=None)
+    assert [p for r in a for p in (r.p_color, r.p_shape)] != pytest.approx(
+        [p for r in b for p in (r.p_color, r.p_shape)], abs=1e-3
+    )
+    assert [p for r in a for p in (r.p_object, r.p_background)] == pytest.approx(
+        [p for r in b for p in (r.p_object, r.p_background)]
+    )
 
 
 def test_each_view_of_the_grid_of_places_turns_back_to_the_picture():

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.quality
 # demo-654854e21f44 on 300 scenes: 0.937 / 0.820 (session 17's build), 0.960 / 0.820 (session 18's
 # fresh build of the same recipe, with the heads' overrule).
 HELD_OUT_FLOOR = {"vector": 0.88, "photo": 0.75}
+MAX_FLAGGED = {"vector": 0.4, "photo": 0.6}
 OWN_SCENES_MARGIN = 0.02
 
 
@@ -94,6 +95,12 @@ def test_demo_model_on_held_out_sets(demo_model_dir):
     assert report.objects_agree >= THRESHOLDS["objects_agree"], report.table()
     # Issue 16: the alt texts pass the accessibility lint on pictures the generator never drew.
     assert report.alt_text_lint_pass >= THRESHOLDS["alt_text_lint_pass"], report.table()
+    # A confidence that flags most answers is no more use than one that flags none: the first
+    # build with a main head (demo-263ba5811323) flagged 79% of the vector set, all of it right,
+    # because its objects head no longer found the object (docs/notes/demo-model.md, session 27).
+    # Models before it flagged 17-21% (corrected answers count as flagged).
+    assert report.flagged <= MAX_FLAGGED["vector"], report.table()
+    assert photo.flagged <= MAX_FLAGGED["photo"], photo.table()
 
 
 def test_demo_model_left_padded_batch_matches_single(demo_model_dir):

@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 import numpy as np
+from PIL import Image
 
 from snap2caption_service.core import alt_text
 from snap2caption_service.core.hashtags import is_generic
@@ -58,6 +59,26 @@ def test_empty_scenes_render_and_have_no_objects():
         image = synthetic.render_scene(scene)  # sometimes stretched, as a tall or wide photo is
         assert image.mode == "RGB" and min(image.size) >= synthetic.CANVAS * 0.7
     assert {synthetic.PHOTO, synthetic.TEXTURED} <= kinds  # what the scene heads learn to call empty
+
+
+def test_the_main_objects_cover_is_where_it_is_drawn():
+    """Stage 1 teaches the tower where the main object lies from the share of each token's cell it
+    covers: the cells it covers are the dark ones of a black object on white (squeezed back to a
+    square as the processor does), a scene without objects covers none, and the picture is the one
+    render_scene draws."""
+    for seed in range(8):
+        scene = synthetic.Scene(
+            (synthetic.SceneObject("black", "square", "large", seed % 3, (seed // 3) % 3),), ("white",), seed=seed
+        )
+        picture, cover = synthetic.render_scene_and_main(scene, grid=8)
+        assert picture.tobytes() == synthetic.render_scene(scene).tobytes()
+        dark = np.asarray(picture.convert("L").resize((8, 8), Image.BOX), dtype=np.float32) / 255
+        assert cover.shape == (64,) and 0 <= cover.min() and cover.max() <= 1
+        # Shades, lighting and blur move the grays, not which cells are dark.
+        assert np.corrcoef(cover, 1 - dark.reshape(-1))[0, 1] > 0.95
+        assert cover.reshape(8, 8)[scene.main.row * 8 // 3 : (scene.main.row + 1) * 8 // 3].sum() > 0
+    _, none = synthetic.render_scene_and_main(synthetic.sample_empty_scene(random.Random(3)))
+    assert not none.any()
 
 
 def _covered_pixels(shape: str, mix: synthetic.SceneMix) -> list[int]:

@@ -25,11 +25,14 @@ from training.loop import EncodedDataset, TrainConfig, TrainExample, train
 
 log = logging.getLogger(__name__)
 
+# 10: the colour and shape heads train on the plain mean of tokens too (the objects head's confidence);
+# 9: stage 1 learns where the main object lies (a main head over each token); colour and shape
+# read the tokens weighted by it (scene_heads.focused_patches);
 # 8: stage 2 replays the frozen tower's stored outputs, batches grouped by length;
 # 7: deterministic kernels (the same recipe builds the same weights on one CPU kind);
 # 6: stage 2 compiled; 5: eager attention in stage 1; 4: scene heads saved (confidence);
 # 3: prompts carry platform and hashtag count
-TRAINER_VERSION = "8"
+TRAINER_VERSION = "10"
 META_FILE = DEMO_META_FILE
 
 
@@ -187,11 +190,18 @@ def _build(out_dir: Path, recipe: DemoRecipe, arch: DemoArchitecture, progress: 
             for _ in range(n)
         ]
 
+    grid = arch.image_size // arch.patch_size  # the tower's tokens per side
     scenes = SceneLabelDataset(
-        processor.image_processor, vision_scenes(random.Random(recipe.train_seed), recipe.vision_scenes), progress
+        processor.image_processor,
+        vision_scenes(random.Random(recipe.train_seed), recipe.vision_scenes),
+        progress,
+        grid=grid,
     )
     held = SceneLabelDataset(
-        processor.image_processor, vision_scenes(random.Random(recipe.train_seed + 10_000), 512), progress=False
+        processor.image_processor,
+        vision_scenes(random.Random(recipe.train_seed + 10_000), 512),
+        progress=False,
+        grid=grid,
     )
     tower = vision_tower_of(model)
     # torch's CPU flash-attention backward is slow on short sequences: with 65 tokens a tower

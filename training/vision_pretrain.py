@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 
 from snap2caption_service.core.captioner import vision_tower
-from snap2caption_service.core.scene_heads import HEADS_FILE, LABELS_FILE, TokenSelection, pooled_patches
+from snap2caption_service.core.scene_heads import (
+    HEADS_FILE,
+    LABELS_FILE,
+    TokenSelection,
+    focused_patches,
+    image_tokens,
+    pooled_patches,
+)
 from training import synthetic
 
 COLORS = list(synthetic.COLORS)
@@ -54,18 +61,22 @@ def head_labels() -> dict:
 
 
 class SceneLabelDataset:
-    """Pixel values and scene labels, encoded once (same image processor as the caption model)."""
+    """Pixel values and scene labels, encoded once (same image processor as the caption model).
+    ``grid``: the tower's tokens per side, for the main object's cover of each token's cell."""
 
-    def __init__(self, image_processor, scenes: Sequence[synthetic.Scene], progress: bool = True):
+    def __init__(self, image_processor, scenes: Sequence[synthetic.Scene], progress: bool = True, grid: int = 8):
+        import numpy as np
         import torch
         from tqdm import tqdm
 
-        pixels, labels = [], [scene_labels(s) for s in scenes]
+        pixels, covers, labels = [], [], [scene_labels(s) for s in scenes]
         for start in tqdm(range(0, len(scenes), 512), desc="encode scenes", disable=not progress):
-            imgs = [synthetic.render_scene(s) for s in scenes[start : start + 512]]
-            pixels.append(image_processor(images=imgs, return_tensors="pt")["pixel_values"])
+            drawn = [synthetic.render_scene_and_main(s, grid=grid) for s in scenes[start : start + 512]]
+            pixels.append(image_processor(images=[img for img, _ in drawn], return_tensors="pt")["pixel_values"])
+            covers += [cover for _, cover in drawn]
         self.pixel_values = torch.cat(pixels)
         self.targets = {k: torch.tensor([lab[k] for lab in labels]) for k in labels[0]}
+        self.targets["main"] = torch.from_numpy(np.stack(covers))
 
     def __len__(self) -> int:
         return len(self.pixel_values)
@@ -92,36 +103,56 @@ def make_pretrainer(vision_tower, hidden: int, selection: TokenSelection):
                     "position": nn.Linear(hidden, 9),
                     "background": nn.Linear(hidden, len(BACKGROUNDS)),
                     "objects": nn.Linear(hidden, len(COLORS) * len(SHAPES)),
+                    # Per token: how much of its cell the main object covers. Colour and shape
+                    # read the tokens weighted by it (scene_heads.focused_patches).
+                    "main": nn.Linear(hidden, 1),
                 }
             )
 
-        def forward(self, pixel_values, color, shape, position, background, objects):
-            pooled = pooled_patches(self.tower, pixel_values, self.selection)
-            logits = {k: head(pooled) for k, head in self.heads.items()}
+        def forward(self, pixel_values, color, shape, position, background, objects, main):
+            tokens = image_tokens(self.tower, pixel_values, self.selection)
+            pooled = pooled_patches(self.tower, None, self.selection, patch_tokens=tokens)
+            main_logits = self.heads["main"](tokens).squeeze(-1)
+            focus = focused_patches(tokens, main_logits)
+            logits = {
+                k: head(focus if k in ("color", "shape") else pooled) for k, head in self.heads.items() if k != "main"
+            }
+            # The same colour and shape heads also read the plain mean, as before the main head:
+            # without this the plain mean stops carrying the main object, and the objects head
+            # that reads it (the answer's confidence) found an object in a quarter of the
+            # held-out vector scenes instead of four fifths (docs/notes/demo-model.md, session 27).
+            plain = {k: self.heads[k](pooled) for k in ("color", "shape")}
             has_object = color != IGNORE
 
-            def ce(name, target):
+            def ce(name, target, read=logits):
                 # Summed over the scenes that have the label, so a batch of only empty scenes
                 # adds nothing (a mean over none would be NaN).
-                loss = nn.functional.cross_entropy(logits[name], target, ignore_index=IGNORE, reduction="sum")
+                loss = nn.functional.cross_entropy(read[name], target, ignore_index=IGNORE, reduction="sum")
                 return loss / has_object.sum().clamp(min=1)
 
             loss = (
                 ce("color", color)
                 + 2 * ce("shape", shape)
+                + ce("color", color, plain)
+                + 2 * ce("shape", shape, plain)
                 + ce("position", position)
                 + 0.5 * nn.functional.cross_entropy(logits["background"], background)
                 + nn.functional.binary_cross_entropy_with_logits(logits["objects"], objects.float())
+                + nn.functional.binary_cross_entropy_with_logits(main_logits, main.to(main_logits.dtype))
             )
             acc = {
                 k: (logits[k].argmax(-1) == t)[has_object].float().mean().item()
                 for k, t in (("color", color), ("shape", shape), ("position", position))
             }
             acc["background"] = (logits["background"].argmax(-1) == background).float().mean().item()
-            # An empty scene must read as empty: no known object above even odds.
+            # An empty scene must read as empty, and a scene with objects as not: some known
+            # object above even odds or not.
+            found = logits["objects"].sigmoid().amax(-1) >= 0.5
             empty = ~has_object
             if empty.any():
-                acc["empty_flagged"] = (logits["objects"][empty].sigmoid().amax(-1) < 0.5).float().mean().item()
+                acc["empty_flagged"] = (~found[empty]).float().mean().item()
+            if has_object.any():
+                acc["object_found"] = found[has_object].float().mean().item()
             return SimpleNamespace(loss=loss, accuracy=acc)
 
     return VisionPretrainer()
@@ -137,6 +168,15 @@ def held_out_accuracy(pretrainer, data: SceneLabelDataset, n: int = 512) -> dict
     return out.accuracy
 
 
+def head_weights(pretrainer) -> dict:
+    """The heads' weights by "head.weight" / "head.bias", as scene_heads.SceneHeads reads them."""
+    return {
+        f"{name}.{k}": v.detach().float().contiguous()
+        for name, head in pretrainer.heads.items()
+        for k, v in head.state_dict().items()
+    }
+
+
 def save_heads(pretrainer, out_dir) -> None:
     """The heads next to the model's weights: the served model's confidence (core/scene_heads.py)."""
     import json
@@ -146,10 +186,5 @@ def save_heads(pretrainer, out_dir) -> None:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {
-        f"{name}.{k}": v.detach().float().contiguous()
-        for name, head in pretrainer.heads.items()
-        for k, v in head.state_dict().items()
-    }
-    save_file(weights, str(out / HEADS_FILE))
+    save_file(head_weights(pretrainer), str(out / HEADS_FILE))
     (out / LABELS_FILE).write_text(json.dumps(head_labels(), indent=1))

@@ -59,3 +59,4 @@ _.WORLD_MIX  # training/synthetic.py <- benchmarks/vision_towers.py (the tower c
 _.scene_mix  # training/synthetic.py <- benchmarks/vision_towers.py, tests/test_synthetic.py
 _.HYBRID_ARCHITECTURE  # training/demo_model.py <- benchmarks/vision_towers.py, tests (the tower that reads held-out shapes)
 _.center  # training/validation_scenes.py ValidationScene <- tests/test_validation_scenes.py (the truth is where it was drawn)
+_.ZOOM  # snap2caption_service/core/scene_heads.py <- benchmarks/heads_views.py (the crop side it compares; the service reads none)

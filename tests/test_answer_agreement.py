@@ -297,7 +297,7 @@ def test_the_captioner_overrules_an_agreeing_answer_only_where_the_heads_are_sur
         assert answer.hashtags[:2] == ["#blackcircle", "#black"]
 
 
-def test_a_stray_tag_of_the_main_thing_takes_its_colour():
+def test_a_stray_object_tag_becomes_the_main_objects():
     """Generator 9's model names other objects by colour alone, so a #whitetriangle above a caption
     and alt text that say "yellow triangle" can only mean the main object, in a colour nobody
     gave it (2 of 300 photo-set answers, docs/notes/demo-model.md, session 23). It takes the main
@@ -317,4 +317,18 @@ def test_a_stray_tag_of_the_main_thing_takes_its_colour():
     assert objects_agree(caption, tags, alt, things=SHAPES)
     two = "A large yellow triangle and a small white triangle."
     assert reconcile("A yellow triangle.", ["#whitetriangle"], two, things=SHAPES)[1] == ["#whitetriangle"]
+    # A tag of another thing too: the heads overrule the decoder's "red triangle" to a red star,
+    # and the decoder's stray #whitetriangle goes with it (photo-set scene 161 on
+    # demo-d1a9623dd9f4, docs/notes/demo-model.md, session 27).
+    said = "A large red triangle at the bottom, on a photo background."
+    caption, tags, alt_text, settled = reconcile(
+        "Weekend vibes with a big red triangle at the bottom.",
+        ["#whitetriangle", "#red", "#triangle", "#triangleart"],
+        said,
+        things=SHAPES,
+        sure=("red", "star"),
+    )
+    assert alt_text == "A large red star at the bottom, on a photo background."
+    assert tags == ["#redstar", "#red", "#star", "#starart"], tags
+    assert objects_agree(caption, tags, alt_text, things=SHAPES)
     assert reconcile("A yellow triangle.", ["#whitetriangle"], alt)[1] == ["#whitetriangle"]

@@ -223,10 +223,11 @@ def _overrule(caption, hashtags, alt_text, sure, colors, things):
 def _main_tags(
     hashtags: list[str], alt_text: str, colors: frozenset[str], things: frozenset[str]
 ) -> tuple[list[str], list[StrayTag]]:
-    """A tag joining a colour to the main thing that the alt text does not name (#whitetriangle
-    above "a yellow triangle") renamed to the main object's colour. Only where the alt text names
-    that thing once: a model of closed-list things whose other objects go by colour alone (the
-    demo's generator 9), so the tag can only mean the main object."""
+    """A tag joining a colour to a thing that the alt text does not name renamed to the main
+    object: #whitetriangle above "a yellow triangle" becomes #yellowtriangle, and above "a red
+    star" (the heads overruled the decoder's triangle) #redstar. Only where the alt text names
+    one thing of the list: a model of closed-list things whose other objects go by colour alone
+    (the demo's generator 9 onwards), so the tag can only mean the main object."""
     described = [p for p in _pairs(alt_text, colors) if p[1] in things]
     if len(described) != 1:
         return hashtags, []
@@ -234,9 +235,9 @@ def _main_tags(
     out, strays = [], []
     for tag in hashtags:
         claim = _object_tag(tag, colors, things)
-        if claim is not None and claim[0] and claim[1] == main[1] and claim[0] != main[0]:
-            body = tag.lstrip("#").lower()
-            renamed = "#" + main[0] + body[len(claim[0]) :]
+        if claim is not None and claim[0] and claim != main:
+            plural = tag.lstrip("#").lower()[len(claim[0]) + len(claim[1]) :]  # "" or "s"
+            renamed = "#" + main[0] + main[1] + plural
             strays.append(StrayTag(tag, renamed))
             tag = renamed
         out.append(tag)

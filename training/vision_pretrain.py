@@ -119,7 +119,7 @@ def make_pretrainer(vision_tower, hidden: int, selection: TokenSelection):
             }
             # The same colour and shape heads also read the plain mean, as before the main head:
             # without this the plain mean stops carrying the main object, and the objects head
-            # that reads it (the answer's confidence) found an object in a quarter of the
+            # that reads it (the answer's confidence) found an object in a fifth of the
             # held-out vector scenes instead of four fifths (docs/notes/demo-model.md, session 27).
             plain = {k: self.heads[k](pooled) for k in ("color", "shape")}
             has_object = color != IGNORE

@@ -206,6 +206,28 @@ def test_report_tables_show_which_colour_fails(sets):
     assert "miss #" in report.table() and "FAIL" in report.table()
 
 
+def test_a_rare_background_miss_is_listed_after_many_colour_misses(sets):
+    scenes = sets["vector"][:120]
+    last = max(i for i, s in enumerate(scenes) if s.color != "red")
+
+    def red_is_orange_and_one_background_wrong(i, s):
+        caption, alt = _right(i, s)
+        if s.color == "red":
+            return caption.replace("red", "orange"), alt.replace("red", "orange")
+        if i == last:
+            return caption, alt.replace(
+                f"plain {s.background}", "plain beige" if s.background != "beige" else "plain teal"
+            )
+        return caption, alt
+
+    report = evaluate_set(_FakeCaptioner(scenes, red_is_orange_and_one_background_wrong), scenes)
+    reds = sum(s.color == "red" for s in scenes)
+    assert reds > 5, "the set needs more colour misses than are listed"
+    assert [m.failed for m in report.misses].count("main object") == 5
+    assert [(m.index, m.failed) for m in report.misses if m.failed != "main object"] == [(last, "background")]
+    assert f"miss #{last} (" in report.table() and "; background)" in report.table()
+
+
 def test_background_check_reads_every_phrase():
     assert background_ok(["On a plain grey background."], "gray")
     assert background_ok(["Weekend vibes.", "A red circle, on a plain background."], "teal")

@@ -71,6 +71,7 @@ def test_demo_build_ships_heads_the_captioner_reads(tmp_path, vision_kind):
     assert (tmp_path / HEADS_FILE).is_file()
     labels = json.loads((tmp_path / LABELS_FILE).read_text())
     assert labels["color"] == list(synthetic.COLORS) and labels["shape"] == list(synthetic.SHAPES)
+    assert labels["focused"] == ["color", "shape", "objects"]  # the confidence reads where the main object is
 
     cap = Captioner.load(str(tmp_path))
     assert cap.scene_heads is not None
@@ -201,12 +202,13 @@ class _AsymmetricTower:
         return SimpleNamespace(hidden_states=(self.proj(pixel_values.flatten(1)).view(len(pixel_values), 5, 6),))
 
 
-def _random_heads(main: bool = False):
+def _random_heads(main: bool = False, focused: list[str] | None = None):
     """Scene heads of random weights over the stand-in tower's 6-wide tokens, a position head
-    included, and with ``main`` a main-object head over each token."""
+    included, and with ``main`` a main-object head over each token (read by the ``focused`` heads)."""
     import torch
 
     labels = {"color": ["red", "blue", "green"], "shape": ["circle", "star"], "background": ["white", "photo"]}
+    labels |= {"focused": focused} if focused else {}
     sizes = {"color": 3, "shape": 2, "objects": 6, "background": 2, "position": 9} | ({"main": 1} if main else {})
     weights = {}
     for head, n in sizes.items():
@@ -230,7 +232,7 @@ def test_the_heads_read_a_picture_turned_or_mirrored_alike():
     torch.manual_seed(1)
     tower, selection = _AsymmetricTower(), TokenSelection()
     pixels = torch.randn(4, 3, 8, 8)
-    for heads in (_random_heads(), _random_heads(main=True)):
+    for heads in (_random_heads(), _random_heads(main=True), _random_heads(True, ["color", "shape", "objects"])):
         for zoom in (None, 0.75):
             _check_turned_alike(heads, tower, selection, pixels, zoom)
 
@@ -265,10 +267,11 @@ def _check_turned_alike(heads, tower, selection, pixels, zoom):
     tower.proj = square
 
 
-def test_with_a_main_head_colour_and_shape_read_the_tokens_where_the_main_object_is():
-    """A model whose main head says which tokens hold the main object has its colour and shape read
-    from those tokens (scene_heads.focused_patches), and its objects and background from all of
-    them; without a main head every token weighs alike."""
+def test_with_a_main_head_the_focused_heads_read_the_tokens_where_the_main_object_is():
+    """A model whose main head says which tokens hold the main object has the heads its labels file
+    names "focused" read from those tokens (scene_heads.focused_patches), and the others from all
+    of them; a model saved before the file named them focused colour and shape; without a main
+    head every token weighs alike."""
     import torch
 
     from snap2caption_service.core.scene_heads import TokenSelection, focused_patches
@@ -279,15 +282,20 @@ def test_with_a_main_head_colour_and_shape_read_the_tokens_where_the_main_object
 
     torch.manual_seed(3)
     tower, selection, pixels = _AsymmetricTower(), TokenSelection(), torch.randn(4, 3, 8, 8)
-    focused = _random_heads(main=True)
-    plain = SceneHeads({k: v for k, v in focused.weights.items() if not k.startswith("main.")}, focused.labels)
-    a, b = focused.read(tower, pixels, selection, zoom=None), plain.read(tower, pixels, selection, zoom=None)
-    assert [p for r in a for p in (r.p_color, r.p_shape)] != pytest.approx(
-        [p for r in b for p in (r.p_color, r.p_shape)], abs=1e-3
-    )
-    assert [p for r in a for p in (r.p_object, r.p_background)] == pytest.approx(
-        [p for r in b for p in (r.p_object, r.p_background)]
-    )
+    older = _random_heads(main=True)
+    plain = SceneHeads({k: v for k, v in older.weights.items() if not k.startswith("main.")}, older.labels)
+    named = SceneHeads(older.weights, {**older.labels, "focused": ["color", "shape", "objects"]})
+    assert (older.focused, plain.focused) == ({"color", "shape"}, frozenset())
+    assert named.focused == {"color", "shape", "objects"}
+    a, b, c = (heads.read(tower, pixels, selection, zoom=None) for heads in (older, plain, named))
+
+    def read(readings, *parts):
+        return [getattr(r, p) for r in readings for p in parts]
+
+    assert read(a, "p_color", "p_shape") != pytest.approx(read(b, "p_color", "p_shape"), abs=1e-3)
+    assert read(a, "p_object", "p_background") == pytest.approx(read(b, "p_object", "p_background"))
+    assert read(c, "p_color", "p_shape", "p_background") == pytest.approx(read(a, "p_color", "p_shape", "p_background"))
+    assert read(c, "p_object") != pytest.approx(read(a, "p_object"), abs=1e-3)
 
 
 def test_each_view_of_the_grid_of_places_turns_back_to_the_picture():

@@ -25,6 +25,7 @@ from training.loop import EncodedDataset, TrainConfig, TrainExample, train
 
 log = logging.getLogger(__name__)
 
+# 11: the objects head reads the focused tokens too, and colour and shape train on them alone;
 # 10: the colour and shape heads train on the plain mean of tokens too (the objects head's confidence);
 # 9: stage 1 learns where the main object lies (a main head over each token); colour and shape
 # read the tokens weighted by it (scene_heads.focused_patches);
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 # 7: deterministic kernels (the same recipe builds the same weights on one CPU kind);
 # 6: stage 2 compiled; 5: eager attention in stage 1; 4: scene heads saved (confidence);
 # 3: prompts carry platform and hashtag count
-TRAINER_VERSION = "10"
+TRAINER_VERSION = "11"
 META_FILE = DEMO_META_FILE
 
 

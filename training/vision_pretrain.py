@@ -35,6 +35,13 @@ def vision_tower_of(model):
 
 IGNORE = -100  # a scene without objects has no main colour, shape or position to learn
 
+# The heads that read the tokens weighted by the main head (scene_heads.focused_patches); the
+# others read their plain mean. The objects head is among them because it gives the answer's
+# confidence: reading the plain mean, it found an object in a fifth of the held-out vector scenes
+# once colour and shape read the focus, and training colour and shape on the plain mean as well
+# to keep it finding them cost photo-set reading (docs/notes/demo-model.md, sessions 27 and 28).
+FOCUSED_HEADS = ("color", "shape", "objects")
+
 
 def scene_labels(scene: synthetic.Scene) -> dict:
     objects = [0.0] * (len(COLORS) * len(SHAPES))
@@ -57,6 +64,7 @@ def head_labels() -> dict:
         "shape": SHAPES,
         "background": BACKGROUNDS,
         "objects": [f"{c} {s}" for c in COLORS for s in SHAPES],
+        "focused": list(FOCUSED_HEADS),
     }
 
 
@@ -103,7 +111,7 @@ def make_pretrainer(vision_tower, hidden: int, selection: TokenSelection):
                     "position": nn.Linear(hidden, 9),
                     "background": nn.Linear(hidden, len(BACKGROUNDS)),
                     "objects": nn.Linear(hidden, len(COLORS) * len(SHAPES)),
-                    # Per token: how much of its cell the main object covers. Colour and shape
+                    # Per token: how much of its cell the main object covers. FOCUSED_HEADS
                     # read the tokens weighted by it (scene_heads.focused_patches).
                     "main": nn.Linear(hidden, 1),
                 }
@@ -114,27 +122,18 @@ def make_pretrainer(vision_tower, hidden: int, selection: TokenSelection):
             pooled = pooled_patches(self.tower, None, self.selection, patch_tokens=tokens)
             main_logits = self.heads["main"](tokens).squeeze(-1)
             focus = focused_patches(tokens, main_logits)
-            logits = {
-                k: head(focus if k in ("color", "shape") else pooled) for k, head in self.heads.items() if k != "main"
-            }
-            # The same colour and shape heads also read the plain mean, as before the main head:
-            # without this the plain mean stops carrying the main object, and the objects head
-            # that reads it (the answer's confidence) found an object in a fifth of the
-            # held-out vector scenes instead of four fifths (docs/notes/demo-model.md, session 27).
-            plain = {k: self.heads[k](pooled) for k in ("color", "shape")}
+            logits = {k: head(focus if k in FOCUSED_HEADS else pooled) for k, head in self.heads.items() if k != "main"}
             has_object = color != IGNORE
 
-            def ce(name, target, read=logits):
+            def ce(name, target):
                 # Summed over the scenes that have the label, so a batch of only empty scenes
                 # adds nothing (a mean over none would be NaN).
-                loss = nn.functional.cross_entropy(read[name], target, ignore_index=IGNORE, reduction="sum")
+                loss = nn.functional.cross_entropy(logits[name], target, ignore_index=IGNORE, reduction="sum")
                 return loss / has_object.sum().clamp(min=1)
 
             loss = (
                 ce("color", color)
                 + 2 * ce("shape", shape)
-                + ce("color", color, plain)
-                + 2 * ce("shape", shape, plain)
                 + ce("position", position)
                 + 0.5 * nn.functional.cross_entropy(logits["background"], background)
                 + nn.functional.binary_cross_entropy_with_logits(logits["objects"], objects.float())

@@ -3,7 +3,7 @@
 The demo model's tower is pretrained with small classifier heads over its pooled patch tokens
 (training/vision_pretrain.py): which colour and shape the main object has, and which
 colour-shape objects are present at all. A main head over each token says where the main object
-lies, and the colour and shape heads read the tokens weighted by it (focused_patches). Those
+lies, and the colour, shape and objects heads read the tokens weighted by it (focused_patches). Those
 heads ship next to the weights, and their probabilities are the answer's confidence: a picture
 with no object the model knows (a real photograph, for a model of coloured shapes) scores low
 there, whatever its caption says.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from snap2caption_service.core.alt_text import background_clause, without_background
@@ -145,6 +146,9 @@ class SceneReading:
         )
 
 
+_READ_HEADS = ("color", "shape", "objects", "background", "position")
+
+
 class SceneHeads:
     """The heads' weights and label names, loaded from a model folder."""
 
@@ -161,6 +165,15 @@ class SceneHeads:
         from safetensors.torch import load_file
 
         return cls(load_file(str(folder / HEADS_FILE)), json.loads((folder / LABELS_FILE).read_text()))
+
+    @property
+    def focused(self) -> frozenset[str]:
+        """The heads that read the tokens weighted by the main head (focused_patches); the others
+        read their plain mean. The labels file names them ("focused"); a model saved before it did
+        read colour and shape that way whenever it had a main head."""
+        if "main.weight" not in self.weights:
+            return frozenset()
+        return frozenset(self.labels.get("focused", ("color", "shape")))
 
     def _logits(self, pooled, head: str):
         w, b = self.weights[f"{head}.weight"], self.weights[f"{head}.bias"]
@@ -195,28 +208,31 @@ class SceneHeads:
         chosen = [(turns, mirrored) for turns, mirrored in VIEWS[views] if square or turns % 2 == 0]
         dtype = next(vision_tower.parameters()).dtype
 
-        def pooled_views(pictures):
-            """The views' plain mean of tokens, and the one the colour and shape heads read."""
+        def head_inputs(pictures) -> dict:
+            """Each head's input over the views: the plain mean of the tokens, or for the focused
+            heads their mean weighted towards the main object."""
             batch = torch.cat([_view(pictures, turns, mirrored) for turns, mirrored in chosen])
             tokens = image_tokens(vision_tower, batch.to(dtype), selection)
             pooled = pooled_patches(vision_tower, None, selection, patch_tokens=tokens)
-            if "main.weight" not in self.weights:
-                return pooled, pooled
-            return pooled, focused_patches(tokens, self._logits(tokens, "main").squeeze(-1))
+            focus = focused_patches(tokens, self._logits(tokens, "main").squeeze(-1)) if self.focused else None
+            return {h: focus if h in self.focused else pooled for h in _READ_HEADS}
 
         def mean(probs):
             return probs.view(len(chosen), n, *probs.shape[1:]).mean(0)
 
+        def probs(inputs, head: str, norm):
+            return mean(norm(self._logits(inputs[head], head)))
+
+        softmax = partial(torch.softmax, dim=-1)
         with torch.inference_mode():
-            pooled, focus = pooled_views(pixel_values)
-            p_color = mean(self._logits(focus, "color").softmax(-1))
-            p_shape = mean(self._logits(focus, "shape").softmax(-1))
-            p_object = mean(self._logits(pooled, "objects").sigmoid()).amax(-1)
-            p_background = mean(self._logits(pooled, "background").softmax(-1))
+            inputs = head_inputs(pixel_values)
+            p_color, p_shape = probs(inputs, "color", softmax), probs(inputs, "shape", softmax)
+            p_object = probs(inputs, "objects", torch.sigmoid).amax(-1)
+            p_background = probs(inputs, "background", softmax)
             if zoom and "position.weight" in self.weights:
-                _, closer = pooled_views(_zoomed(pixel_values, self._cells(pooled, chosen, n), zoom))
-                p_color = (p_color + mean(self._logits(closer, "color").softmax(-1))) / 2
-                p_shape = (p_shape + mean(self._logits(closer, "shape").softmax(-1))) / 2
+                closer = head_inputs(_zoomed(pixel_values, self._cells(inputs["position"], chosen, n), zoom))
+                p_color = (p_color + probs(closer, "color", softmax)) / 2
+                p_shape = (p_shape + probs(closer, "shape", softmax)) / 2
         out = []
         for c, s, o, b in zip(p_color, p_shape, p_object, p_background):
             ci, si, bi = int(c.argmax()), int(s.argmax()), int(b.argmax())

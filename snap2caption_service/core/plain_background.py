@@ -37,9 +37,9 @@ PLAIN_SHARE = 0.85
 # ... and at least FLAT_SHARE of it within FLAT_DELTA_E: a dark photo (a crop of the night sky)
 # can have 85% of its border within 3 of its median, but its grain spreads those pixels, where a
 # flat fill's sit on the median even after JPEG. On the training generator's scenes (1,500 of the
-# world mix; docs/notes/demo-model.md, session 28) the photos whose border read plain had at most 62% of it within
-# 1.5, while 99% of the plain fills the border reads had at least 80%; with this check no photo
-# there reads plain, and 1% of the plain fills (the noisiest) go unnamed.
+# world mix; docs/notes/demo-model.md, session 28) the photos whose border read plain had at most
+# 62% of it within 1.5, while 99% of the plain fills the border reads had at least 80%; with this
+# check no photo there reads plain, and 1% of the plain fills (the noisiest) go unnamed.
 FLAT_DELTA_E = 1.5
 FLAT_SHARE = 0.8
 # The border strip read, as a share of the shorter side (at least 2 px).

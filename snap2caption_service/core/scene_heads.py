@@ -207,6 +207,7 @@ class SceneHeads:
         square = pixel_values.shape[-1] == pixel_values.shape[-2]
         chosen = [(turns, mirrored) for turns, mirrored in VIEWS[views] if square or turns % 2 == 0]
         dtype = next(vision_tower.parameters()).dtype
+        focused = self.focused
 
         def head_inputs(pictures) -> dict:
             """Each head's input over the views: the plain mean of the tokens, or for the focused
@@ -214,8 +215,8 @@ class SceneHeads:
             batch = torch.cat([_view(pictures, turns, mirrored) for turns, mirrored in chosen])
             tokens = image_tokens(vision_tower, batch.to(dtype), selection)
             pooled = pooled_patches(vision_tower, None, selection, patch_tokens=tokens)
-            focus = focused_patches(tokens, self._logits(tokens, "main").squeeze(-1)) if self.focused else None
-            return {h: focus if h in self.focused else pooled for h in _READ_HEADS}
+            focus = focused_patches(tokens, self._logits(tokens, "main").squeeze(-1)) if focused else None
+            return {h: focus if h in focused else pooled for h in _READ_HEADS}
 
         def mean(probs):
             return probs.view(len(chosen), n, *probs.shape[1:]).mean(0)
